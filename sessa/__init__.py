@@ -1,8 +1,26 @@
-"""Sessa: Selective State Space Attention (arXiv 2604.18580)."""
+"""Sessa: Selective State Space Attention (arXiv 2604.18580).
 
-from sessa.layer import SessaLayer
-from sessa.mixer import SessaMixer
-from sessa.ops.feedback import feedback_solve, feedback_solve_ref
+``from sessa import SessaLayer, SessaMixer, feedback_solve``. Submodules load on first use so that
+``import sessa.tasks`` stays light; ``sessa.models`` (Hugging Face) needs ``transformers``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["SessaLayer", "SessaMixer", "feedback_solve", "feedback_solve_ref", "__version__"]
+
+_LAZY = {
+    "SessaLayer": "sessa.layer",
+    "SessaMixer": "sessa.mixer",
+    "feedback_solve": "sessa.ops.feedback",
+    "feedback_solve_ref": "sessa.ops.feedback",
+}
+__all__ = [*_LAZY, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sessa' has no attribute {name!r}")

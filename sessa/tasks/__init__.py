@@ -1,0 +1,5 @@
+"""Benchmark tasks, generated offline and deterministically. ``get_task(name, **overrides).build(seed)``."""
+
+from sessa.tasks.base import IGNORE_INDEX, TASKS, TaskConfig, TaskData, TaskSplit, get_task, register_task
+
+__all__ = ["IGNORE_INDEX", "TASKS", "TaskConfig", "TaskData", "TaskSplit", "get_task", "register_task"]

@@ -1,0 +1,107 @@
+"""Pieces shared by the baseline mixers: option checks, the padding mask, the short causal convolution
+and the Mamba dt initialisation.
+
+Shapes: B batch, T sequence length, C channels, K convolution width.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from sessa.modules.contract import MixerState
+
+
+def check_int(name: str, value: object, minimum: int = 1) -> int:
+    """Return ``value`` if it is an int >= ``minimum``; else raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return value
+
+
+def check_positive_float(name: str, value: object) -> float:
+    """Return ``float(value)`` if it is a finite real number > 0; else raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return float(value)
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def check_dt_range(dt_min: float, dt_max: float, dt_init_floor: float) -> None:
+    """The dt initialisation needs 0 < dt_min <= dt_max and dt_init_floor >= 0."""
+    check_positive_float("dt_min", dt_min)
+    check_positive_float("dt_max", dt_max)
+    if dt_max < dt_min:
+        raise ValueError(f"dt_max must be >= dt_min, got dt_min={dt_min}, dt_max={dt_max}")
+    if isinstance(dt_init_floor, bool) or not isinstance(dt_init_floor, (int, float)) or dt_init_floor < 0:
+        raise ValueError(f"dt_init_floor must be a number >= 0, got {dt_init_floor!r}")
+
+
+def init_dt_bias(n: int, dt_min: float, dt_max: float, dt_init_floor: float) -> torch.Tensor:
+    """Bias b with softplus(b) = dt, dt log-uniform in [dt_min, dt_max] (floored): (n,) float32.
+
+    softplus^{-1}(dt) = dt + log(1 - exp(-dt)), written with expm1 so small dt stays accurate.
+    """
+    log_dt = torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+    dt = log_dt.exp().clamp(min=dt_init_floor)
+    return dt + torch.log(-torch.expm1(-dt))
+
+
+def key_mask(attention_mask: torch.Tensor | None, batch: int, length: int) -> torch.Tensor | None:
+    """Check an ``attention_mask`` (B, length) of 1 = real token / 0 = padding and return it as bool."""
+    if attention_mask is None:
+        return None
+    if not isinstance(attention_mask, torch.Tensor):
+        raise TypeError(f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}")
+    if tuple(attention_mask.shape) != (batch, length):
+        raise ValueError(
+            f"attention_mask must have shape (B, t + T_new) = ({batch}, {length}), "
+            f"got {tuple(attention_mask.shape)}"
+        )
+    return attention_mask != 0
+
+
+def step_position(state: MixerState, x: torch.Tensor, batch_key: str) -> int:
+    """Validate a state dict against the new input x (B, T_new, D); return its position counter ``t``."""
+    if not isinstance(state, dict) or "t" not in state or batch_key not in state:
+        raise TypeError("state must be the dict returned by init_state")
+    rows = state[batch_key].shape[0]
+    if x.shape[0] != rows:
+        raise ValueError(f"x has batch size {x.shape[0]} but the state holds {rows} rows")
+    if x.shape[1] < 1:
+        raise ValueError(f"step needs at least one new token, got x of shape {tuple(x.shape)}")
+    return int(state["t"])
+
+
+def causal_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, history: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Depthwise causal convolution y_t = bias + sum_k weight[:, 0, k] * x_{t - K + 1 + k}.
+
+    x: (B, T, C); weight: (C, 1, K); bias: (C,) or None; history: (B, C, K-1), the K-1 inputs before x
+    (zeros when None, i.e. the sequence starts here). Returns y: (B, T, C) and the new history (B, C, K-1).
+    """
+    K = weight.shape[-1]
+    xt = x.transpose(1, 2)
+    if history is None:
+        history = xt.new_zeros(xt.shape[0], xt.shape[1], K - 1)
+    full = torch.cat([history.to(xt.dtype), xt], dim=-1)
+    y = F.conv1d(full, weight.to(xt.dtype), None if bias is None else bias.to(xt.dtype), groups=xt.shape[1])
+    return y.transpose(1, 2), full[..., full.shape[-1] - (K - 1) :].clone()
+
+
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Precision of scans and states: float64 for float64 models, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32

@@ -1,0 +1,107 @@
+"""Blocks that wrap any mixer of the contract (sessa.modules.contract).
+
+``GatedBlock`` is the paper's block (SPEC §1), used for Sessa and, with the mixer swapped, for the matched
+baselines: y = x + W_out(mixer(GELU(a)) * g), [a, g] = W_in(LayerNorm(x)). ``PreNormBlock`` is the usual
+Transformer layout: x + mixer(norm(x)), then x + MLP(norm(x)) with a gated (SwiGLU) MLP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sessa.modules.contract import MixerState, check_input
+
+
+class GatedBlock(nn.Module):
+    """The paper's gated block around ``mixer_cls(d_model, layer_idx=..., **mixer_options)``.
+
+    Parameter names (ln, W_in, mixer, W_out) match the original SessaLayer checkpoints.
+    """
+
+    def __init__(
+        self, d_model: int, mixer_cls: type[nn.Module], *, layer_idx: int = 0, ln_eps: float = 1e-5,
+        **mixer_options: Any,
+    ) -> None:
+        super().__init__()
+        if not isinstance(d_model, int) or d_model < 1:
+            raise ValueError(f"d_model must be a positive int, got {d_model!r}")
+        if not ln_eps > 0:
+            raise ValueError(f"ln_eps must be > 0, got {ln_eps!r}")
+        self.d_model, self.layer_idx = d_model, layer_idx
+        self.ln = nn.LayerNorm(d_model, eps=ln_eps)
+        self.W_in = nn.Linear(d_model, 2 * d_model, bias=True)
+        self.mixer = mixer_cls(d_model, layer_idx=layer_idx, **mixer_options)
+        self.W_out = nn.Linear(d_model, d_model, bias=True)
+
+    def _gate_in(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a, g = self.W_in(self.ln(x)).chunk(2, dim=-1)
+        return F.gelu(a), g
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, T, D) -> (B, T, D)."""
+        check_input(x, self.d_model)
+        bar_a, g = self._gate_in(x)
+        return x + self.W_out(self.mixer(bar_a, attention_mask=attention_mask) * g)
+
+    def init_state(self, batch_size: int, max_len: int, device=None, dtype=None) -> MixerState:  # noqa: ANN001
+        return self.mixer.init_state(batch_size, max_len, device=device, dtype=dtype)
+
+    def step(self, x: torch.Tensor, state: MixerState, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, n, D) new tokens after the state's; returns (B, n, D)."""
+        check_input(x, self.d_model)
+        bar_a, g = self._gate_in(x)
+        return x + self.W_out(self.mixer.step(bar_a, state, attention_mask=attention_mask) * g)
+
+    def reorder_state(self, state: MixerState, index: torch.Tensor) -> MixerState:
+        return self.mixer.reorder_state(state, index)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps, self.weight = eps, nn.Parameter(torch.ones(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var = x.float().pow(2).mean(-1, keepdim=True)
+        return (x.float() * torch.rsqrt(var + self.eps)).to(x.dtype) * self.weight
+
+
+class PreNormBlock(nn.Module):
+    """x + mixer(RMSNorm(x)), then x + W_down(SiLU(W_gate h) * W_up h), h = RMSNorm(x)."""
+
+    def __init__(
+        self, d_model: int, mixer_cls: type[nn.Module], *, layer_idx: int = 0, mlp_ratio: float = 8 / 3,
+        norm_eps: float = 1e-5, **mixer_options: Any,
+    ) -> None:
+        super().__init__()
+        if not mlp_ratio > 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {mlp_ratio!r}")
+        hidden = max(8, int(round(mlp_ratio * d_model / 8)) * 8)
+        self.d_model, self.layer_idx = d_model, layer_idx
+        self.norm1, self.norm2 = RMSNorm(d_model, norm_eps), RMSNorm(d_model, norm_eps)
+        self.mixer = mixer_cls(d_model, layer_idx=layer_idx, **mixer_options)
+        self.w_gate = nn.Linear(d_model, hidden, bias=False)
+        self.w_up = nn.Linear(d_model, hidden, bias=False)
+        self.w_down = nn.Linear(hidden, d_model, bias=False)
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm2(x)
+        return x + self.w_down(F.silu(self.w_gate(h)) * self.w_up(h))
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        check_input(x, self.d_model)
+        return self._mlp(x + self.mixer(self.norm1(x), attention_mask=attention_mask))
+
+    def init_state(self, batch_size: int, max_len: int, device=None, dtype=None) -> MixerState:  # noqa: ANN001
+        return self.mixer.init_state(batch_size, max_len, device=device, dtype=dtype)
+
+    def step(self, x: torch.Tensor, state: MixerState, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        check_input(x, self.d_model)
+        return self._mlp(x + self.mixer.step(self.norm1(x), state, attention_mask=attention_mask))
+
+    def reorder_state(self, state: MixerState, index: torch.Tensor) -> MixerState:
+        return self.mixer.reorder_state(state, index)

@@ -1,0 +1,248 @@
+"""The Sessa mixer (SPEC §2): causal attention feeding a softmax-routed recurrent feedback solve.
+
+Shapes: B batch, T length, D width, H forward heads, Hkv key/value heads, hd = D / H.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sessa.modules.contract import MixerState, check_input, reorder_state_tensors
+from sessa.ops.attention import apply_rope, causal_attention, rope_cos_sin, rope_inv_freq
+from sessa.ops.feedback import BACKENDS, feedback_continue, feedback_solve
+
+# Buffers the original implementation keeps in its state dict; they hold no learned information.
+_LEGACY_BUFFERS = ("rope_inv_freq", "causal_mask_f_full", "causal_mask_fb_full")
+
+
+def _validate(D: int, n_heads: int, n_kv_heads: int, use_forward_rope: bool, gamma_max: float) -> None:
+    if not isinstance(D, int) or D < 1:
+        raise ValueError(f"D must be a positive int, got {D!r}")
+    if not 0.0 < float(gamma_max) < 1.0:
+        raise ValueError(f"gamma_max must be in (0, 1), got {gamma_max!r}")
+    if n_heads < 1 or D % n_heads:
+        raise ValueError(f"D must be divisible by n_heads >= 1, got D={D}, n_heads={n_heads}")
+    if not 1 <= n_kv_heads <= n_heads or n_heads % n_kv_heads:
+        raise ValueError(
+            f"n_kv_heads must be in [1, n_heads] and divide n_heads, got n_kv_heads={n_kv_heads}, "
+            f"n_heads={n_heads}"
+        )
+    if use_forward_rope and (D // n_heads) % 2:
+        raise ValueError(f"RoPE needs an even head dim, got D / n_heads = {D // n_heads} (turn off use_forward_rope)")
+
+
+class SessaMixer(nn.Module):
+    """Sessa mixer: ``s = (I - B_fb)^{-1} f`` with f the causal attention output (SPEC §2).
+
+    Constructor compatible with the original implementation; ``use_flash`` is accepted for compatibility
+    (attention always goes through ``scaled_dot_product_attention``, which picks flash kernels on CUDA).
+    Extra keyword options: ``layer_idx``, ``feedback_backend`` ("auto" | "reference" | "chunked" |
+    "triton"), ``attention_backend`` ("sdpa" | "reference"), ``chunk_size``, ``use_feedback`` (False gives
+    the paper's ablation gamma = 0; no feedback parameters are created then).
+    """
+
+    def __init__(
+        self,
+        D: int,
+        n_heads: int = 1,
+        n_kv_heads: int | None = None,
+        max_len: int | None = None,
+        use_flash: bool = False,
+        use_forward_rope: bool = True,
+        gamma_max: float = 0.999,
+        *,
+        layer_idx: int = 0,
+        feedback_backend: str = "auto",
+        attention_backend: str = "sdpa",
+        chunk_size: int | None = None,
+        use_feedback: bool = True,
+    ) -> None:
+        super().__init__()
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        _validate(D, n_heads, n_kv_heads, use_forward_rope, gamma_max)
+        if feedback_backend not in BACKENDS:
+            raise ValueError(f"feedback_backend must be one of {BACKENDS}, got {feedback_backend!r}")
+        if attention_backend not in ("sdpa", "reference"):
+            raise ValueError(f"attention_backend must be 'sdpa' or 'reference', got {attention_backend!r}")
+        if max_len is not None and max_len < 1:
+            raise ValueError(f"max_len must be a positive int or None, got {max_len!r}")
+        self.D = self.d_model = D
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, D // n_heads
+        self.max_len, self.layer_idx = max_len, layer_idx
+        self.use_flash, self.use_forward_rope = bool(use_flash), bool(use_forward_rope)
+        self.gamma_max, self.use_feedback = float(gamma_max), bool(use_feedback)
+        self.feedback_backend, self.attention_backend, self.chunk_size = (
+            feedback_backend, attention_backend, chunk_size,
+        )
+        kv_dim = n_kv_heads * self.head_dim
+        self.q_proj = nn.Linear(D, D, bias=True)
+        self.k_proj = nn.Linear(D, kv_dim, bias=True)
+        self.v_proj = nn.Linear(D, kv_dim, bias=True)
+        self.out_proj = nn.Identity() if n_heads == 1 else nn.Linear(D, D, bias=False)
+        if self.use_feedback:
+            self.proj_fb = nn.Linear(D, 2 * D, bias=True)
+            self.gamma_bias = nn.Parameter(torch.tensor(1.0))
+            self.gamma_ctx = nn.Linear(D, 1, bias=False)
+
+    @property
+    def rope_inv_freq(self) -> torch.Tensor:
+        return rope_inv_freq(self.head_dim)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+        for name in _LEGACY_BUFFERS:
+            state_dict.pop(prefix + name, None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # -- pieces shared by the parallel and the incremental paths ------------------------------------
+    def _qkv(self, a: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, T, _ = a.shape
+        q = self.q_proj(a).view(B, T, self.n_heads, self.head_dim)
+        k = self.k_proj(a).view(B, T, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(a).view(B, T, self.n_kv_heads, self.head_dim)
+        if self.use_forward_rope:
+            positions = torch.arange(start, start + T, device=a.device)
+            cos, sin = rope_cos_sin(positions, self.rope_inv_freq, q.dtype)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return q, k, v
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        f = causal_attention(q, k, v, key_mask=mask, backend=self.attention_backend)
+        return self.out_proj(f.reshape(q.shape[0], q.shape[1], self.D))
+
+    def _feedback_inputs(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q_b, k_b = self.proj_fb(a).split(self.D, dim=-1)
+        gamma = self.gamma_max * torch.tanh(self.gamma_bias + self.gamma_ctx(a))  # (B, T, 1)
+        return q_b, k_b, gamma
+
+    # -- parallel forward ----------------------------------------------------------------------------
+    def forward(self, bar_a: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """bar_a: (B, T, D) -> s: (B, T, D). attention_mask: optional (B, T), 0 marks (left) padding."""
+        check_input(bar_a, self.D, "bar_a")
+        mask = _as_key_mask(attention_mask, bar_a.shape[:2], bar_a.device)
+        f = self._attend(*self._qkv(bar_a, 0), mask)
+        if not self.use_feedback:
+            return f
+        q_b, k_b, gamma = self._feedback_inputs(bar_a)
+        return feedback_solve(
+            q_b, k_b, gamma, f, backend=self.feedback_backend, chunk_size=self.chunk_size, key_mask=mask
+        )
+
+    # -- incremental decoding (SPEC §2.5) -----------------------------------------------------------
+    def init_cache(
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        max_len: int | None = None,
+    ) -> MixerState:
+        """Preallocated cache for ``max_len`` tokens (argument, else the constructor's max_len).
+
+        Keys: "t" (tokens so far), "k_f"/"v_f" (B, L, Hkv, hd) forward keys (after RoPE) and values,
+        "k_b" (B, L, D) feedback keys, "s" (B, L, D) past mixer outputs, and "mask" (B, L) bool once an
+        attention mask has been given.
+        """
+        length = max_len if max_len is not None else self.max_len
+        if length is None or int(length) < 1:
+            raise ValueError(f"init_cache needs max_len >= 1 (argument or constructor), got {length!r}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        param = self.q_proj.weight
+        device = param.device if device is None else device
+        dtype = param.dtype if dtype is None else dtype
+        B, L, kv = int(batch_size), int(length), (self.n_kv_heads, self.head_dim)
+        cache: MixerState = {
+            "t": 0,
+            "k_f": torch.zeros(B, L, *kv, device=device, dtype=dtype),
+            "v_f": torch.zeros(B, L, *kv, device=device, dtype=dtype),
+        }
+        if self.use_feedback:
+            cache["k_b"] = torch.zeros(B, L, self.D, device=device, dtype=dtype)
+            cache["s"] = torch.zeros(B, L, self.D, device=device, dtype=dtype)
+        return cache
+
+    def init_state(
+        self,
+        batch_size: int,
+        max_len: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> MixerState:
+        return self.init_cache(batch_size, device=device, dtype=dtype, max_len=max_len)
+
+    def reorder_state(self, state: MixerState, index: torch.Tensor) -> MixerState:
+        return reorder_state_tensors(state, index)
+
+    def step(
+        self, bar_a: torch.Tensor, cache: MixerState, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Process n new tokens bar_a: (B, n, D) after the cache's t tokens; returns s: (B, n, D).
+
+        attention_mask: optional (B, t + n) over every token so far (0 = padding). Equals the rows
+        t..t+n-1 of the parallel forward on the whole sequence.
+        """
+        check_input(bar_a, self.D, "bar_a")
+        B, n, _ = bar_a.shape
+        t, capacity = int(cache["t"]), cache["k_f"].shape[1]
+        if cache["k_f"].shape[0] != B:
+            raise ValueError(f"cache was made for batch {cache['k_f'].shape[0]}, got input batch {B}")
+        if t + n > capacity:
+            raise ValueError(f"cache is full: {t} cached + {n} new tokens > max_len {capacity}")
+        mask = _update_mask(cache, attention_mask, B, t, n, bar_a.device)
+        q, k, v = self._qkv(bar_a, t)
+        cache["k_f"][:, t : t + n] = k.to(cache["k_f"].dtype)
+        cache["v_f"][:, t : t + n] = v.to(cache["v_f"].dtype)
+        keys, values = cache["k_f"][:, : t + n].to(q.dtype), cache["v_f"][:, : t + n].to(q.dtype)
+        f = self._attend(q, keys, values, mask)
+        if self.use_feedback:
+            q_b, k_b, gamma = self._feedback_inputs(bar_a)
+            cache["k_b"][:, t : t + n] = k_b.to(cache["k_b"].dtype)
+            k_all = cache["k_b"][:, : t + n].to(k_b.dtype)
+            f = feedback_continue(q_b, k_all, gamma, f, cache["s"][:, :t], key_mask=mask)
+            cache["s"][:, t : t + n] = f.to(cache["s"].dtype)
+        cache["t"] = t + n
+        return f
+
+    def prefill(self, bar_a: torch.Tensor, cache: MixerState) -> MixerState:
+        """Original API: run a prompt chunk (B, T, D) through the cache (continuing from cache["t"])."""
+        if bar_a.dim() == 3 and bar_a.shape[1] == 0:
+            return cache
+        self.step(bar_a, cache)
+        return cache
+
+    def decode_step(
+        self, bar_a_t: torch.Tensor, cache: MixerState, use_flash_decode: bool = False
+    ) -> tuple[torch.Tensor, MixerState]:
+        """Original API: one token (B, D) or (B, 1, D) -> (s_t (B, D), cache). A 3-D input with n > 1
+        tokens is a multi-token step and returns (B, n, D)."""
+        if bar_a_t.dim() == 2:
+            return self.step(bar_a_t[:, None], cache)[:, 0], cache
+        if bar_a_t.dim() != 3:
+            raise ValueError(f"decode_step expects (B, D) or (B, n, D), got {tuple(bar_a_t.shape)}")
+        s = self.step(bar_a_t, cache)
+        return (s[:, 0] if s.shape[1] == 1 else s), cache
+
+
+def _as_key_mask(attention_mask: torch.Tensor | None, shape: torch.Size, device: torch.device) -> torch.Tensor | None:
+    """(B, T) 0/1 or bool attention mask -> bool key mask (None when absent)."""
+    if attention_mask is None:
+        return None
+    if attention_mask.shape != shape:
+        raise ValueError(f"attention_mask must have shape {tuple(shape)}, got {tuple(attention_mask.shape)}")
+    return attention_mask.to(device=device, dtype=torch.bool)
+
+
+def _update_mask(
+    cache: MixerState, attention_mask: torch.Tensor | None, B: int, t: int, n: int, device: torch.device
+) -> torch.Tensor | None:
+    """Keep the cache's key mask in step with the tokens; returns the mask of positions [0, t + n)."""
+    if attention_mask is None and "mask" not in cache:
+        return None
+    if "mask" not in cache:
+        cache["mask"] = torch.ones(B, cache["k_f"].shape[1], dtype=torch.bool, device=device)
+    if attention_mask is not None:
+        mask = _as_key_mask(attention_mask, torch.Size((B, t + n)), device)
+        cache["mask"][:, : t + n] = mask
+    else:
+        cache["mask"][:, t : t + n] = True
+    return cache["mask"][:, : t + n]

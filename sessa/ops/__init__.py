@@ -1,0 +1,1 @@
+"""Numerical ops: the feedback solve (``sessa.ops.feedback``) and forward-branch attention + RoPE."""

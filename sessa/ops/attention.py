@@ -1,0 +1,117 @@
+"""Forward-branch attention and rotary position embeddings (SPEC §2.1).
+
+Shapes: B batch, T new queries, S keys (S >= T; query i sits at absolute position S - T + i), H query heads,
+Hkv key/value heads (GQA: head h reads kv head h // (H / Hkv)), hd head width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def rope_inv_freq(head_dim: int, base: float = 10000.0) -> torch.Tensor:
+    """inv_freq_i = base^(-2i/hd), i = 0..hd/2-1, as float32: (hd/2,)."""
+    if head_dim <= 0 or head_dim % 2:
+        raise ValueError(f"RoPE needs an even, positive head_dim, got {head_dim}")
+    return base ** (-2 * torch.arange(head_dim // 2, dtype=torch.float32) / head_dim)
+
+
+def rope_cos_sin(
+    positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of angle(p, i) = p * inv_freq_i for positions (T,) or (B, T) -> (..., T, hd/2).
+
+    Angles are formed in float32 (float64 when ``dtype`` is float64) and never in a lower precision: in bf16
+    the angle itself loses the position at long lengths. The result is cast to ``dtype`` for the product.
+    """
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    angles = positions.to(work)[..., None] * inv_freq.to(device=positions.device, dtype=work)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x[2i], x[2i+1]) of x: (B, T, H, hd) by cos/sin: (T, hd/2) or (B, T, hd/2)."""
+    if cos.dim() == 2:
+        cos, sin = cos[None], sin[None]
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    x_even, x_odd = x[..., 0::2], x[..., 1::2]
+    out = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)
+    return out.flatten(-2)
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
+        raise ValueError(
+            f"expected q (B,T,H,hd) and k, v (B,S,Hkv,hd); got {tuple(q.shape)}, {tuple(k.shape)}, "
+            f"{tuple(v.shape)}"
+        )
+    B, T, H, hd = q.shape
+    if k.shape[0] != B or k.shape[3] != hd or H % k.shape[2] or k.shape[1] < T:
+        raise ValueError(
+            f"incompatible q {tuple(q.shape)} and k {tuple(k.shape)}: need same B and hd, "
+            f"H % Hkv == 0 and S >= T"
+        )
+
+
+def _allowed(T: int, S: int, key_mask: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """Boolean (B or 1, 1, T, S) mask of the keys each query may read (causal, offset S - T)."""
+    rows = torch.arange(S - T, S, device=device)[:, None]
+    allowed = (torch.arange(S, device=device)[None, :] <= rows)[None, None]
+    if key_mask is not None:
+        allowed = allowed & key_mask.to(device=device, dtype=torch.bool)[:, None, None, :]
+    return allowed
+
+
+def causal_attention_ref(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Readable einsum reference of :func:`causal_attention` (materialises the (B, H, T, S) weights)."""
+    _check_qkv(q, k, v)
+    B, T, H, hd = q.shape
+    S, Hkv = k.shape[1], k.shape[2]
+    g = H // Hkv
+    qg = q.view(B, T, Hkv, g, hd)
+    logits = torch.einsum("bthgd,bshd->bhgts", qg, k) / math.sqrt(hd)
+    allowed = _allowed(T, S, key_mask, q.device)[:, :, None]  # (B|1, 1, 1, T, S)
+    logits = logits.masked_fill(~allowed, float("-inf"))
+    work = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    weights = torch.softmax(logits.to(work), dim=-1).nan_to_num(0.0).to(v.dtype)  # rows with no key -> 0
+    out = torch.einsum("bhgts,bshd->bthgd", weights, v)
+    return out.reshape(B, T, H, hd)
+
+
+def causal_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    key_mask: torch.Tensor | None = None,
+    backend: str = "sdpa",
+) -> torch.Tensor:
+    """Causal softmax attention with GQA: q (B,T,H,hd), k/v (B,S,Hkv,hd) -> (B,T,H,hd).
+
+    Query i is at position S - T + i and reads keys j <= S - T + i (diagonal included) whose
+    ``key_mask[b, j]`` is True (all keys when None). A query with no readable key outputs zeros.
+    backend: "sdpa" (``F.scaled_dot_product_attention``) or "reference" (:func:`causal_attention_ref`).
+    """
+    if backend == "reference":
+        return causal_attention_ref(q, k, v, key_mask)
+    if backend != "sdpa":
+        raise ValueError(f"backend must be 'sdpa' or 'reference', got {backend!r}")
+    _check_qkv(q, k, v)
+    T, H, S, Hkv = q.shape[1], q.shape[2], k.shape[1], k.shape[2]
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if Hkv != H:
+        kt = kt.repeat_interleave(H // Hkv, dim=1)
+        vt = vt.repeat_interleave(H // Hkv, dim=1)
+    if key_mask is None and T == S:
+        out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True)
+    else:
+        allowed = _allowed(T, S, key_mask, q.device)
+        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=allowed)
+        if key_mask is not None:
+            out = out.masked_fill(~allowed.any(-1, keepdim=True), 0.0)  # fully masked rows -> 0, not NaN
+    return out.transpose(1, 2)
