@@ -97,6 +97,8 @@ def causal_conv(
     xt = x.transpose(1, 2)
     if history is None:
         history = xt.new_zeros(xt.shape[0], xt.shape[1], K - 1)
+    if x.shape[1] == 0:
+        return x.clone(), history
     full = torch.cat([history.to(xt.dtype), xt], dim=-1)
     y = F.conv1d(full, weight.to(xt.dtype), None if bias is None else bias.to(xt.dtype), groups=xt.shape[1])
     return y.transpose(1, 2), full[..., full.shape[-1] - (K - 1) :].clone()

@@ -45,10 +45,9 @@ def segsum(a: torch.Tensor) -> torch.Tensor:
     rather than a difference of cumsums, which would cancel catastrophically for long segments.
     """
     L = a.shape[-1]
-    strictly_lower = torch.ones(L, L, dtype=torch.bool, device=a.device).tril(-1)
-    rows = a[..., :, None].expand(*a.shape, L).masked_fill(~strictly_lower, 0.0)  # rows[k, j] = a[k], k > j
-    sums = rows.cumsum(dim=-2)
-    return sums.masked_fill(~strictly_lower.logical_or(torch.eye(L, dtype=torch.bool, device=a.device)), -torch.inf)
+    ones = torch.ones(L, L, dtype=torch.bool, device=a.device)
+    rows = a[..., :, None].expand(*a.shape, L).masked_fill(~ones.tril(-1), 0.0)  # rows[k, j] = a[k] if k > j
+    return rows.cumsum(dim=-2).masked_fill(~ones.tril(0), -torch.inf)
 
 
 def _pad_time(t: torch.Tensor, pad: int) -> torch.Tensor:
@@ -98,10 +97,13 @@ def ssd_minimal_ref(
     return (y_diag + y_off).reshape(b, -1, h, p)[:, :T], final_state
 
 
-def _check_ssd_args(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> None:
+def _check_ssd_args(
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor
+) -> None:
     if x.dim() != 4 or dt.shape != x.shape[:3] or A.shape != x.shape[2:3]:
         raise ValueError(
-            f"expected x (b,T,h,p), dt (b,T,h), A (h,); got {tuple(x.shape)}, {tuple(dt.shape)}, {tuple(A.shape)}"
+            f"expected x (b,T,h,p), dt (b,T,h), A (h,); got {tuple(x.shape)}, {tuple(dt.shape)}, "
+            f"{tuple(A.shape)}"
         )
     if B.dim() != 4 or B.shape != C.shape or B.shape[:2] != x.shape[:2] or x.shape[2] % B.shape[2]:
         raise ValueError(
@@ -162,6 +164,9 @@ def ssd_chunked(
     b, T, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     in_dtype, work = x.dtype, work_dtype(x.dtype)
+    if T == 0:
+        state = x.new_zeros(b, h, p, n, dtype=work) if initial_state is None else initial_state.to(work)
+        return x.clone(), state
     pad = -T % chunk_size
 
     def chunked(m: torch.Tensor) -> torch.Tensor:  # (b, T, ...) -> (b, c, l, ...), zero-padded at the end
@@ -178,14 +183,17 @@ def ssd_chunked(
     start_states, final_state = _ssd_pass_states(xdt, a_cum, B_c, initial_state)
     # contribution of the state entering each chunk: exp(a_cum[l]) C_l · S_start
     into = torch.exp(a_cum).reshape(b, n_chunks, g, h // g, chunk_size).permute(0, 1, 4, 2, 3)[..., None]
-    y = y + torch.einsum("bclgn,bcgrpn->bclgrp", C_c, start_states.reshape(b, n_chunks, g, h // g, p, n)) * into
+    start_states = start_states.reshape(b, n_chunks, g, h // g, p, n)
+    y = y + torch.einsum("bclgn,bcgrpn->bclgrp", C_c, start_states) * into
     y = y.reshape(b, n_chunks * chunk_size, h, p)[:, :T]
     if D is not None:
         y = y + D.to(work)[:, None] * x.to(work)
     return y.to(in_dtype), final_state
 
 
-def _ssd_intra_chunk(xdt: torch.Tensor, a: torch.Tensor, B_c: torch.Tensor, C_c: torch.Tensor) -> torch.Tensor:
+def _ssd_intra_chunk(
+    xdt: torch.Tensor, a: torch.Tensor, B_c: torch.Tensor, C_c: torch.Tensor
+) -> torch.Tensor:
     """Diagonal blocks: y_l = Σ_{s<=l} exp(a_{s+1} + ... + a_l) (C_l·B_s) dt_s x_s within each chunk.
 
     xdt: (b, c, l, g, r, p) with r = h / g; a: (b, c, h, l); B_c, C_c: (b, c, l, g, n) -> (b, c, l, g, r, p).
@@ -237,3 +245,195 @@ def ssd_step(
     if D is not None:
         y = y + D.to(work)[:, None] * xw
     return y.to(x.dtype), state
+
+
+class GatedRMSNorm(nn.Module):
+    """norm(y ⊙ silu(z)) · weight, RMS taken over groups of ``group_size`` channels (Mamba-2's output norm).
+
+    y, z: (..., d) -> (..., d) in z.dtype; computed in float32 (float64 for float64).
+    """
+
+    def __init__(self, d: int, group_size: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.group_size, self.eps = group_size, eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        work = work_dtype(z.dtype)
+        gated = y.to(work) * F.silu(z.to(work))
+        groups = gated.reshape(*gated.shape[:-1], gated.shape[-1] // self.group_size, self.group_size)
+        groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (groups.reshape(gated.shape) * self.weight.to(work)).to(z.dtype)
+
+
+class Mamba2Mixer(nn.Module):
+    """Mamba-2 block as a mixer: x (B, T, d_model) -> (B, T, d_model).
+
+    in_proj -> [z, x, B, C, dt]; causal depthwise conv (K = d_conv, with bias) + SiLU on [x, B, C];
+    dt = softplus(dt + dt_bias); A = -exp(A_log) per head; SSD scan with D skip; gated RMSNorm
+    norm(y ⊙ silu(z)); out_proj. Parameter names follow ``mamba_ssm.modules.mamba2.Mamba2``.
+
+    Heads: ``headdim`` (default 32) or ``n_heads``; d_inner = expand * d_model = n_heads * headdim.
+    Left padding (``attention_mask`` 0): the conv input is zeroed and dt = 0 at padded steps, so the state
+    stays exactly zero through the padding and real tokens see what an unpadded row sees.
+    backend: "chunked" (:func:`ssd_chunked`) or "reference" (:func:`ssd_sequential_ref`).
+    Incremental state: ``conv`` (B, conv_dim, d_conv-1) last conv inputs, ``ssm`` (B, h, headdim, d_state)
+    in float32 (float64 for float64), ``t``; ``max_len`` is ignored.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        layer_idx: int = 0,
+        d_state: int = 64,
+        d_conv: int = 4,
+        expand: int = 2,
+        headdim: int | None = None,
+        n_heads: int | None = None,
+        ngroups: int = 1,
+        chunk_size: int = 64,
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        A_init_range: Sequence[float] = (1.0, 16.0),
+        bias: bool = False,
+        conv_bias: bool = True,
+        norm_eps: float = 1e-5,
+        backend: str = "chunked",
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("d_model", d_model),
+            ("d_state", d_state),
+            ("d_conv", d_conv),
+            ("expand", expand),
+            ("ngroups", ngroups),
+            ("chunk_size", chunk_size),
+        ):
+            check_int(name, value)
+        self.d_model, self.layer_idx = d_model, check_int("layer_idx", layer_idx, minimum=0)
+        self.d_state, self.d_conv, self.ngroups, self.chunk_size = d_state, d_conv, ngroups, chunk_size
+        self.d_inner = expand * d_model
+        self.headdim, self.n_heads = _resolve_heads(self.d_inner, headdim, n_heads)
+        if self.n_heads % ngroups:
+            raise ValueError(f"n_heads ({self.n_heads}) must be divisible by ngroups, got ngroups={ngroups}")
+        check_dt_range(dt_min, dt_max, dt_init_floor)
+        a_lo, a_hi = _check_A_range(A_init_range)
+        check_positive_float("norm_eps", norm_eps)
+        self.backend = check_choice("backend", backend, ("chunked", "reference"))
+
+        self.conv_dim = self.d_inner + 2 * ngroups * d_state
+        self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + self.n_heads, bias=bias)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim, bias=conv_bias)
+        self.dt_bias = nn.Parameter(init_dt_bias(self.n_heads, dt_min, dt_max, dt_init_floor))
+        self.A_log = nn.Parameter(torch.empty(self.n_heads).uniform_(a_lo, a_hi).log())
+        self.D = nn.Parameter(torch.ones(self.n_heads))
+        for p in (self.dt_bias, self.A_log, self.D):
+            p._no_weight_decay = True  # same convention as mamba_ssm
+        self.norm = GatedRMSNorm(self.d_inner, group_size=self.d_inner // ngroups, eps=norm_eps)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, n_heads={self.n_heads}, headdim={self.headdim}, "
+            f"d_state={self.d_state}, ngroups={self.ngroups}, chunk_size={self.chunk_size}, "
+            f"backend={self.backend!r}"
+        )
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, T, d_model), attention_mask: (B, T) 1 = real, 0 = left padding -> (B, T, d_model)."""
+        check_input(x, self.d_model)
+        out, _, _ = self._mix(x, key_mask(attention_mask, x.shape[0], x.shape[1]), None, None)
+        return out
+
+    def init_state(
+        self,
+        batch_size: int,
+        max_len: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> MixerState:
+        check_int("batch_size", batch_size)
+        check_int("max_len", max_len)
+        device = self.in_proj.weight.device if device is None else device
+        dtype = self.in_proj.weight.dtype if dtype is None else dtype
+        conv = torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype)
+        ssm = torch.zeros(
+            batch_size, self.n_heads, self.headdim, self.d_state, device=device, dtype=work_dtype(dtype)
+        )
+        return {"conv": conv, "ssm": ssm, "t": 0}
+
+    def step(
+        self, x: torch.Tensor, state: MixerState, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x: (B, T_new, d_model) after ``state["t"]`` tokens; attention_mask: (B, t + T_new) or None."""
+        check_input(x, self.d_model)
+        t = step_position(state, x, "ssm")
+        mask = key_mask(attention_mask, x.shape[0], t + x.shape[1])
+        mask = None if mask is None else mask[:, t:]
+        out, state["conv"], state["ssm"] = self._mix(x, mask, state["conv"], state["ssm"])
+        state["t"] = t + x.shape[1]
+        return out
+
+    def reorder_state(self, state: MixerState, index: torch.Tensor) -> MixerState:
+        return reorder_state_tensors(state, index)
+
+    def _mix(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        conv_history: torch.Tensor | None,
+        ssm_state: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The block on x (B, T, d_model) continuing from the given states; returns (out, conv, ssm)."""
+        b, T, _ = x.shape
+        z, xbc, dt = torch.split(self.in_proj(x), [self.d_inner, self.conv_dim, self.n_heads], dim=-1)
+        if mask is not None:
+            xbc = xbc.masked_fill(~mask[..., None], 0.0)
+        xbc, conv_history = causal_conv(xbc, self.conv1d.weight, self.conv1d.bias, conv_history)
+        xs, Bm, Cm = torch.split(F.silu(xbc), [self.d_inner] + [self.ngroups * self.d_state] * 2, dim=-1)
+        work = work_dtype(x.dtype)
+        dt = F.softplus(dt.to(work) + self.dt_bias.to(work))
+        if mask is not None:
+            dt = dt.masked_fill(~mask[..., None], 0.0)
+        A = -torch.exp(self.A_log.to(work))
+        xs = xs.reshape(b, T, self.n_heads, self.headdim)
+        Bm, Cm = (m.reshape(b, T, self.ngroups, self.d_state) for m in (Bm, Cm))
+        if self.backend == "reference":
+            y, ssm_state = ssd_sequential_ref(xs, dt, A, Bm, Cm, self.D, ssm_state)
+        elif T == 1 and ssm_state is not None:
+            y, ssm_state = ssd_step(ssm_state, xs[:, 0], dt[:, 0], A, Bm[:, 0], Cm[:, 0], self.D)
+            y = y[:, None]
+        else:
+            y, ssm_state = ssd_chunked(xs, dt, A, Bm, Cm, self.chunk_size, self.D, ssm_state)
+        y = self.norm(y.reshape(b, T, self.d_inner), z)
+        return self.out_proj(y), conv_history, ssm_state
+
+
+def _resolve_heads(d_inner: int, headdim: int | None, n_heads: int | None) -> tuple[int, int]:
+    """(headdim, n_heads) from either option; headdim defaults to 32."""
+    if n_heads is None:
+        headdim = 32 if headdim is None else check_int("headdim", headdim)
+        if d_inner % headdim:
+            raise ValueError(
+                f"expand * d_model ({d_inner}) must be divisible by headdim, got headdim={headdim}"
+            )
+        return headdim, d_inner // headdim
+    check_int("n_heads", n_heads)
+    if d_inner % n_heads:
+        raise ValueError(f"expand * d_model ({d_inner}) must be divisible by n_heads, got n_heads={n_heads}")
+    if headdim is not None and headdim * n_heads != d_inner:
+        raise ValueError(
+            f"headdim * n_heads must equal expand * d_model ({d_inner}), "
+            f"got headdim={headdim}, n_heads={n_heads}"
+        )
+    return d_inner // n_heads, n_heads
+
+
+def _check_A_range(A_init_range: Sequence[float]) -> tuple[float, float]:
+    if not isinstance(A_init_range, Sequence) or len(A_init_range) != 2:
+        raise ValueError(f"A_init_range must be a pair (low, high), got {A_init_range!r}")
+    lo, hi = (check_positive_float("A_init_range", v) for v in A_init_range)
+    if hi < lo:
+        raise ValueError(f"A_init_range must satisfy 0 < low <= high, got {tuple(A_init_range)}")
+    return lo, hi

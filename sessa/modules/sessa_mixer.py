@@ -87,6 +87,7 @@ class SessaMixer(nn.Module):
 
     @property
     def rope_inv_freq(self) -> torch.Tensor:
+        """(hd/2,) float32 RoPE frequencies, computed on use so no bf16 copy can ever be stored."""
         return rope_inv_freq(self.head_dim)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
@@ -102,7 +103,8 @@ class SessaMixer(nn.Module):
         v = self.v_proj(a).view(B, T, self.n_kv_heads, self.head_dim)
         if self.use_forward_rope:
             positions = torch.arange(start, start + T, device=a.device)
-            cos, sin = rope_cos_sin(positions, self.rope_inv_freq, q.dtype)
+            work = torch.float64 if q.dtype == torch.float64 else torch.float32
+            cos, sin = rope_cos_sin(positions, rope_inv_freq(self.head_dim, dtype=work), q.dtype)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return q, k, v
 

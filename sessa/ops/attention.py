@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 
 
-def rope_inv_freq(head_dim: int, base: float = 10000.0) -> torch.Tensor:
-    """inv_freq_i = base^(-2i/hd), i = 0..hd/2-1, as float32: (hd/2,)."""
+def rope_inv_freq(head_dim: int, base: float = 10000.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """inv_freq_i = base^(-2i/hd), i = 0..hd/2-1: (hd/2,) in float32 (or float64 for float64 models)."""
     if head_dim <= 0 or head_dim % 2:
         raise ValueError(f"RoPE needs an even, positive head_dim, got {head_dim}")
-    return base ** (-2 * torch.arange(head_dim // 2, dtype=torch.float32) / head_dim)
+    return base ** (-2 * torch.arange(head_dim // 2, dtype=torch.float64) / head_dim).to(dtype)
 
 
 def rope_cos_sin(

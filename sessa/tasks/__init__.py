@@ -3,3 +3,4 @@
 from sessa.tasks.base import IGNORE_INDEX, TASKS, TaskConfig, TaskData, TaskSplit, get_task, register_task
 
 __all__ = ["IGNORE_INDEX", "TASKS", "TaskConfig", "TaskData", "TaskSplit", "get_task", "register_task"]
+from sessa.tasks import diffuse_mqar, induction, mqar, passkey, selective_copy, symbolsoup  # noqa: F401

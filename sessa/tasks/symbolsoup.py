@@ -202,14 +202,15 @@ class SymbolSoupTask(TaskConfig):
     differ by at most 1; exactly equal when n is a multiple of 20). Splits are drawn from independent RNGs
     (``random.Random(f"symbolsoup/{seed}/{split}")``), so resizing one split leaves the others unchanged.
 
-    Choices where SPEC and the public generator leave room: the class k is read at the ``<label>`` position
-    (the last of the 2M + 13 tokens, as the public classifier reads it), not at ``<sep>``; split sizes need
+    Choices where SPEC and the public generator leave room: the class k is predicted at the ``<label>``
+    position (the last of the 2M + 13 tokens; the public text also ends with this placeholder and keeps
+    the answer in a separate column), not at ``<sep>``, so the length stays 2M + 13; split sizes need
     not be multiples of 20 (the public script requires it); the public ``<eos>`` and ``[MASK]`` tokens are
     not in the vocabulary because no row uses them.
 
     Example: a real short row of class 7 (left style 1, right style 2), made by
-    ``make_example(7, 10, random.Random(3))`` (M = 10 letters, 33 tokens; here the right block
-    "j m k j g" comes second and uses right style 2's primaries j, k)::
+    ``make_example(7, 10, random.Random(3))`` (M = 10 letters, 33 tokens). The right block "d" came
+    first; the left block "j m k j g" is mostly left style 1's primaries (b j m k) and secondary g::
 
         <bos>
         g
@@ -223,8 +224,9 @@ class SymbolSoupTask(TaskConfig):
         c
         <sep> <label>         target at <label> (position 32): <c7>; every other target is -100
 
-    Generation speed: 10,000 default examples (400-600 tokens) take about 9 s on one CPU core
-    (Python 3, measured on the shared 2-core development machine, 2025).
+    Generation speed (``make_split(10_000, 400, 600, rng)``, one CPU core, Python 3.11): 2.1 s on an idle
+    core (~4,700 examples/s), 3.5-5.8 s while the shared 2-core development machine was busy; the
+    default 24k-example build takes ~5-11 s.
 
         >>> data = SymbolSoupTask(n_train=40, n_valid=20, n_test=20).build(seed=0)
         >>> split = data.splits["train"]
@@ -241,9 +243,9 @@ class SymbolSoupTask(TaskConfig):
     max_len: int = 600  # longest row in tokens (2M + 13 <= max_len)
 
     def __post_init__(self) -> None:
-        for name in ("n_train", "n_valid", "n_test"):
+        for name in ("n_train", "n_valid", "n_test", "min_len", "max_len"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if self.max_len < 23:
             raise ValueError(f"max_len must be >= 23 (5 letters: 2 * 5 + 13), got {self.max_len}")

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-DEFAULT_CHUNK = 64
+DEFAULT_CHUNK = 128  # fastest of {64, 128} on CPU (benchmarks/RESULTS.md)
 
 
 def work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -101,12 +101,12 @@ def backward_rows(
         df_c = torch.linalg.solve_triangular(upper, rhs, upper=True, unitriangular=True)
         w = g_c * df_c  # gamma_t df_t: the "dO" of an attention whose values are s
         if a > 0:
-            pushed[:, :a] += torch.matmul(p[:, :, :a].transpose(1, 2), w)
+            pushed[:, :a].baddbmm_(p[:, :, :a].transpose(1, 2), w)  # in place: no (a, D) temporary
         c = torch.matmul(p, s[:, :e])
         dg_c = (df_c * c).sum(-1, keepdim=True)
         dlogit = p * (torch.matmul(w, s[:, :e].transpose(1, 2)) - g_c * dg_c)
         dq[:, a:e] = torch.matmul(dlogit, k_b[:, :e].to(work)) * scale
-        dk[:, :e] += torch.matmul(dlogit.transpose(1, 2), q_c) * scale
+        dk[:, :e].baddbmm_(dlogit.transpose(1, 2), q_c, alpha=scale)
         df[:, a:e], dgamma[:, a:e] = df_c, dg_c
     return dq, dk, dgamma, df
 

@@ -1,0 +1,119 @@
+"""Fused Triton kernels of the feedback solve (I - B_fb) s = f: autograd wiring and the public entry point.
+
+Layers: ``triton_fwd`` / ``triton_bwd`` hold the ``@triton.jit`` kernels and their launchers
+(``forward_fixed`` / ``backward_fixed``: shape checks done here, allocation, grids); ``FeedbackSolveTriton``
+is the ``torch.autograd.Function``; :func:`feedback_solve_triton` is what ``feedback_solve(backend="triton")``
+calls. Importing this module makes no CUDA call. Under ``TRITON_INTERPRET=1`` the kernels also run on CPU
+tensors (slowly; used by the tests).
+
+Packed variable-length sequences: :func:`feedback_forward_varlen` takes ``cu_seqlens`` (forward only, one
+launch sequence per segment on views of the packed tensors); autograd is wired for the fixed-length path.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from sessa.ops.feedback.triton_bwd import backward_fixed
+from sessa.ops.feedback.triton_fwd import choose_blocks, forward_fixed
+
+__all__ = ["feedback_solve_triton", "feedback_forward_varlen", "FeedbackSolveTriton"]
+
+# Tests set this to fill every output and scratch buffer with NaN before the kernels run.
+POISON = False
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _check(q_b: torch.Tensor, k_b: torch.Tensor, gamma: torch.Tensor, f: torch.Tensor, key_mask) -> None:
+    if not (f.is_cuda or _interpreting()):
+        raise ValueError(f"feedback_solve_triton needs CUDA tensors (or TRITON_INTERPRET=1), got {f.device}")
+    if f.dim() != 3 or q_b.shape != f.shape or k_b.shape != f.shape:
+        raise ValueError(
+            f"q_b, k_b, f must share one (B, T, D) shape, got {tuple(q_b.shape)}, {tuple(k_b.shape)}, "
+            f"{tuple(f.shape)}"
+        )
+    if f.dtype not in (torch.float32, torch.bfloat16, torch.float16) or q_b.dtype != f.dtype:
+        raise TypeError(f"q_b, k_b, f must share a dtype among fp32/bf16/fp16, got {q_b.dtype}, {f.dtype}")
+    if gamma.shape != (*f.shape[:2], 1):
+        raise ValueError(f"gamma must have shape (B, T, 1) = {(*f.shape[:2], 1)}, got {tuple(gamma.shape)}")
+    if key_mask is not None and (key_mask.shape != f.shape[:2] or key_mask.dtype != torch.bool):
+        raise ValueError(f"key_mask must be bool (B, T) = {tuple(f.shape[:2])}, got {key_mask.dtype} "
+                         f"{tuple(key_mask.shape)}")
+
+
+class FeedbackSolveTriton(torch.autograd.Function):
+    """Saves q_b, k_b, gamma, f, s (fp32) and its bf16 copy, the row log-sum-exp and the C x C diagonal
+    inverses: O(T * D) memory, no T x T tensor."""
+
+    @staticmethod
+    def forward(ctx, q_b, k_b, gamma, f, key_mask, chunk_size, sub_block):  # type: ignore[override]
+        q_b, k_b, gamma, f = (x.contiguous() for x in (q_b, k_b, gamma, f))
+        B, T, D = f.shape
+        blocks = choose_blocks(T, D, f.dtype, chunk_size, _interpreting(), sub_block)
+        st = forward_fixed(q_b, k_b, gamma, f, key_mask, blocks, poison=POISON)
+        ctx.save_for_backward(q_b, k_b, gamma, f, key_mask, st.s, st.s_op, st.lse, st.inv)
+        ctx.blocks = blocks
+        return st.s.to(f.dtype)
+
+    @staticmethod
+    def backward(ctx, ds):  # type: ignore[override]
+        from sessa.ops.feedback.triton_fwd import ForwardState
+
+        q_b, k_b, gamma, f, key_mask, s, s_op, lse, inv = ctx.saved_tensors
+        st = ForwardState(s, s_op, lse, inv, ctx.blocks)
+        dq, dk, dgamma, df = backward_fixed(q_b, k_b, gamma, f, key_mask, st, ds, poison=POISON)
+        return dq, dk, dgamma[..., None].to(gamma.dtype), df, None, None, None
+
+
+def feedback_solve_triton(
+    q_b: torch.Tensor,
+    k_b: torch.Tensor,
+    gamma: torch.Tensor,
+    f: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+    sub_block: int | None = None,
+) -> torch.Tensor:
+    """s solving s_t = f_t + gamma_t sum_{j<t} softmax_j(q_b,t . k_b,j / sqrt(D)) s_j, differentiable.
+
+    q_b, k_b, f: (B, T, D) fp32/bf16/fp16 CUDA tensors; gamma: (B, T, 1); key_mask: optional (B, T) bool
+    (False = padding key that no row reads). chunk_size: super-chunk rows L (multiple of 16; default by T);
+    sub_block: rows C of the register-level triangular blocks (16/32/64, dividing L; default min(64, L)).
+    Returns s: (B, T, D) in f's dtype, computed in fp32.
+    """
+    _check(q_b, k_b, gamma, f, key_mask)
+    if f.shape[1] == 0:
+        return f.clone()
+    return FeedbackSolveTriton.apply(q_b, k_b, gamma, f, key_mask, chunk_size, sub_block)
+
+
+def feedback_forward_varlen(
+    q_b: torch.Tensor,
+    k_b: torch.Tensor,
+    gamma: torch.Tensor,
+    f: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Forward solve of packed sequences: q_b, k_b, f: (1, N, D), gamma (1, N, 1), cu_seqlens: (S + 1,) int
+    offsets (0 = cu_seqlens[0] < ... < cu_seqlens[S] = N); each segment is solved independently.
+    Returns s: (1, N, D). Not differentiable through this path (use the fixed-length path or key_mask)."""
+    _check(q_b, k_b, gamma, f, None)
+    if f.shape[0] != 1:
+        raise ValueError(f"packed sequences need batch 1, got B = {f.shape[0]}")
+    bounds = [int(x) for x in cu_seqlens.tolist()]
+    if bounds[0] != 0 or bounds[-1] != f.shape[1] or any(b <= a for a, b in zip(bounds, bounds[1:])):
+        raise ValueError(f"cu_seqlens must increase strictly from 0 to N = {f.shape[1]}, got {bounds}")
+    q_b, k_b, gamma, f = (x.contiguous() for x in (q_b, k_b, gamma, f))
+    s = torch.empty_like(f)
+    with torch.no_grad():
+        for a, b in zip(bounds, bounds[1:]):
+            blocks = choose_blocks(b - a, f.shape[2], f.dtype, chunk_size, _interpreting())
+            seg = forward_fixed(q_b[:, a:b], k_b[:, a:b], gamma[:, a:b], f[:, a:b], None, blocks, POISON)
+            s[:, a:b] = seg.s.to(f.dtype)
+    return s

@@ -1,0 +1,183 @@
+"""`sessa compare`: train matched models on a task set and report one table, JSON, Markdown and plots."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sessa.train.config import MODELS, TrainConfig
+from sessa.train.evaluate import primary_metric
+from sessa.train.trainer import train
+
+# Built-in CPU defaults: small task variants that separate the models within minutes on a 2-core CPU.
+QUICK_TASKS: dict[str, dict[str, Any]] = {
+    "mqar": {"task_options": {"vocab_size": 64, "seq_len": 64, "n_pairs": 8, "n_train": 4000, "n_valid": 200,
+                              "n_test": 200}, "steps": 150},
+    "diffuse_mqar": {"task_options": {"n_pairs": 4, "key_len": 2, "key_vocab": 8, "value_vocab": 8,
+                                      "min_noise_pairs": 2, "max_noise_pairs": 6, "n_train": 4000, "n_valid": 200,
+                                      "n_test": 200}, "steps": 150},
+}
+# The paper's Table 1 setting (one GPU): SymbolSoup 400-600 tokens and diffuse MQAR at full size.
+PAPER_TASKS: dict[str, dict[str, Any]] = {
+    "symbolsoup": {"task_options": {}, "steps": 3000, "batch_size": 32, "lr": 1e-3},
+    "diffuse_mqar": {"task_options": {}, "steps": 3000, "batch_size": 32, "lr": 1e-3},
+}
+SUITES = {"quick": ("tiny", QUICK_TASKS), "paper": ("small", PAPER_TASKS)}
+
+
+@dataclass
+class CompareConfig:
+    """What `sessa compare` runs: every task x model x seed, each a full `sessa train` run."""
+
+    tasks: list[str] = field(default_factory=lambda: list(QUICK_TASKS))
+    models: list[str] = field(default_factory=lambda: ["sessa", "attention", "mamba2", "sessa_nofb"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    suite: str = "quick"  # "quick" (CPU minutes) or "paper" (the paper's Table 1 setting, one GPU)
+    preset: str | None = None  # model preset; default from the suite
+    steps: int | None = None  # override every task's step count
+    batch_size: int | None = None
+    lr: float | None = None
+    device: str = "auto"
+    amp: str = "auto"
+    out_dir: str = "runs/compare"
+    train_overrides: dict[str, Any] = field(default_factory=dict)  # any other TrainConfig field
+
+    def __post_init__(self) -> None:
+        if self.suite not in SUITES:
+            raise ValueError(f"suite must be one of {sorted(SUITES)}, got {self.suite!r}")
+        bad = [m for m in self.models if m not in MODELS]
+        if bad:
+            raise ValueError(f"unknown model(s) {bad}; valid models: {', '.join(MODELS)}")
+        if not self.models or not self.tasks or not self.seeds:
+            raise ValueError("tasks, models and seeds must each name at least one entry")
+
+    def run_config(self, task: str, model: str, seed: int) -> TrainConfig:
+        preset, table = SUITES[self.suite]
+        settings = dict(table.get(task, {}))
+        fields = {
+            "task": task, "model": model, "seed": seed, "preset": self.preset or preset, "device": self.device,
+            "amp": self.amp, "out_dir": str(Path(self.out_dir) / task / f"{model}-seed{seed}"),
+            "eval_every": 0, "log_every": 25,
+            **settings, **self.train_overrides,
+        }
+        for name in ("steps", "batch_size", "lr"):
+            if getattr(self, name) is not None:
+                fields[name] = getattr(self, name)
+        fields.setdefault("eval_every", max(1, fields.get("steps", 200) // 5))
+        return TrainConfig(**fields)
+
+
+def compare(cfg: CompareConfig, *, log=print) -> dict[str, Any]:  # noqa: ANN001
+    """Run every (task, model, seed); write results.json, results.md and plots into cfg.out_dir."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    runs: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    for task in cfg.tasks:
+        for model in cfg.models:
+            for seed in cfg.seeds:
+                run_cfg = cfg.run_config(task, model, seed)
+                log(f"== {task} | {model} | seed {seed} ==")
+                t0 = time.perf_counter()
+                summary = train(run_cfg)
+                summary["wall_time_s"] = time.perf_counter() - t0
+                runs.append(summary)
+    table = aggregate(runs)
+    result = {"config": dataclasses.asdict(cfg), "table": table, "runs": runs,
+              "total_wall_time_s": time.perf_counter() - start}
+    (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
+    markdown = render_markdown(table, result["total_wall_time_s"])
+    (out / "results.md").write_text(markdown)
+    plots = write_plots(runs, out)
+    log(markdown)
+    if plots:
+        log("plots: " + ", ".join(str(p) for p in plots))
+    return result
+
+
+def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (task, model): mean and std over seeds of the test metric, params, tokens/s, wall time."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["task"], run["model"]), []).append(run)
+    rows = []
+    for (task, model), members in groups.items():
+        split = "test" if "test" in members[0]["final"] else sorted(members[0]["final"])[-1]
+        values = []
+        for run in members:
+            name, value, higher = primary_metric(run["metric"], run["final"][split])
+            values.append(value)
+        rows.append({
+            "task": task, "model": model, "split": split, "metric": name, "higher_is_better": higher,
+            "mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "seeds": len(values), "params": members[0]["params"],
+            "tokens_per_s": statistics.fmean(r["tokens_per_s"] for r in members),
+            "wall_time_s": statistics.fmean(r["wall_time_s"] for r in members),
+        })
+    return rows
+
+
+def render_markdown(table: list[dict[str, Any]], total_s: float) -> str:
+    lines = ["| task | model | metric (split) | value | params | tokens/s | wall time |",
+             "|---|---|---|---|---|---|---|"]
+    for r in table:
+        value = f"{r['mean']:.4f}" + (f" ± {r['std']:.4f}" if r["seeds"] > 1 else "")
+        lines.append(f"| {r['task']} | {r['model']} | {r['metric']} ({r['split']}) | {value} | {r['params']:,} | "
+                     f"{r['tokens_per_s']:,.0f} | {r['wall_time_s']:.0f} s |")
+    lines.append(f"\nTotal wall time: {total_s / 60:.1f} min.")
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(runs: list[dict[str, Any]], out: Path) -> list[Path]:
+    """metric vs step per task; metric vs length/lag per task where the task labels them."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    paths = []
+    for task in sorted({r["task"] for r in runs}):
+        members = [r for r in runs if r["task"] == task]
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        for run in members:
+            rows = [h for h in run["history"] if h.get("split") == "test" or (h.get("split") and "test" not in run["final"])]
+            if rows:
+                ax.plot([h["step"] for h in rows], [h["value"] for h in rows], marker="o", label=f"{run['model']} s{run['seed']}")
+        ax.set(xlabel="training step", ylabel=members[0]["metric"], title=f"{task}: test metric during training")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / f"{task}_metric_vs_step.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+        paths += _breakdown_plots(task, members, out, plt)
+    return paths
+
+
+def _breakdown_plots(task: str, members: list[dict[str, Any]], out: Path, plt) -> list[Path]:  # noqa: ANN001
+    paths = []
+    test = members[0]["final"].get("test", {})
+    for key in [k for k in test if k.startswith("by_") and k[3:] in ("length", "lag")]:
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        for run in members:
+            groups = run["final"]["test"][key]
+            xs = sorted(groups, key=float)
+            ax.plot([float(x) for x in xs], [groups[x] for x in xs], marker="o", label=f"{run['model']} s{run['seed']}")
+        ax.set(xlabel=key[3:], ylabel="accuracy", title=f"{task}: accuracy vs {key[3:]} (test)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / f"{task}_accuracy_vs_{key[3:]}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
