@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=None, choices=MODELS, metavar="MODEL",
                    help=f"models to train (default: sessa attention mamba2 sessa_nofb; valid: {', '.join(MODELS)})")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
-    p.add_argument("--preset", default=None, help="model preset (default: tiny for quick, small for paper)")
+    p.add_argument("--preset", default=None,
+                   help="model preset (default: tiny for quick, small for paper); 'paper' = --suite paper")
     p.add_argument("--suite", default="quick", choices=["quick", "paper"],
                    help="quick: CPU in minutes; paper: the paper's Table 1 setting on one GPU")
     p.add_argument("--steps", type=int, default=None)
@@ -112,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from sessa.train.compare import QUICK_TASKS, CompareConfig, compare
+
+    if args.preset == "paper":  # `--preset paper` is the documented spelling of the paper's GPU setting
+        args.suite, args.preset = "paper", None
 
     cfg = CompareConfig(
         tasks=args.tasks or (list(QUICK_TASKS) if args.suite == "quick" else ["symbolsoup", "diffuse_mqar"]),

@@ -63,13 +63,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from transformers import TextStreamer
 
-    from sessa.models import ByteLevelTokenizer
+    from sessa.models import SessaByteTokenizer
 
     device = resolve_device(args.device)
     model, _ = load_model_dir(args.path, device)
     folder = Path(args.path)
-    tokenizer = ByteLevelTokenizer.from_pretrained(str(folder)) if (folder / "tokenizer_config.json").exists() \
-        else ByteLevelTokenizer()
+    tokenizer = SessaByteTokenizer.from_pretrained(str(folder)) if (folder / "tokenizer_config.json").exists() \
+        else SessaByteTokenizer()
+    if model.config.vocab_size < len(tokenizer):
+        raise ValueError(
+            f"this model's vocabulary ({model.config.vocab_size} tokens) is not the byte-level vocabulary "
+            f"({len(tokenizer)}): `sessa generate` needs a text model (for example one trained on --task bytelm)"
+        )
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.temperature <= 0 or not 0 < args.top_p <= 1 or args.top_k < 0:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -126,7 +127,8 @@ def reference_backends(model: nn.Module) -> Iterator[nn.Module]:
     (forward-mode AD has no rule for SDPA or the chunked solve's custom Function); restores them after."""
     saved = []
     for module in model.modules():
-        attrs = ("backend",) if isinstance(module, AttentionMixer) else ("attention_backend", "feedback_backend")
+        is_attention = isinstance(module, AttentionMixer)
+        attrs = ("backend",) if is_attention else ("attention_backend", "feedback_backend")
         for attr in attrs:
             value = getattr(module, attr, None)
             if isinstance(value, str) and value != "reference":
@@ -160,12 +162,16 @@ def lag_profile(matrix: torch.Tensor, view: str = "column", anchor: int | None =
 
 
 def routing_influence(
-    model: nn.Module | Sequence[nn.Module], x: torch.Tensor, *, view: str = "column", anchor: int | None = None
+    model: nn.Module | Sequence[nn.Module],
+    x: torch.Tensor,
+    *,
+    view: str = "column",
+    anchor: int | None = None,
 ) -> list[tuple[str, torch.Tensor]]:
     """Fixed-routing influence of every supported mixer in ``model`` on its input from ``model(x)``.
 
-    x: (B, T, D). Returns [(mixer name, (L,) mean over inputs and heads of |J| at lags 0..L-1)], one entry
-    per mixer in call order. Sessa's column is solved directly through the feedback solve.
+    x: (B, T, D). Returns [("<module name> (<mixer class>)", (L,) mean over inputs and heads of |J| at
+    lags 0..L-1)], one entry per mixer in call order. Sessa's column is solved directly by the solve.
     """
     out = []
     T = x.shape[1]
@@ -177,12 +183,13 @@ def routing_influence(
                 profile = sessa_routing(q_b, k_b, gamma, columns=[anchor])[:, anchor:, 0]
             else:
                 profile = lag_profile(mixer_operator(mixer, bar_a).routing, view, anchor)
-        out.append((name, profile.abs().reshape(-1, profile.shape[-1]).mean(0)))
+        label = f"{name} ({type(mixer).__name__})"
+        out.append((label, profile.abs().reshape(-1, profile.shape[-1]).mean(0)))
     return out
 
 
 # -- end-to-end influence ----------------------------------------------------------------------------------
-def _tangents(D: int, probes: int | None, dtype: torch.dtype, generator: torch.Generator | None) -> torch.Tensor:
+def _tangents(D: int, probes: int | None, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
     """(k, D) tangent directions: the basis (exact) or k Gaussian probes scaled so sum_k ||J u_k||^2
     estimates ||J||_F^2."""
     if probes is None:
@@ -192,7 +199,9 @@ def _tangents(D: int, probes: int | None, dtype: torch.dtype, generator: torch.G
     return torch.randn(probes, D, dtype=dtype, generator=generator) / math.sqrt(probes)
 
 
-def _column_sq_norms(model: nn.Module, x: torch.Tensor, anchor: int, u: torch.Tensor, max_batch: int) -> torch.Tensor:
+def _column_sq_norms(
+    model: nn.Module, x: torch.Tensor, anchor: int, u: torch.Tensor, max_batch: int
+) -> torch.Tensor:
     """sum_k ||dy_t/dx_anchor · u_k||^2 for t >= anchor: (B, T - anchor), by batched JVPs."""
     B, T, D = x.shape
     per_call = max(1, max_batch // B)
@@ -202,7 +211,9 @@ def _column_sq_norms(model: nn.Module, x: torch.Tensor, anchor: int, u: torch.Te
         k = chunk.shape[0]
         tangent = x.new_zeros(k, B, T, D)
         tangent[:, :, anchor] = chunk[:, None, :]
-        _, dy = torch.func.jvp(model, (x.repeat(k, 1, 1),), (tangent.reshape(k * B, T, D),))
+        with warnings.catch_warnings():  # torch's first forward-AD call uses the deprecated torch.jit.script
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
+            _, dy = torch.func.jvp(model, (x.repeat(k, 1, 1),), (tangent.reshape(k * B, T, D),))
         total += dy.reshape(k, B, T, D)[:, :, anchor:].pow(2).sum(dim=(0, 3))
     return total
 

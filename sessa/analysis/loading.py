@@ -29,7 +29,9 @@ TINY_MIXERS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
 }
 
 # where decoder blocks live in common causal-LM layouts (first match wins)
-_BLOCK_PATHS = ("model.layers", "layers", "backbone.layers", "transformer.h", "model.decoder.layers", "blocks")
+_BLOCK_PATHS = (
+    "model.layers", "layers", "backbone.layers", "transformer.h", "model.decoder.layers", "blocks",
+)
 
 
 def tiny_stack(
@@ -95,7 +97,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if (path / "latest").is_file():
         path = path / (path / "latest").read_text().strip()
     if not (path / "config.json").is_file():
-        raise ValueError(f"checkpoint must be a directory with config.json (or a 'latest' pointer), got {path}")
+        raise ValueError(f"checkpoint must be a directory with config.json (or a 'latest' file), got {path}")
     return path
 
 
@@ -110,8 +112,8 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float64) -> Loa
         import sessa.models  # noqa: F401  (registers the Sessa architectures with the Auto classes)
     except ImportError:
         pass
-    model = AutoModelForCausalLM.from_pretrained(str(resolve_checkpoint(path)), torch_dtype=dtype)
-    return find_blocks(model.eval())
+    model = AutoModelForCausalLM.from_pretrained(str(resolve_checkpoint(path)))
+    return find_blocks(model.to(dtype).eval())
 
 
 def random_inputs(

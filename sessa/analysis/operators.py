@@ -1,4 +1,4 @@
-"""Every mixer as an input-dependent linear operator on a stream (SPEC §5): y_t = sum_{tau<=t} W[t, tau] u_tau.
+"""Every mixer as an input-dependent linear operator (SPEC §5): y_t = sum_{tau<=t} W[t, tau] u_tau.
 
 For one input, each mixer is written as a per-head T x T matrix W acting on a per-head value stream u, plus
 a readout that is linear in time-mixed values (out_proj, and for Mamba-2 the skip, gate and norm):
@@ -101,7 +101,8 @@ def sessa_routing(
     I - gamma * alpha_fb (small T).
     """
     B, T, D = q_b.shape
-    cols = torch.arange(T, device=q_b.device) if columns is None else torch.as_tensor(columns, device=q_b.device)
+    cols = torch.arange(T) if columns is None else torch.as_tensor(columns, dtype=torch.long)
+    cols = cols.to(q_b.device)
     if cols.numel() == 0 or int(cols.min()) < 0 or int(cols.max()) >= T:
         raise ValueError(f"columns must be non-empty and in [0, T={T}), got {columns!r}")
     if method == "dense":
@@ -243,5 +244,8 @@ def offdiag_rank(matrix: torch.Tensor, split: int | None = None, rtol: float = 1
     T = matrix.shape[-1]
     split = T // 2 if split is None else split
     if not 0 < split < T or matrix.shape[-2] != T:
-        raise ValueError(f"need a square (..., T, T) matrix and 0 < split < T; got {tuple(matrix.shape)}, {split}")
+        raise ValueError(
+            f"need a square (..., T, T) matrix and 0 < split < T, got shape {tuple(matrix.shape)} and "
+            f"split={split}"
+        )
     return torch.linalg.matrix_rank(matrix[..., split:, :split].double(), rtol=rtol)

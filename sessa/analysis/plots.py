@@ -37,7 +37,7 @@ def save_heatmaps(
         raise ValueError("matrices must hold at least one (T, T) matrix")
     plt = require_pyplot()
     fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 3.8), squeeze=False)
-    for ax, (name, mat) in zip(axes[0], matrices.items()):
+    for ax, (name, mat) in zip(axes[0], matrices.items(), strict=True):
         image = ax.imshow(mat.detach().abs().double().clamp_min(floor).log10().cpu().numpy(), cmap="magma")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("source τ")
@@ -59,7 +59,7 @@ def save_loglog(
         raise ValueError("panels must hold at least one panel of curves")
     plt = require_pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
-    for ax, (title, curves) in zip(axes[0], panels.items()):
+    for ax, (title, curves) in zip(axes[0], panels.items(), strict=True):
         for label, lags, values in curves:
             lags, values = torch.as_tensor(lags).double(), torch.as_tensor(values).double().abs()
             keep = (lags > 0) & (values > 0)

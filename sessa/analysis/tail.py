@@ -113,7 +113,7 @@ def fit_tail(
     lag_t = torch.as_tensor(lags, dtype=torch.float64).flatten()
     val_t = torch.as_tensor(values, dtype=torch.float64).flatten().abs()
     if lag_t.shape != val_t.shape:
-        raise ValueError(f"lags and values must have the same length, got {lag_t.numel()} and {val_t.numel()}")
+        raise ValueError(f"lags and values must have equal lengths, got {lag_t.numel()} and {val_t.numel()}")
     keep = (lag_t >= max(float(min_lag), 1.0)) & (val_t > 0) & torch.isfinite(val_t) & torch.isfinite(lag_t)
     if max_lag is not None:
         keep &= lag_t <= float(max_lag)
@@ -131,7 +131,7 @@ def fit_tail(
 
 
 def log_spaced_lags(lo: int, hi: int, n: int) -> torch.Tensor:
-    """About n distinct integer lags spaced evenly in log between lo >= 1 and hi (inclusive): (<= n,) int64."""
+    """About n distinct integer lags, evenly spaced in log, in [lo, hi] with lo >= 1: (<= n,) int64."""
     if not 1 <= lo <= hi:
         raise ValueError(f"need 1 <= lo <= hi, got lo={lo}, hi={hi}")
     if n < 2:

@@ -4,3 +4,4 @@ from sessa.tasks.base import IGNORE_INDEX, TASKS, TaskConfig, TaskData, TaskSpli
 
 __all__ = ["IGNORE_INDEX", "TASKS", "TaskConfig", "TaskData", "TaskSplit", "get_task", "register_task"]
 from sessa.tasks import diffuse_mqar, induction, mqar, passkey, selective_copy, symbolsoup  # noqa: F401
+from sessa.tasks import corpus, listops, pathfinder, scan  # noqa: F401

@@ -1,4 +1,4 @@
-"""Pathfinder (LRA, Linsley et al. 2018): are the two markers on the same dashed curve? 32x32 pixels as tokens.
+"""Pathfinder (LRA, Linsley et al. 2018): are the two markers on one dashed curve? Pixels as tokens.
 
 Our own generator after the description in SPEC §4 and the parameters LRA used for Pathfinder-32.
 A curve is a chain of paddles (short line segments of ``paddle_length`` px and ``paddle_thickness`` px)
@@ -29,20 +29,34 @@ from sessa.tasks.base import IGNORE_INDEX, TaskConfig, TaskData, TaskSplit, regi
 
 SUPERSAMPLE = 4  # anti-aliasing: 4x4 sample points per pixel
 TURN_STEPS = 36  # candidate turning angles per growth step
+MAX_BACKTRACKS = 6  # a stuck target curve backs up 1, 2, ... paddles this many times before a restart
 
 
-def _point_segment_sq(px, py, ax, ay, dx, dy, inv_len_sq):  # noqa: ANN001, ANN202  (array components)
+def _point_segment_sq(
+    px: np.ndarray,
+    py: np.ndarray,
+    ax: np.ndarray,
+    ay: np.ndarray,
+    dx: np.ndarray,
+    dy: np.ndarray,
+    inv: np.ndarray,
+) -> np.ndarray:
+    """Squared distance from points (px, py) to segments starting at (ax, ay) with direction (dx, dy)."""
     ux, uy = px - ax, py - ay
-    t = np.minimum(np.maximum((ux * dx + uy * dy) * inv_len_sq, 0.0), 1.0)
+    t = np.minimum(np.maximum((ux * dx + uy * dy) * inv, 0.0), 1.0)  # inv = 1 / |d|^2
     ex, ey = ux - t * dx, uy - t * dy
     return ex * ex + ey * ey
 
 
-def segment_distance(p0: np.ndarray, p1: np.ndarray, q0: np.ndarray, q1: np.ndarray) -> np.ndarray:
+def segment_distance(
+    p0: np.ndarray, p1: np.ndarray, q0: np.ndarray, q1: np.ndarray, crossing: bool = True
+) -> np.ndarray:
     """Shortest distance between segments p0-p1 and q0-q1; inputs (..., 2) broadcast, output (...).
 
-    The minimum of the four endpoint-to-segment distances, or 0 where the segments cross. Written on x/y
-    components because it runs on small arrays in the growth loop, where numpy call count is the cost.
+    The minimum of the four endpoint-to-segment distances, or 0 where the segments cross. ``crossing=False``
+    skips the crossing test, for callers that only compare with a threshold above half the shorter length
+    (crossing segments always have an endpoint that close to the other). Written on x/y components
+    because it runs on small arrays in the growth loop, where the count of numpy calls is the cost.
     """
     p0x, p0y, p1x, p1y = p0[..., 0], p0[..., 1], p1[..., 0], p1[..., 1]
     q0x, q0y, q1x, q1y = q0[..., 0], q0[..., 1], q1[..., 0], q1[..., 1]
@@ -59,6 +73,8 @@ def segment_distance(p0: np.ndarray, p1: np.ndarray, q0: np.ndarray, q1: np.ndar
             _point_segment_sq(q1x, q1y, p0x, p0y, dpx, dpy, inv_p),
         ),
     )
+    if not crossing:
+        return np.sqrt(dist_sq)
     # the segments cross when each one's endpoints lie on opposite sides of the other (2-D cross products)
     side_p0 = dqx * (p0y - q0y) - dqy * (p0x - q0x)
     side_p1 = dqx * (p1y - q0y) - dqy * (p1x - q0x)
@@ -139,10 +155,17 @@ class _CurveGrower:
         self.turns = -limit + step * (np.arange(TURN_STEPS) + 0.5)
         self.turn_step = step
         self.turn_weights = np.cos(cfg.continuity * self.turns) ** 2
+        # paddles closer than the clearance can cross only if the clearance is below half a paddle
+        self.check_crossing = cfg.paddle_length / 2 >= cfg.paddle_thickness + cfg.margin
         self.scene = _Scene()
 
     def fits(
-        self, a: np.ndarray, b: np.ndarray, owner: int, skip: int = -1, near: np.ndarray | None = None,
+        self,
+        a: np.ndarray,
+        b: np.ndarray,
+        owner: int,
+        skip: int = -1,
+        near: np.ndarray | None = None,
         tip: np.ndarray | None = None,
     ) -> np.ndarray:
         """Which candidate paddles a-b (C, 2) of curve ``owner`` stay inside and clear of the scene.
@@ -158,23 +181,40 @@ class _CurveGrower:
         if near is not None and rows.size:  # cheap bounding-circle test around each row's midpoint
             mid = (s.starts[rows] + s.ends[rows]) / 2
             half = np.abs(s.ends[rows] - s.starts[rows]).sum(-1) / 2
-            reach = cfg.paddle_length + 3 * cfg.margin + cfg.marker_radius + self.half_width + s.radii[rows] + half
+            reach = (
+                cfg.paddle_length
+                + 3 * cfg.margin
+                + cfg.marker_radius
+                + self.half_width
+                + s.radii[rows]
+                + half
+            )
             rows = rows[((mid - near) ** 2).sum(-1) < reach**2]
         if rows.size == 0:
             return inside
         starts, ends, radii = s.starts[None, rows], s.ends[None, rows], s.radii[rows] + cfg.margin
-        ok = inside & (segment_distance(a[:, None], b[:, None], starts, ends) >= radii + self.half_width).all(-1)
+        dist = segment_distance(a[:, None], b[:, None], starts, ends, crossing=self.check_crossing)
+        ok = inside & (dist >= radii + self.half_width).all(-1)
         if tip is not None:
-            ok &= (segment_distance(tip[:, None], tip[:, None], starts, ends) >= radii + cfg.marker_radius).all(-1)
+            ok &= (
+                segment_distance(tip[:, None], tip[:, None], starts, ends, crossing=False)
+                >= radii + cfg.marker_radius
+            ).all(-1)
         return ok
 
-    def seed(self, owner: int, tail: np.ndarray | None = None, tip: bool = False) -> tuple[np.ndarray, float] | None:
+    def seed(
+        self, owner: int, tail: np.ndarray | None = None, tip: bool = False
+    ) -> tuple[np.ndarray, float] | None:
         """First paddle of a curve (from ``tail`` if given, else a random point); returns (head, angle).
 
         tip: reserve a marker disc around the tail (target curves).
         """
         tries = self.cfg.max_tries
-        a = np.broadcast_to(tail, (tries, 2)) if tail is not None else self.rng.uniform(self.lo, self.hi, (tries, 2))
+        a = (
+            np.broadcast_to(tail, (tries, 2))
+            if tail is not None
+            else self.rng.uniform(self.lo, self.hi, (tries, 2))
+        )
         theta = self.rng.uniform(-math.pi, math.pi, size=tries)
         b = a + self.cfg.paddle_length * _unit(theta)
         ok = np.flatnonzero(self.fits(a, b, owner, tip=a if tip else None))
@@ -201,9 +241,12 @@ class _CurveGrower:
         skip = self.scene.last_paddle(owner)
         fit = self.fits(a, b, owner, skip=skip, near=head, tip=b if tip else None)
         weights = self.turn_weights * fit
-        if weights.sum() <= 0:
+        if not weights.any():
             return None
-        k = self.rng.choice(TURN_STEPS, p=weights / weights.sum())
+        cumulative = np.cumsum(weights)
+        k = min(
+            int(np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right")), TURN_STEPS - 1
+        )
         self.scene.add(a[k], b[k], self.half_width, owner)
         if tip:
             self.scene.add(b[k], b[k], self.cfg.marker_radius, owner, disc=True)
@@ -228,14 +271,16 @@ def _grow_targets(g: _CurveGrower) -> bool:
 
     Both ends of each curve keep a marker disc clear of the other curve, so a marker never touches the
     wrong curve. The first seed keeps ``seed_distance`` from the border (LRA keeps its seeds central) so
-    the curves have room; a stuck curve backs up one paddle and tries again (``max_tries`` times in all).
+    the curves have room; a stuck curve backs up 1, 2, ... paddles (``MAX_BACKTRACKS`` times in all).
     """
     cfg, rng = g.cfg, g.rng
     tail = rng.uniform(g.lo + cfg.seed_distance, g.hi - cfg.seed_distance, size=2)
     first = g.seed(0, tail=tail, tip=True)
     tails = tail + cfg.seed_distance * _unit(rng.uniform(-math.pi, math.pi, size=cfg.max_tries))
     inside = ((tails >= g.lo) & (tails <= g.hi)).all(-1)
-    second = g.seed(1, tail=tails[np.argmax(inside)], tip=True) if first is not None and inside.any() else None
+    second = (
+        g.seed(1, tail=tails[np.argmax(inside)], tip=True) if first is not None and inside.any() else None
+    )
     if second is None:
         return False
     states = [[first], [second]]  # per curve: (head, angle) after each of its paddles
@@ -247,15 +292,18 @@ def _grow_targets(g: _CurveGrower) -> bool:
         if state is not None:
             states[owner].append(state)
             continue
-        backtracks += 1
-        if backtracks > cfg.max_tries or len(states[owner]) == 1:
+        backtracks += 1  # back up further after each failure: 1, 2, 3, ... paddles
+        if backtracks > MAX_BACKTRACKS or len(states[owner]) <= backtracks:
             return False
-        g.scene.remove(g.scene.last_paddle(owner))
-        states[owner].pop()
+        for _ in range(backtracks):
+            g.scene.remove(g.scene.last_paddle(owner))
+            states[owner].pop()
     return True
 
 
-def render(size: int, starts: np.ndarray, ends: np.ndarray, radii: np.ndarray, values: np.ndarray) -> np.ndarray:
+def render(
+    size: int, starts: np.ndarray, ends: np.ndarray, radii: np.ndarray, values: np.ndarray
+) -> np.ndarray:
     """Anti-aliased capsules (segment + radius) on a (size, size) canvas; a pixel takes its covered fraction
     times the capsule's value, overlaps the maximum. starts, ends: (N, 2) x, y; radii, values: (N,)."""
     image = np.zeros((size, size), dtype=np.float32)
@@ -267,7 +315,7 @@ def render(size: int, starts: np.ndarray, ends: np.ndarray, radii: np.ndarray, v
     offsets = (np.arange(width * SUPERSAMPLE) + 0.5) / SUPERSAMPLE
     grid = np.stack(np.meshgrid(offsets, offsets, indexing="xy"), axis=-1).reshape(-1, 2)  # (P, 2) x, y
     points = corner[:, None, :] + grid[None]  # (N, P, 2)
-    dist = segment_distance(points, points, starts[:, None], ends[:, None])
+    dist = segment_distance(points, points, starts[:, None], ends[:, None], crossing=False)
     covered = (dist <= radii[:, None]).reshape(-1, width, SUPERSAMPLE, width, SUPERSAMPLE)
     coverage = covered.mean(axis=(2, 4)) * values[:, None, None]  # (N, width rows, width cols)
     rows = corner[:, 1, None, None] + np.arange(width)[None, :, None]
@@ -332,12 +380,14 @@ class PathfinderTask(TaskConfig):
         >>> data.vocab[split.targets[0, -1]] in ("<connected>", "<disconnected>")
         True
 
-    Measured cost (defaults, one CPU core): about 6 ms per image, so ~45 s for the default 7,000 images.
+    Measured cost (one shared CPU core, numpy): about 10-20 ms per image at contour length 14 and 7-10 ms
+    at 6 and 9, so the default 5,000 images take about a minute; LRA's 200k would take most of an hour
+    (the growth loop is many small numpy calls; batching images would be the next speed-up).
     """
 
-    n_train: int = 5000  # LRA Pathfinder-32 has 160k/20k/20k; a CPU-friendly default
-    n_valid: int = 1000
-    n_test: int = 1000
+    n_train: int = 4000  # LRA Pathfinder-32 has 160k/20k/20k; a CPU-friendly default (see cost above)
+    n_valid: int = 500
+    n_test: int = 500
     image_size: int = 32  # pixels per side (sequence length image_size**2 + 1)
     contour_length: int = 14  # paddles per target curve (LRA levels: 6, 9, 14)
     distractor_length: int | None = None  # paddles per distractor; None = contour_length // 3
@@ -354,8 +404,15 @@ class PathfinderTask(TaskConfig):
     max_tries: int = 50  # retries for a seed, a distractor and a whole image before giving up
 
     def __post_init__(self) -> None:
-        ints = {"n_train": 1, "n_valid": 0, "n_test": 0, "image_size": 8, "contour_length": 2, "levels": 2,
-                "max_tries": 1}
+        ints = {
+            "n_train": 1,
+            "n_valid": 0,
+            "n_test": 0,
+            "image_size": 8,
+            "contour_length": 2,
+            "levels": 2,
+            "max_tries": 1,
+        }
         for name, low in ints.items():
             value = getattr(self, name)
             if not isinstance(value, int) or value < low:
@@ -364,14 +421,29 @@ class PathfinderTask(TaskConfig):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be None or an int >= 0, got {value!r}")
-        for name in ("paddle_length", "paddle_thickness", "margin", "continuity", "seed_distance",
-                     "marker_radius", "contrast"):
+        for name in (
+            "paddle_length",
+            "paddle_thickness",
+            "margin",
+            "continuity",
+            "seed_distance",
+            "marker_radius",
+            "contrast",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if not 0 <= self.padding < self.image_size / 4:
             raise ValueError(f"padding must be in [0, image_size / 4), got {self.padding!r}")
+        room = self.image_size - 2 * self.padding - self.paddle_thickness
+        if 2 * self.seed_distance >= room:
+            raise ValueError(
+                f"seed_distance must be < {room / 2:g} (half the drawable width) for image_size="
+                f"{self.image_size}, padding={self.padding}; got {self.seed_distance!r}"
+            )
         if self.continuity < 1.0:
-            raise ValueError(f"continuity must be >= 1 (turns of at most 90 degrees), got {self.continuity!r}")
+            raise ValueError(
+                f"continuity must be >= 1 (turns of at most 90 degrees), got {self.continuity!r}"
+            )
 
     @property
     def distractor_paddles(self) -> int:
@@ -389,7 +461,7 @@ class PathfinderTask(TaskConfig):
         return [generate_example(self, int(label), rng) for label in labels]
 
     def encode(self, examples: list[PathfinderExample]) -> TaskSplit:
-        """inputs (N, S*S + 1): pixel tokens then ``<cls>``; targets: -100 except the class token at the end."""
+        """inputs (N, S*S + 1): pixel tokens then ``<cls>``; targets: -100 except the class token last."""
         vocab = pathfinder_vocab(self.levels)
         images = np.stack([ex.image for ex in examples]).reshape(len(examples), -1)
         pixels = torch.from_numpy(np.rint(images * (self.levels - 1)).astype(np.int64))

@@ -4,11 +4,13 @@ The grammar (SPEC §4)::
 
     C -> S and S | S after S | S
     S -> V twice | V thrice | V
-    V -> D opposite DIR | D around DIR | D | U        (D's own word is U or "turn")
+    V -> D[1] opposite D[2] | D[1] around D[2] | D | U
     D -> U left | U right | turn left | turn right
     U -> walk | look | run | jump
 
-gives exactly 20,910 commands. ``interpret`` is our own evaluator of its semantics:
+where in ``D[1] opposite D[2]`` / ``D[1] around D[2]`` D[1] contributes its verb (U or "turn") and D[2]
+its direction, e.g. "jump around left". That is 4 U + 10 D + 20 opposite/around = 34 V phrases, 102 S
+phrases and 102 + 2 x 102^2 = 20,910 commands. ``interpret`` is our own evaluator of its semantics:
 
     walk                 -> I_WALK          (look, run, jump alike)
     x left / x right     -> I_TURN_LEFT x   / I_TURN_RIGHT x       ("turn left" -> I_TURN_LEFT)
@@ -53,7 +55,11 @@ def _interpret_verb_phrase(words: list[str], command: str) -> list[str]:
             raise ValueError(f"command {command!r}: 'turn' needs a direction (left/right)")
         return [PRIMITIVES[head]]
     direction = words[-1]
-    if direction not in TURNS or len(words) > 3 or (len(words) == 3 and words[1] not in ("opposite", "around")):
+    if (
+        direction not in TURNS
+        or len(words) > 3
+        or (len(words) == 3 and words[1] not in ("opposite", "around"))
+    ):
         raise ValueError(f"command {command!r}: malformed phrase {' '.join(words)!r}")
     turn = TURNS[direction]
     act = [] if head == "turn" else [PRIMITIVES[head]]

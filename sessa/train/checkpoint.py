@@ -60,6 +60,9 @@ def save_checkpoint(
     tmp = root / f".tmp-{name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     model.save_pretrained(tmp, safe_serialization=True)
     torch.save(training_state, tmp / STATE_FILE)
     (tmp / "train_config.json").write_text(json.dumps(train_config, indent=2, default=str))
@@ -83,12 +86,17 @@ def latest_checkpoint(root: Path) -> Path | None:
     return path
 
 
-def check_model_config(path: Path, expected: dict[str, Any]) -> None:
-    """Raise ValueError naming the first differing field when a checkpoint was made for another model."""
+def check_model_config(path: Path, config: Any) -> None:
+    """Raise ValueError naming the first differing field when a checkpoint was made for another model.
+
+    ``config`` is the current model's config; the saved one is read back through the same class so both
+    sides are normalised alike."""
     try:
-        saved = json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        json.loads((path / "config.json").read_text())
+        saved = type(config).from_pretrained(str(path)).to_dict()
+    except (OSError, ValueError, TypeError) as exc:
         raise ValueError(f"cannot read the model config of checkpoint {path}: {exc}") from exc
+    expected = config.to_dict()
     ignore = {"transformers_version", "architectures", "_name_or_path", "torch_dtype", "dtype"}
     for key in sorted(set(saved) | set(expected)):
         if key in ignore:

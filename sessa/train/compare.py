@@ -16,11 +16,11 @@ from sessa.train.trainer import train
 
 # Built-in CPU defaults: small task variants that separate the models within minutes on a 2-core CPU.
 QUICK_TASKS: dict[str, dict[str, Any]] = {
-    "mqar": {"task_options": {"vocab_size": 64, "seq_len": 64, "n_pairs": 8, "n_train": 4000, "n_valid": 200,
-                              "n_test": 200}, "steps": 150},
+    "mqar": {"task_options": {"vocab_size": 64, "seq_len": 32, "n_pairs": 4, "n_train": 8000, "n_valid": 200,
+                              "n_test": 400}, "steps": 1500, "batch_size": 32, "lr": 1e-2},
     "diffuse_mqar": {"task_options": {"n_pairs": 4, "key_len": 2, "key_vocab": 8, "value_vocab": 8,
-                                      "min_noise_pairs": 2, "max_noise_pairs": 6, "n_train": 4000, "n_valid": 200,
-                                      "n_test": 200}, "steps": 150},
+                                      "min_noise_pairs": 2, "max_noise_pairs": 6, "n_train": 8000, "n_valid": 200,
+                                      "n_test": 400}, "steps": 1500, "batch_size": 32, "lr": 1e-2},
 }
 # The paper's Table 1 setting (one GPU): SymbolSoup 400-600 tokens and diffuse MQAR at full size.
 PAPER_TASKS: dict[str, dict[str, Any]] = {
@@ -62,7 +62,7 @@ class CompareConfig:
         fields = {
             "task": task, "model": model, "seed": seed, "preset": self.preset or preset, "device": self.device,
             "amp": self.amp, "out_dir": str(Path(self.out_dir) / task / f"{model}-seed{seed}"),
-            "eval_every": 0, "log_every": 25,
+            "log_every": 100, "eval_examples": 400,
             **settings, **self.train_overrides,
         }
         for name in ("steps", "batch_size", "lr"):

@@ -70,7 +70,7 @@ class Trainer:
         self.data: TaskData = get_task(cfg.task, **cfg.task_options).build(cfg.data_seed)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        self.raw_model = build_model(cfg, self.data.vocab_size, self.data.max_len).to(self.device)
+        self.raw_model = build_model(cfg, self.data.vocab_size, self.data.max_len, self.data.pad_id).to(self.device)
         self.n_params = sum(p.numel() for p in self.raw_model.parameters())
         self.model = D.wrap_model(self.raw_model, cfg.distributed, self.dist)
         if cfg.compile:
@@ -89,7 +89,7 @@ class Trainer:
         path = ckpt.latest_checkpoint(self.out / "checkpoints")
         if path is None:
             raise ValueError(f"--resume: no checkpoint under {self.out / 'checkpoints'}")
-        ckpt.check_model_config(path, self.raw_model.config.to_dict())
+        ckpt.check_model_config(path, self.raw_model.config)
         ckpt.load_weights(self.raw_model, path)
         state = ckpt.load_training_state(path)
         self.optimizer.load_state_dict(state["optimizer"])

@@ -1,7 +1,8 @@
 """Fused Triton kernels of the feedback solve (I - B_fb) s = f: autograd wiring and the public entry point.
 
-Layers: ``triton_fwd`` / ``triton_bwd`` hold the ``@triton.jit`` kernels and their launchers
-(``forward_fixed`` / ``backward_fixed``: shape checks done here, allocation, grids); ``FeedbackSolveTriton``
+Layers: ``triton_fwd`` / ``triton_bwd`` / ``triton_tril`` (intra-chunk inverses) hold the ``@triton.jit``
+kernels and their launchers (``forward_fixed`` / ``backward_fixed``: allocation, grids; shape checks are
+done here), ``triton_common`` the tile configuration and shared helpers; ``FeedbackSolveTriton``
 is the ``torch.autograd.Function``; :func:`feedback_solve_triton` is what ``feedback_solve(backend="triton")``
 calls. Importing this module makes no CUDA call. Under ``TRITON_INTERPRET=1`` the kernels also run on CPU
 tensors (slowly; used by the tests).
@@ -17,7 +18,8 @@ import os
 import torch
 
 from sessa.ops.feedback.triton_bwd import backward_fixed
-from sessa.ops.feedback.triton_fwd import choose_blocks, forward_fixed
+from sessa.ops.feedback.triton_common import choose_blocks
+from sessa.ops.feedback.triton_fwd import forward_fixed
 
 __all__ = ["feedback_solve_triton", "feedback_forward_varlen", "FeedbackSolveTriton"]
 
@@ -47,8 +49,8 @@ def _check(q_b: torch.Tensor, k_b: torch.Tensor, gamma: torch.Tensor, f: torch.T
 
 
 class FeedbackSolveTriton(torch.autograd.Function):
-    """Saves q_b, k_b, gamma, f, s (fp32) and its bf16 copy, the row log-sum-exp and the C x C diagonal
-    inverses: O(T * D) memory, no T x T tensor."""
+    """Saves q_b, k_b, gamma, f, s (fp32) and its bf16 copy, the row log-sum-exp and the L x L intra-chunk
+    inverses: O(T * (D + L)) memory, no T x T tensor."""
 
     @staticmethod
     def forward(ctx, q_b, k_b, gamma, f, key_mask, chunk_size, sub_block):  # type: ignore[override]
@@ -56,7 +58,7 @@ class FeedbackSolveTriton(torch.autograd.Function):
         B, T, D = f.shape
         blocks = choose_blocks(T, D, f.dtype, chunk_size, _interpreting(), sub_block)
         st = forward_fixed(q_b, k_b, gamma, f, key_mask, blocks, poison=POISON)
-        ctx.save_for_backward(q_b, k_b, gamma, f, key_mask, st.s, st.s_op, st.lse, st.inv)
+        ctx.save_for_backward(q_b, k_b, gamma, f, key_mask, st.s, st.s_op, st.lse, *st.w)
         ctx.blocks = blocks
         return st.s.to(f.dtype)
 
@@ -64,8 +66,8 @@ class FeedbackSolveTriton(torch.autograd.Function):
     def backward(ctx, ds):  # type: ignore[override]
         from sessa.ops.feedback.triton_fwd import ForwardState
 
-        q_b, k_b, gamma, f, key_mask, s, s_op, lse, inv = ctx.saved_tensors
-        st = ForwardState(s, s_op, lse, inv, ctx.blocks)
+        q_b, k_b, gamma, f, key_mask, s, s_op, lse, w_hi, w_lo = ctx.saved_tensors
+        st = ForwardState(s, s_op, lse, (w_hi, w_lo), ctx.blocks)
         dq, dk, dgamma, df = backward_fixed(q_b, k_b, gamma, f, key_mask, st, ds, poison=POISON)
         return dq, dk, dgamma[..., None].to(gamma.dtype), df, None, None, None
 
@@ -107,12 +109,13 @@ def feedback_forward_varlen(
     if f.shape[0] != 1:
         raise ValueError(f"packed sequences need batch 1, got B = {f.shape[0]}")
     bounds = [int(x) for x in cu_seqlens.tolist()]
-    if bounds[0] != 0 or bounds[-1] != f.shape[1] or any(b <= a for a, b in zip(bounds, bounds[1:])):
+    pairs = list(zip(bounds, bounds[1:], strict=False))
+    if bounds[0] != 0 or bounds[-1] != f.shape[1] or any(b <= a for a, b in pairs):
         raise ValueError(f"cu_seqlens must increase strictly from 0 to N = {f.shape[1]}, got {bounds}")
     q_b, k_b, gamma, f = (x.contiguous() for x in (q_b, k_b, gamma, f))
     s = torch.empty_like(f)
     with torch.no_grad():
-        for a, b in zip(bounds, bounds[1:]):
+        for a, b in pairs:
             blocks = choose_blocks(b - a, f.shape[2], f.dtype, chunk_size, _interpreting())
             seg = forward_fixed(q_b[:, a:b], k_b[:, a:b], gamma[:, a:b], f[:, a:b], None, blocks, POISON)
             s[:, a:b] = seg.s.to(f.dtype)

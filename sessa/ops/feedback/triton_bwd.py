@@ -1,17 +1,18 @@
 """Triton kernels of the backward feedback solve (SPEC §2.3), and their launcher.
 
 Super-chunks [a, a + L) are visited in reverse. ``push`` (B, T, D) fp32 collects, for every earlier row j,
-sum_{t in later super-chunks} gamma_t P[t, j] df_t. Per super-chunk (4 launches + 1 for P's diagonal block):
+sum_{t in later super-chunks} gamma_t P[t, j] df_t. Per super-chunk (4 launches):
 
-1. ``_probs_kernel`` (forward file) P[rows, a:a+L] into the scratch (the intra-chunk block only);
-2. ``_intra_bwd_kernel`` reverse substitution over the sub-blocks, one program per D-tile:
-   df_c = M_c^T (ds_c + push_c + sum_{c' > c} (gamma P)[c', c]^T df_c'), and the per-D-tile partial sums
-   of Delta_t = <df_t, s_t - f_t> (= gamma_t <df_t, c_t>, the FlashAttention "rowsum(dO * O)");
-3. ``_dlogit_kernel`` tiles (rows, keys < a + L): logits and <df_t, s_j> in one pass over D, then
-   dlogit = P (gamma_t <df_t, s_j> - Delta_t) and gamma_t P (bf16 scratches), and dgamma_t += sum_j P <df_t, s_j>
-   (row sums, atomically over key tiles);
-4. ``_dk_push_kernel`` per (key tile, D-tile): dk[j] += dlogit[:, j]^T q / sqrt(D) and push[j] += (gamma P)[:, j]^T df;
-5. ``_dq_kernel`` per (row tile, D-tile): dq = dlogit @ k / sqrt(D).
+1. ``apply_w`` (triton_tril): df = W^T (ds + push) with the intra-chunk inverse W saved by the forward, and
+   the per-D-tile partial sums of Delta_t = <df_t, s_t - f_t> (= gamma_t <df_t, c_t>, FlashAttention's
+   rowsum(dO * O));
+2. ``_dlogit_kernel`` tiles (rows, keys < a + L): logits and <df_t, s_j> in one pass over D, then
+   dlogit = P (gamma_t <df_t, s_j> - Delta_t) and gamma_t P (bf16 scratches), and
+   dgamma_t += sum_j P <df_t, s_j> (row sums, atomically over key tiles);
+3. ``_tgemm_acc_kernel`` per (key tile, D-tile): push[j] += (gamma P)[:, j]^T df (on the sequential path);
+4. on a side stream (dlogit double-buffered), overlapping the next super-chunk: ``_dq_kernel``
+   dq = dlogit @ k / sqrt(D) per (row tile, D-tile), and ``_tgemm_acc_kernel``
+   dk[j] += dlogit[:, j]^T q / sqrt(D).
 
 Every scratch tile a consumer reads was written by the producer on the same tile grid (tiles wholly above
 the diagonal are neither written nor read).
@@ -25,68 +26,9 @@ import torch
 import triton
 import triton.language as tl
 
-from sessa.ops.feedback.triton_fwd import (
-    LOG2E,
-    Blocks,
-    ForwardState,
-    _allowed,
-    _mask_arg,
-    _row_lse,
-    launch_probs,
-    mma,
-)
-
-
-@triton.jit
-def _intra_bwd_kernel(p_ptr, inv_ptr, ds_ptr, push_ptr, f_ptr, s_ptr, g_ptr, df_ptr, dfop_ptr, dpart_ptr,
-                      A, T, D, n_sub, ND,
-                      stride_pb, stride_pr, stride_ib, stride_xb, stride_xt, stride_fb, stride_ft,
-                      stride_gb, stride_gt, stride_ob, stride_ot, stride_eb,
-                      C: tl.constexpr, BD: tl.constexpr, STORE_OP: tl.constexpr, PREC: tl.constexpr):
-    # ds, push, s, df share strides (stride_x*): all (B, T, D) contiguous; dfop has its own (stride_o*).
-    pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1).to(tl.int64)
-    p_ptr += pid_b * stride_pb
-    inv_ptr += pid_b * stride_ib
-    g_ptr += pid_b * stride_gb
-    dfop_ptr += pid_b * stride_ob
-    xoff = pid_b * stride_xb
-    ar = tl.arange(0, C)
-    dcols = pid_d * BD + tl.arange(0, BD)
-    dmask = dcols < D
-    for i in range(0, n_sub):
-        c = n_sub - 1 - i
-        rows = A + c * C + ar
-        rmask = rows < T
-        m2 = rmask[:, None] & dmask[None, :]
-        acc = tl.zeros([C, BD], dtype=tl.float32)
-        for c2 in range(c + 1, n_sub):  # later sub-blocks of this super-chunk, solved by this program
-            later = A + c2 * C + ar
-            lmask = later < T
-            pt = tl.load(p_ptr + (c2 * C + ar)[None, :] * stride_pr + rows[:, None])  # P[later, rows]^T
-            g2 = tl.load(g_ptr + later * stride_gt, mask=lmask, other=0.0).to(tl.float32)
-            pt = (pt.to(tl.float32) * g2[None, :]).to(dfop_ptr.dtype.element_ty)
-            w = tl.load(dfop_ptr + later[:, None] * stride_ot + dcols[None, :],
-                        mask=lmask[:, None] & dmask[None, :], other=0.0)
-            acc = mma(pt, w, acc, PREC)
-        offs = xoff + rows[:, None] * stride_xt + dcols[None, :]
-        rhs = tl.load(ds_ptr + offs, mask=m2, other=0.0).to(tl.float32)
-        rhs += tl.load(push_ptr + offs, mask=m2, other=0.0) + acc
-        rhs = tl.where(m2, rhs, 0.0)
-        inv = tl.load(inv_ptr + (A // C + c) * C * C + ar[None, :] * C + ar[:, None])  # M_c^T
-        dfc = tl.dot(inv, rhs, input_precision="ieee")
-        tl.store(df_ptr + offs, dfc, mask=m2)
-        if STORE_OP:
-            tl.store(dfop_ptr + rows[:, None] * stride_ot + dcols[None, :], dfc.to(dfop_ptr.dtype.element_ty),
-                     mask=m2)
-        s = tl.load(s_ptr + offs, mask=m2, other=0.0)
-        f = tl.load(f_ptr + pid_b * stride_fb + rows[:, None] * stride_ft + dcols[None, :], mask=m2, other=0.0)
-        # Delta from the same rounded df that the <df_t, s_j> tiles use: the large common part of s then
-        # cancels exactly in gamma <df_t, s_j> - Delta_t (otherwise bf16 df costs ~3x in dq, dk).
-        dfr = dfc.to(dfop_ptr.dtype.element_ty).to(tl.float32)
-        part = tl.sum(dfr * (s - f.to(tl.float32)), 1)
-        tl.store(dpart_ptr + pid_b * stride_eb + rows * ND + pid_d, part, mask=rmask)
-        tl.debug_barrier()  # the next (earlier) sub-block reads these rows of df back
+from sessa.ops.feedback.triton_common import LOG2E, Blocks, SideStream, _allowed, _mask_arg, _row_lse, mma
+from sessa.ops.feedback.triton_fwd import ForwardState
+from sessa.ops.feedback.triton_tril import apply_w
 
 
 @triton.jit
@@ -139,9 +81,12 @@ def _dlogit_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, g_ptr, dfop_ptr, sop_ptr, dpar
 
 
 @triton.jit
-def _dk_push_kernel(dl_ptr, n_ptr, q_ptr, dfop_ptr, dk_ptr, push_ptr, A, T, D, L_eff,
-                    stride_pb, stride_pr, stride_qb, stride_qt, stride_ob, stride_ot, stride_xb, stride_xt,
-                    scale, BKEY: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+def _tgemm_acc_kernel(a_ptr, b_ptr, out_ptr, A, T, D, L_eff,
+                      stride_ab, stride_ar, stride_bb, stride_bt, stride_ob, stride_ot, scale,
+                      BKEY: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+    """out[j] += scale * sum_{t in the super-chunk} a[t - A, j] b[t] for a key tile j and a D tile.
+
+    dk: a = dlogit, b = q_b; push: a = gamma P, b = df. Reads only scratch tiles the dlogit kernel wrote."""
     pid_j = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
@@ -149,29 +94,19 @@ def _dk_push_kernel(dl_ptr, n_ptr, q_ptr, dfop_ptr, dk_ptr, push_ptr, A, T, D, L
     keys = j0 + tl.arange(0, BKEY)
     dcols = pid_d * BN + tl.arange(0, BN)
     dmask = dcols < D
-    dl_ptr += pid_b * stride_pb + keys[None, :]
-    n_ptr += pid_b * stride_pb + keys[None, :]
-    q_ptr += pid_b * stride_qb + dcols[None, :]
-    dfop_ptr += pid_b * stride_ob + dcols[None, :]
-    acc_k = tl.zeros([BKEY, BN], dtype=tl.float32)
-    acc_p = tl.zeros([BKEY, BN], dtype=tl.float32)
-    first = tl.maximum(j0 - A, 0) // BT  # row tiles of this super-chunk that the dlogit kernel wrote
+    a_ptr += pid_b * stride_ab + keys[None, :]
+    b_ptr += pid_b * stride_bb + dcols[None, :]
+    acc = tl.zeros([BKEY, BN], dtype=tl.float32)
+    first = tl.maximum(j0 - A, 0) // BT  # the first row tile whose scratch tile (rows, keys) was written
     for i in range(first, tl.cdiv(L_eff, BT)):
         rel = i * BT + tl.arange(0, BT)
         trows = A + rel
-        mt = (trows < T)[:, None] & dmask[None, :]
-        dl = tl.load(dl_ptr + rel[:, None] * stride_pr)
-        qt = tl.load(q_ptr + trows[:, None] * stride_qt, mask=mt, other=0.0)
-        acc_k = mma(tl.trans(dl), qt, acc_k, PREC)
-        if j0 < A:
-            nn = tl.load(n_ptr + rel[:, None] * stride_pr)
-            w = tl.load(dfop_ptr + trows[:, None] * stride_ot, mask=mt, other=0.0)
-            acc_p = mma(tl.trans(nn), w, acc_p, PREC)
+        a = tl.load(a_ptr + rel[:, None] * stride_ar)
+        b = tl.load(b_ptr + trows[:, None] * stride_bt, mask=(trows < T)[:, None] & dmask[None, :], other=0.0)
+        acc = mma(tl.trans(a), b, acc, PREC)
     m2 = (keys < T)[:, None] & dmask[None, :]
-    offs = pid_b * stride_xb + keys[:, None] * stride_xt + dcols[None, :]
-    tl.store(dk_ptr + offs, tl.load(dk_ptr + offs, mask=m2, other=0.0) + acc_k * scale, mask=m2)
-    if j0 < A:
-        tl.store(push_ptr + offs, tl.load(push_ptr + offs, mask=m2, other=0.0) + acc_p, mask=m2)
+    offs = pid_b * stride_ob + keys[:, None] * stride_ot + dcols[None, :]
+    tl.store(out_ptr + offs, tl.load(out_ptr + offs, mask=m2, other=0.0) + acc * scale, mask=m2)
 
 
 @triton.jit
@@ -198,35 +133,42 @@ def _dq_kernel(dl_ptr, k_ptr, dq_ptr, A, T, D,
     tl.store(out, (acc * scale).to(dq_ptr.dtype.element_ty), mask=m2)
 
 
-def _launch_chunk(q_b, k_b, gamma, f, key_mask, st, ds, bufs, A, L_eff):
-    """All backward launches of the super-chunk [A, A + L_eff)."""
+def _launch_chunk(q_b, k_b, gamma, f, key_mask, st, ds, bufs, A, L_eff, streams, dq_events):
+    """All backward launches of the super-chunk [A, A + L_eff); dq goes to the side stream."""
     B, T, D = f.shape
     bl: Blocks = st.blocks
     p, dl, push, df, df_op, dpart, dgamma, dk, dq = bufs
     km, smb = _mask_arg(key_mask, q_b)
     scale = 1.0 / math.sqrt(D)
     nd = dpart.shape[-1]
-    launch_probs(q_b, k_b, key_mask, st.lse, p, A, A, L_eff, bl)
-    _intra_bwd_kernel[(triton.cdiv(D, bl.bd_solve), B)](
-        p, st.inv, ds, push, f, st.s, gamma, df, df_op, dpart, A, T, D, triton.cdiv(L_eff, bl.C), nd,
-        p.stride(0), p.stride(1), st.inv.stride(0), df.stride(0), df.stride(1), f.stride(0), f.stride(1),
-        gamma.stride(0), gamma.stride(1), df_op.stride(0), df_op.stride(1), dpart.stride(0),
-        C=bl.C, BD=bl.bd_solve, STORE_OP=df_op is not df, PREC=bl.prec, num_warps=4,
-    )
+    apply_w(st.w, A, L_eff, ds, df, df_op, bl, x2=push, x_row0=A, trans=True, delta=dpart, s=st.s, f=f)
+    if len(dq_events) >= 2 and dq_events[-2] is not None:  # the dq of two chunks ago read this dl buffer
+        streams.join(dq_events[-2])
     _dlogit_kernel[(triton.cdiv(L_eff, bl.bm), triton.cdiv(A + L_eff, bl.bn), B)](
         q_b, k_b, km, st.lse, gamma, df_op, st.s_op, dpart, dgamma, dl, p, A, T, D, nd,
         q_b.stride(0), q_b.stride(1), smb, st.lse.stride(0), gamma.stride(0), gamma.stride(1),
         df_op.stride(0), df_op.stride(1), dpart.stride(0), p.stride(0), p.stride(1), LOG2E * scale,
-        HAS_MASK=key_mask is not None, BM=bl.bm, BN=bl.bn, BK=bl.bk, PREC=bl.prec, num_warps=4,
+        HAS_MASK=key_mask is not None, BM=bl.bm, BN=bl.bn, BK=bl.bk, PREC=bl.prec, num_warps=bl.warps,
+        num_stages=bl.stages,
     )
-    _dk_push_kernel[(triton.cdiv(A + L_eff, bl.bn), triton.cdiv(D, bl.bd), B)](
-        dl, p, q_b, df_op, dk, push, A, T, D, L_eff, p.stride(0), p.stride(1), q_b.stride(0), q_b.stride(1),
-        df_op.stride(0), df_op.stride(1), dk.stride(0), dk.stride(1), scale,
-        BKEY=bl.bn, BT=bl.bm, BN=bl.bd, PREC=bl.prec, num_warps=4,
-    )
-    _dq_kernel[(triton.cdiv(L_eff, bl.bm), triton.cdiv(D, bl.bd), B)](
-        dl, k_b, dq, A, T, D, dl.stride(0), dl.stride(1), k_b.stride(0), k_b.stride(1), scale,
-        BM=bl.bm, BK=bl.bn, BN=bl.bd, PREC=bl.prec, num_warps=4,
+    streams.fork()
+    with streams.context():  # dq and dk only read dl: they overlap the next super-chunk's launches
+        _dq_kernel[(triton.cdiv(L_eff, bl.bm), triton.cdiv(D, bl.bd), B)](
+            dl, k_b, dq, A, T, D, dl.stride(0), dl.stride(1), k_b.stride(0), k_b.stride(1), scale,
+            BM=bl.bm, BK=bl.bn, BN=bl.bd, PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages,
+        )
+        _tgemm_acc(dl, q_b, dk, A, L_eff, A + L_eff, scale, bl)
+    dq_events.append(streams.event())
+    if A > 0:  # push is on the sequential path: the next super-chunk's right-hand side needs it
+        _tgemm_acc(p, df_op, push, A, L_eff, A, 1.0, bl)
+
+
+def _tgemm_acc(a, b, out, A, L_eff, n_keys, scale, bl: Blocks) -> None:
+    B, T, D = out.shape
+    _tgemm_acc_kernel[(triton.cdiv(n_keys, bl.bn), triton.cdiv(D, bl.bd_dk), B)](
+        a, b, out, A, T, D, L_eff, a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0),
+        out.stride(1), scale, BKEY=bl.bn, BT=bl.bm, BN=bl.bd_dk, PREC=bl.prec, num_warps=bl.warps,
+        num_stages=bl.stages,
     )
 
 
@@ -235,20 +177,24 @@ def backward_fixed(q_b, k_b, gamma, f, key_mask, st: ForwardState, ds: torch.Ten
     B, T, D = f.shape
     bl = st.blocks
     dev, odt = f.device, st.s_op.dtype
-    p = torch.empty(B, bl.rows, bl.T_pad, device=dev, dtype=odt)  # P of the diagonal block, gamma P left of it
-    dl = torch.empty_like(p)
+    p = torch.empty(B, bl.rows, bl.T_pad, device=dev, dtype=odt)  # gamma P left of the super-chunk
+    starts = list(range(0, T, bl.L))
+    dls = [torch.empty_like(p) for _ in range(min(2, len(starts)))]  # double buffer: dq runs behind
     push = torch.zeros(B, T, D, device=dev, dtype=torch.float32)
     df = torch.empty(B, T, D, device=dev, dtype=torch.float32)
     df_op = df if odt == torch.float32 else torch.empty(B, T, D, device=dev, dtype=odt)
-    dpart = torch.empty(B, T, triton.cdiv(D, bl.bd_solve), device=dev, dtype=torch.float32)
+    dpart = torch.empty(B, T, triton.cdiv(D, bl.bd_w), device=dev, dtype=torch.float32)
     dgamma = torch.zeros(B, T, device=dev, dtype=torch.float32)
     dk = torch.zeros(B, T, D, device=dev, dtype=torch.float32)
     dq = torch.empty_like(q_b)
     if poison:
-        for x in (p, dl, df, df_op, dpart, dq):
+        for x in (p, *dls, df, df_op, dpart, dq):
             x.fill_(float("nan"))
     ds = ds.contiguous()
-    bufs = (p, dl, push, df, df_op, dpart, dgamma, dk, dq)
-    for A in reversed(range(0, T, bl.L)):  # the last super-chunk starts at the last multiple of L below T
-        _launch_chunk(q_b, k_b, gamma, f, key_mask, st, ds, bufs, A, min(bl.L, T - A))
+    streams, dq_events = SideStream(dev), []
+    # The last super-chunk starts at the last multiple of L below T (not at T - L).
+    for i, A in enumerate(reversed(starts)):
+        bufs = (p, dls[i % 2], push, df, df_op, dpart, dgamma, dk, dq)
+        _launch_chunk(q_b, k_b, gamma, f, key_mask, st, ds, bufs, A, min(bl.L, T - A), streams, dq_events)
+    streams.join()
     return dq, dk.to(k_b.dtype), dgamma, df.to(f.dtype)

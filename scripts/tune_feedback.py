@@ -1,0 +1,64 @@
+"""Time the Triton feedback solve (forward + backward) under several tile configurations.
+
+Each configuration overrides entries of ``sessa.ops.feedback.triton_common.TUNING`` (and the super-chunk L);
+prints the median fwd+bwd time per configuration so the defaults can be chosen with numbers.
+
+    python scripts/tune_feedback.py --T 16384 --D 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+import triton.testing
+
+from sessa.ops.feedback import feedback_solve, triton_common
+
+CONFIGS = [
+    {},
+    {"warps_w": 8},
+    {"bd_w": 128, "warps_w": 8},
+    {"L": 512},
+    {"L": 768},
+    {"L": 1536},
+    {"stages": 3},
+    {"bm_lse": 128, "bn_lse": 128},
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--T", type=int, default=16384)
+    ap.add_argument("--D", type=int, default=1024)
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--configs", default=None, help="JSON list of overrides (default: built-in list)")
+    args = ap.parse_args()
+    dt = getattr(torch, args.dtype)
+    q, k, f = (torch.randn(1, args.T, args.D, device="cuda", dtype=dt, requires_grad=True) for _ in range(3))
+    g = (0.999 * torch.tanh(2 + torch.rand(1, args.T, 1, device="cuda"))).to(dt).requires_grad_()
+    ds = torch.randn_like(f)
+    base = dict(triton_common.TUNING)
+    configs = json.loads(args.configs) if args.configs else CONFIGS
+    for cfg in configs:
+        cfg = dict(cfg)
+        L = cfg.pop("L", None)
+        triton_common.TUNING.clear()
+        triton_common.TUNING.update(base, **cfg)
+
+        def step(L=L):
+            s = feedback_solve(q, k, g, f, backend="triton", chunk_size=L)
+            s.backward(ds)
+            for x in (q, k, g, f):
+                x.grad = None
+
+        try:
+            ms = triton.testing.do_bench(step, warmup=50, rep=300, return_mode="median")
+            print(f"L={L} {cfg}: fwd+bwd {ms:.3f} ms", flush=True)
+        except Exception as exc:  # a configuration that does not compile or fit is reported, not fatal
+            print(f"L={L} {cfg}: failed {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""Kernel benchmarks: the feedback solve (triton / chunked / reference) and a full SessaLayer against causal
+SDPA attention with 16 heads of 64 at the same (B, T), all in one process.
+
+Times are medians over repeats of CUDA-event-timed runs after warm-up, with a 256 MiB buffer rewritten
+before each run so no input sits in L2 (METHOD.md); on CPU, wall-clock medians. Peak memory is
+torch.cuda.max_memory_allocated during forward+backward minus what was allocated before (the inputs).
+
+    sessa bench --T 1024 4096 16384 --dtype bfloat16 --out bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+from sessa.ops.feedback import feedback_solve
+
+GiB = 1024**3
+
+
+class Timer:
+    """Median time (ms) of fn() on the inputs' device, with warm-up and an L2 flush before each run."""
+
+    def __init__(self, device: torch.device, warmup: int, repeats: int):
+        self.device, self.warmup, self.repeats = device, warmup, repeats
+        self.cuda = device.type == "cuda"
+        self.flush = torch.empty(256 * 2**20, dtype=torch.uint8, device=device) if self.cuda else None
+
+    def __call__(self, fn: Callable[[], object], before: Callable[[], object] | None = None) -> float:
+        for _ in range(self.warmup):
+            if before:
+                before()
+            fn()
+        times = []
+        for _ in range(self.repeats):
+            if before:
+                before()
+            if self.cuda:
+                self.flush.zero_()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+
+
+def _peak_mib(device: torch.device, fn: Callable[[], object]) -> float | None:
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def measure(timer: Timer, forward: Callable[[], torch.Tensor], leaves: list[torch.Tensor]) -> dict:
+    """fwd / bwd / fwd+bwd median ms and peak MiB of a differentiable forward() over the given leaves."""
+    grad = None
+
+    def clear():
+        for x in leaves:
+            x.grad = None
+
+    def fwd():
+        with torch.no_grad():
+            forward()
+
+    def fwd_bwd():
+        nonlocal grad
+        out = forward()
+        if grad is None:
+            grad = torch.randn_like(out)
+        out.backward(grad)
+
+    fwd_bwd()
+    clear()
+    holder: dict = {}
+
+    def make_graph():
+        clear()
+        holder["out"] = forward()
+
+    def bwd():
+        holder["out"].backward(grad)
+
+    res = {"fwd_ms": timer(fwd), "fwdbwd_ms": timer(fwd_bwd, before=clear), "bwd_ms": timer(bwd, make_graph)}
+    holder.clear()
+    clear()
+    res["peak_mib"] = _peak_mib(timer.device, fwd_bwd)
+    clear()
+    return res
+
+
+def _feedback_case(backend: str, B: int, T: int, D: int, dtype, device, chunk_size):
+    g = torch.Generator(device=device).manual_seed(T)
+    q, k, f = (torch.randn(B, T, D, device=device, generator=g).to(dtype) for _ in range(3))
+    gamma = (0.999 * torch.tanh(2 + torch.rand(B, T, 1, device=device, generator=g))).to(dtype)
+    leaves = [x.requires_grad_() for x in (q, k, gamma, f)]
+    return (lambda: feedback_solve(*leaves, backend=backend, chunk_size=chunk_size)), leaves
+
+
+def _sdpa_case(B: int, T: int, dtype, device, heads: int = 16, hd: int = 64):
+    q, k, v = (torch.randn(B, heads, T, hd, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+    return (lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)), [q, k, v]
+
+
+def _layer_case(backend: str, B: int, T: int, D: int, dtype, device):
+    from sessa.layer import SessaLayer
+
+    heads = D // 64 if D % 64 == 0 else 1  # 16 heads of 64 at D = 1024, like the SDPA baseline
+    layer = SessaLayer(D, n_heads=heads, feedback_backend=backend).to(device=device, dtype=dtype)
+    x = torch.randn(B, T, D, device=device, dtype=dtype, requires_grad=True)
+    return (lambda: layer(x)), [x, *layer.parameters()]
+
+
+def _run_case(timer, name, make, record, **meta) -> None:
+    try:
+        forward, leaves = make()
+        res = measure(timer, forward, leaves)
+        del forward, leaves
+    except torch.cuda.OutOfMemoryError:
+        res = {"error": "oom"}
+    if timer.cuda:
+        torch.cuda.empty_cache()
+    record.append({"name": name, **meta, **res})
+    shown = " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items())
+    print(f"  {name:22s} B={meta['B']} T={meta['T']:6d}  {shown}", flush=True)
+
+
+def _ref_bytes(B: int, T: int) -> float:
+    return 6.0 * B * T * T * 4  # logits, softmax, B_fb, I - B_fb, solve workspace, grads: ~6 fp32 T x T
+
+
+def _cases_for(args, device, dtype, B: int, T: int) -> list[tuple[str, Callable]]:
+    """(name, make) for every case measured at one (B, T); make() -> (forward, leaves)."""
+    cases = []
+    for backend in args.backends:
+        if backend == "reference" and _ref_bytes(B, T) > args.ref_max_gib * GiB:
+            continue
+        if backend == "chunked" and T > args.chunked_max_t:
+            continue
+        if backend == "triton" and device.type != "cuda":
+            continue
+        make = partial(_feedback_case, backend, B, T, args.D, dtype, device, args.chunk_size)
+        cases.append((f"feedback/{backend}", make))
+    if device.type == "cuda" and args.D % 64 == 0:  # D / 64 heads of 64: 16 x 64 at D = 1024
+        cases.append(("sdpa/16x64", partial(_sdpa_case, B, T, dtype, device, args.D // 64, 64)))
+    if args.layer and T <= args.layer_max_t:
+        layer_backend = "triton" if device.type == "cuda" else "chunked"
+        make = partial(_layer_case, layer_backend, B, T, args.D, dtype, device)
+        cases.append((f"layer/{layer_backend}", make))
+    return cases
+
+
+def run_sweep(args, device, dtype, timer) -> list[dict]:
+    record: list[dict] = []
+    shapes = [(args.B, T) for T in args.T]
+    if args.tokens:  # fixed B * T = tokens
+        extra = [(args.tokens // T, T) for T in args.T if T <= args.tokens]
+        shapes += [bt for bt in extra if bt not in shapes]
+    for B, T in shapes:
+        for name, make in _cases_for(args, device, dtype, B, T):
+            _run_case(timer, name, make, record, B=B, T=T, D=args.D)
+    return record
+
+
+def ratio_table(record: list[dict]) -> list[dict]:
+    """Per (B, T): each case's fwd+bwd time over SDPA's and over the dense reference's."""
+    rows = []
+    for key in sorted({(r["B"], r["T"]) for r in record}):
+        cases = {r["name"]: r for r in record if (r["B"], r["T"]) == key and "fwdbwd_ms" in r}
+        sdpa, ref = cases.get("sdpa/16x64"), cases.get("feedback/reference")
+        for name, r in cases.items():
+            rows.append({
+                "name": name, "B": key[0], "T": key[1], "fwdbwd_ms": r["fwdbwd_ms"],
+                "peak_mib": r["peak_mib"],
+                "vs_sdpa": r["fwdbwd_ms"] / sdpa["fwdbwd_ms"] if sdpa else None,
+                "ref_speedup": ref["fwdbwd_ms"] / r["fwdbwd_ms"] if ref else None,
+            })
+    return rows
+
+
+def _fmt(v: float | None, width: int, digits: int) -> str:
+    return f"{v:{width}.{digits}f}" if v is not None else "-".rjust(width)
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sessa bench", description="feedback-solve and layer kernel benchmarks")
+    ap.add_argument("--device", default="auto", help="auto | cuda | cpu")
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    ap.add_argument("--B", type=int, default=1)
+    ap.add_argument("--D", type=int, default=None, help="model width (default 1024 on CUDA, 64 on CPU)")
+    ap.add_argument("--T", type=int, nargs="+", default=None, help="lengths (default 1K..64K on CUDA)")
+    ap.add_argument("--tokens", type=int, default=None, help="also B = tokens // T per T (fixed B*T)")
+    ap.add_argument("--backends", nargs="+", default=["triton", "chunked", "reference"])
+    ap.add_argument("--chunk-size", type=int, default=None)
+    ap.add_argument("--ref-max-gib", type=float, default=8.0, help="skip the dense reference above this")
+    ap.add_argument("--chunked-max-t", type=int, default=16384)
+    ap.add_argument("--layer", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--layer-max-t", type=int, default=1 << 30)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", default=None, help="write the JSON results here")
+    return ap
+
+
+def bench_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``sessa bench``; returns a process exit code."""
+    args = _parser().parse_args(argv)
+    dev_name = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = torch.device(dev_name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was given but CUDA is not available")
+    dtype = getattr(torch, args.dtype)
+    args.D = args.D or (1024 if device.type == "cuda" else 64)
+    args.T = args.T or ([1024 * 2**i for i in range(7)] if device.type == "cuda" else [64, 128])
+    if any(t < 1 for t in args.T) or args.B < 1 or args.D < 1:
+        raise ValueError(f"--T, --B and --D must be positive, got T={args.T} B={args.B} D={args.D}")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device {name}  dtype {args.dtype}  D {args.D}  torch {torch.__version__}", flush=True)
+    timer = Timer(device, args.warmup, args.repeats)
+    record = run_sweep(args, device, dtype, timer)
+    ratios = ratio_table(record)
+    print(f"\n{'case':22s} {'B':>3s} {'T':>7s} {'fwd+bwd ms':>11s} {'peak MiB':>9s} "
+          f"{'x SDPA':>7s} {'ref/x':>7s}")
+    for r in ratios:
+        print(f"{r['name']:22s} {r['B']:3d} {r['T']:7d} {r['fwdbwd_ms']:11.3f} {_fmt(r['peak_mib'], 9, 0)} "
+              f"{_fmt(r['vs_sdpa'], 7, 2)} {_fmt(r['ref_speedup'], 7, 2)}")
+    result = {
+        "device": name, "dtype": args.dtype, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+        "config": {k: v for k, v in vars(args).items()}, "results": record, "ratios": ratios,
+    }
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(result, fh, indent=1, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(bench_main())

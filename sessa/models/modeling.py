@@ -1,0 +1,304 @@
+"""Sessa language models with the Hugging Face ``PreTrainedModel`` / ``GenerationMixin`` interface.
+
+    h_0 = embed(input_ids)                                 (B, T, D); no learned positions (RoPE in mixers)
+    h_l = block_l(h_{l-1}, attention_mask)                 block = GatedBlock | PreNormBlock around a mixer
+    logits = lm_head(norm(h_L))                            (B, T, V); lm_head tied to embed by default
+
+Shapes: B batch, T new tokens, t tokens already cached, D = d_model, V = vocab_size.
+``attention_mask`` (B, t + T) has 1 for real tokens and 0 for left padding; padding never influences
+real tokens. With a cache (:class:`~sessa.models.cache.SessaCache`) every block runs its incremental
+``step``, so a new token costs O(t·D) per Sessa/attention layer and O(1) per Mamba layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from sessa.baselines import BASELINE_MIXERS
+from sessa.models.cache import SessaCache
+from sessa.models.configuration import SessaConfig
+from sessa.modules.blocks import GatedBlock, PreNormBlock, RMSNorm
+from sessa.modules.sessa_mixer import SessaMixer
+
+MIXERS: dict[str, type[nn.Module]] = {"sessa": SessaMixer, **BASELINE_MIXERS}
+BLOCKS: dict[str, type[nn.Module]] = {"gated": GatedBlock, "prenorm": PreNormBlock}
+IGNORE_INDEX = -100
+
+
+def build_block(config: SessaConfig, layer_idx: int, mixer: str | None = None) -> nn.Module:
+    """Block ``layer_idx`` of the stack: the config's block type around that layer's mixer (or ``mixer``)."""
+    name = config.mixer_names[layer_idx] if mixer is None else mixer
+    return BLOCKS[config.block](
+        config.d_model,
+        MIXERS[name],
+        layer_idx=layer_idx,
+        **config.block_options(),
+        **config.mixer_options(name),
+    )
+
+
+def build_final_norm(config: SessaConfig) -> nn.Module:
+    """LayerNorm after gated blocks (the block's own norm), RMSNorm after prenorm blocks."""
+    return (
+        nn.LayerNorm(config.d_model, eps=config.ln_eps)
+        if config.block == "gated"
+        else RMSNorm(config.d_model, config.ln_eps)
+    )
+
+
+def causal_lm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
+) -> torch.Tensor:
+    """Next-token cross-entropy: logits (B, T, V) at position t are scored against labels[:, t + 1].
+
+    ``labels`` follow the ``labels = input_ids`` convention (the shift happens here); -100 is ignored.
+    Mean over counted tokens, or sum / ``num_items_in_batch`` when given (gradient accumulation).
+    """
+    if labels.shape != logits.shape[:2]:
+        raise ValueError(
+            f"labels must have shape (B, T) = {tuple(logits.shape[:2])}, got {tuple(labels.shape)}"
+        )
+    flat_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    targets = labels[:, 1:].reshape(-1).to(flat_logits.device)
+    if num_items_in_batch is None:
+        return F.cross_entropy(flat_logits, targets, ignore_index=IGNORE_INDEX)
+    return (
+        F.cross_entropy(flat_logits, targets, ignore_index=IGNORE_INDEX, reduction="sum") / num_items_in_batch
+    )
+
+
+@dataclass
+class SessaModelOutput(ModelOutput):
+    """last_hidden_state: (B, T, D) after the final norm; cache: the updated states (``use_cache``);
+    hidden_states: the embeddings and every block's output (``output_hidden_states``)."""
+
+    last_hidden_state: torch.FloatTensor | None = None
+    cache: SessaCache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class SessaCausalLMOutput(ModelOutput):
+    """loss: scalar (when labels are given); logits: (B, T_kept, V); cache and hidden_states as above."""
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cache: SessaCache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+class SessaPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and HF plumbing shared by the Sessa models.
+
+    Initialisation: the token embedding (and an untied LM head) ~ N(0, initializer_range); every block
+    keeps the initialisation its own constructor gives (PyTorch defaults, Sessa's gamma bias 1, Mamba's
+    dt/A initialisations), as in the original implementations.
+    """
+
+    config_class = SessaConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = False
+    _no_split_modules = ["GatedBlock", "PreNormBlock"]
+    _is_stateful = True  # recurrent layers: no assisted decoding (states cannot be rolled back)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Embedding) or module is getattr(self, "lm_head", None):
+            init.normal_(module.weight, mean=0.0, std=std)
+
+
+class SessaModel(SessaPreTrainedModel):
+    """Embeddings, the block stack of the config, and the final norm; returns hidden states."""
+
+    def __init__(self, config: SessaConfig) -> None:
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
+        self.layers = nn.ModuleList(build_block(config, i) for i in range(config.n_layers))
+        self.norm = build_final_norm(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def new_cache(self, max_len: int | None = None) -> SessaCache:
+        """An empty cache for this stack, first allocated for ``max_len`` tokens (default
+        ``config.max_position_embeddings``; it grows when more come)."""
+        return SessaCache(
+            self.layers, max_len if max_len is not None else self.config.max_position_embeddings
+        )
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        cache: SessaCache | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> SessaModelOutput | tuple:
+        """input_ids: (B, T) or inputs_embeds: (B, T, D); attention_mask: (B, t + T) with t the tokens
+        already in ``cache`` (0 without one). Passing a cache continues it (in place); ``use_cache=True``
+        without one starts a new cache (it grows as needed). Without either, nothing is cached."""
+        _check_extra_kwargs(kwargs, allowed=("output_attentions",))
+        h = self._embed(input_ids, inputs_embeds)
+        if use_cache and cache is None:
+            cache = self.new_cache(h.shape[1])
+        _check_mask(attention_mask, h.shape[:2], cache)
+        hidden = [h] if output_hidden_states else None
+        for i, layer in enumerate(self.layers):
+            h = (
+                cache.step(i, h, attention_mask)
+                if cache is not None
+                else layer(h, attention_mask=attention_mask)
+            )
+            if hidden is not None:
+                hidden.append(h)
+        h = self.norm(h)
+        out = SessaModelOutput(
+            last_hidden_state=h, cache=cache, hidden_states=tuple(hidden) if hidden else None
+        )
+        return (
+            out if (return_dict if return_dict is not None else self.config.return_dict) else out.to_tuple()
+        )
+
+    def _embed(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids (B, T) and inputs_embeds (B, T, D)")
+        if inputs_embeds is not None:
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.d_model:
+                raise ValueError(
+                    f"inputs_embeds must have shape (B, T, d_model={self.config.d_model}), "
+                    f"got {tuple(inputs_embeds.shape)}"
+                )
+            return inputs_embeds
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (B, T), got {tuple(input_ids.shape)}")
+        return self.embed_tokens(input_ids)
+
+
+class SessaForCausalLM(SessaPreTrainedModel, GenerationMixin):
+    """:class:`SessaModel` with a language-modelling head; ``generate()`` reuses a :class:`SessaCache`.
+
+    Example:
+        >>> model = SessaForCausalLM(SessaConfig.from_preset("tiny")).eval()
+        >>> out = model.generate(torch.tensor([[72, 105]]), max_new_tokens=5, do_sample=False)
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: SessaConfig) -> None:
+        super().__init__(config)
+        self.model = SessaModel(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        cache: SessaCache | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Any,
+    ) -> SessaCausalLMOutput | tuple:
+        """Inputs as :meth:`SessaModel.forward`; labels: (B, T) = input_ids convention (shifted here,
+        -100 ignored); logits_to_keep: 0 = all positions, k > 0 = the last k (or a 1-D index tensor).
+        ``num_items_in_batch`` (from the HF Trainer) switches the loss to sum / num_items_in_batch."""
+        _check_extra_kwargs(kwargs, allowed=("output_attentions", "num_items_in_batch"))
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            cache=cache,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        h = out.last_hidden_state
+        if isinstance(logits_to_keep, int):
+            h = h[:, -logits_to_keep:] if logits_to_keep > 0 else h
+        else:
+            h = h[:, logits_to_keep]
+        logits = self.lm_head(h)
+        loss = None
+        if labels is not None:
+            loss = causal_lm_loss(logits, labels, kwargs.get("num_items_in_batch"))
+        result = SessaCausalLMOutput(
+            loss=loss, logits=logits, cache=out.cache, hidden_states=out.hidden_states
+        )
+        return (
+            result
+            if (return_dict if return_dict is not None else self.config.return_dict)
+            else result.to_tuple()
+        )
+
+    # -- generate() integration (transformers 5.x): the model supplies its own cache ------------------
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # a DynamicCache holds key/value pairs; Sessa/Mamba layers need their own states
+
+    def _prepare_cache_for_generation(
+        self,
+        generation_config: Any,
+        model_kwargs: dict[str, Any],
+        generation_mode: Any,
+        batch_size: int,
+        max_cache_length: int,
+    ) -> None:
+        """Put a fresh :class:`SessaCache` sized for the whole generation into ``model_kwargs["cache"]``
+        (unless the caller passed one or turned caching off)."""
+        super()._prepare_cache_for_generation(
+            generation_config, model_kwargs, generation_mode, batch_size, max_cache_length
+        )
+        if generation_config.use_cache and model_kwargs.get("cache") is None:
+            model_kwargs["cache"] = self.model.new_cache(max(int(max_cache_length), 1))
+
+
+def _check_extra_kwargs(kwargs: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    """Reject unknown keyword arguments; ``output_attentions`` is accepted only when falsy."""
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments {unknown}; accepted extras: {list(allowed)}")
+    if kwargs.get("output_attentions"):
+        raise ValueError("output_attentions=True is not supported: mixers do not return attention weights")
+
+
+def _check_mask(attention_mask: torch.Tensor | None, shape: torch.Size, cache: SessaCache | None) -> None:
+    if attention_mask is None:
+        return
+    past = cache.get_seq_length() if cache is not None else 0
+    expected = (shape[0], past + shape[1])
+    if attention_mask.dim() != 2 or tuple(attention_mask.shape) != expected:
+        raise ValueError(
+            f"attention_mask must have shape (B, cached + new tokens) = {expected}, "
+            f"got {tuple(attention_mask.shape)}"
+        )

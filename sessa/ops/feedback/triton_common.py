@@ -1,0 +1,177 @@
+"""Shared pieces of the Triton feedback-solve kernels: tile configuration, jit helpers, stream helper."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+# Triton's CPU interpreter multiplies bf16 tiles as raw bits: upcast dot operands there (tests only).
+_UPCAST_DOTS = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Tile sizes of one solve. L: super-chunk rows; C: sub-block rows; every scratch tile divides L."""
+
+    L: int
+    C: int
+    bm: int  # row tile of the probability / gradient scratches
+    bn: int  # key tile of the scratches (also the K step of the GEMMs that read them)
+    bk: int  # D slice of the logit dot products
+    bd: int  # D tile of the GEMMs that read the scratches (inter, dq)
+    bd_dk: int  # D tile of the dk / push GEMM
+    bm_w: int  # row tile of the products with the intra-chunk inverse W (its K step is C)
+    bd_w: int  # D tile of those products
+    bm_lse: int  # row / key tiles of the log-sum-exp pass
+    bn_lse: int
+    prec: str  # tl.dot input precision for fp32 operands
+    inv_prec: str  # precision of the fp32 products with the triangular inverses
+    T_pad: int  # scratch columns
+    rows: int  # scratch rows
+    warps: int  # warps of the scratch producers and GEMMs
+    warps_w: int  # warps of the products with W
+    stages: int  # software-pipelining depth of the K loops
+
+
+# Tile choices for the GPU (H100, D = 1024), per operand dtype; edit to tune (scripts/tune_feedback.py).
+TUNING = {"bm": 64, "bn": 128, "bk": 64, "bd": 128, "bd_dk": 128, "bm_w": 64, "bd_w": 64, "bm_lse": 64,
+          "bn_lse": 128, "warps": 8, "warps_w": 4, "stages": 4}
+TUNING_FP32 = {"bm": 64, "bn": 64, "bk": 32, "bd": 64, "bd_dk": 64, "bm_w": 64, "bd_w": 64, "bm_lse": 64,
+               "bn_lse": 64, "warps": 4, "warps_w": 4, "stages": 2}
+_INTERPRET_TILES = {"bm": 32, "bn": 32, "bk": 32, "bd": 32, "bd_dk": 32, "bm_w": 32, "bd_w": 32, "bm_lse": 32,
+                    "bn_lse": 32, "warps": 4, "warps_w": 4, "stages": 1}
+
+
+def op_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Operand dtype of the big products: fp32 for fp32 inputs, else bf16 (s can exceed fp16's range)."""
+    return torch.float32 if dtype == torch.float32 else torch.bfloat16
+
+
+def _pow2_divisor(n: int, cap: int) -> int:
+    b = cap
+    while n % b:
+        b //= 2
+    return b
+
+
+def choose_blocks(
+    T: int, D: int, dtype: torch.dtype, chunk_size: int | None, interpret: bool, sub_block: int | None = None
+) -> Blocks:
+    """Pick tile sizes; chunk_size (the super-chunk L) must be a positive multiple of 16."""
+    if chunk_size is None:
+        # L = 1024 measured best at T = 16K on an H100 (512: 1.8x slower, 2048: 1.15x slower); shorter
+        # sequences take one super-chunk, since each super-chunk costs ~8 launches of Python overhead.
+        chunk_size = 32 if interpret else min(1024, triton.cdiv(T, 128) * 128)
+    if not isinstance(chunk_size, int) or chunk_size < 16 or chunk_size % 16:
+        raise ValueError(f"chunk_size (triton backend) must be a positive multiple of 16, got {chunk_size}")
+    L = chunk_size
+    C = _pow2_divisor(L, 64) if sub_block is None else sub_block
+    if C not in (16, 32, 64) or L % C:
+        raise ValueError(f"sub_block must be 16, 32 or 64 and divide chunk_size={L}, got {C}")
+    tn = _INTERPRET_TILES if interpret else (TUNING_FP32 if dtype == torch.float32 else TUNING)
+    bm, bn = _pow2_divisor(L, tn["bm"]), _pow2_divisor(L, tn["bn"])
+    ieee = interpret or dtype == torch.float32
+    return Blocks(
+        L=L, C=C, bm=bm, bn=bn, bk=tn["bk"], bd=tn["bd"], bd_dk=tn["bd_dk"],
+        bm_w=_pow2_divisor(L, tn["bm_w"]), bd_w=tn["bd_w"], bm_lse=tn["bm_lse"], bn_lse=tn["bn_lse"],
+        prec="ieee" if ieee else "tf32",
+        inv_prec="ieee" if interpret else "tf32x3", T_pad=triton.cdiv(T, 128) * 128,
+        rows=min(L, triton.cdiv(T, bm) * bm), warps=tn["warps"], warps_w=tn["warps_w"],
+        stages=tn["stages"],
+    )
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+@triton.jit
+def mma(a, b, acc, PREC: tl.constexpr):
+    """acc + a @ b with fp32 accumulation (tl.dot, upcast under the CPU interpreter)."""
+    if _UPCAST_DOTS:
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        out = tl.dot(a, b, acc, input_precision=PREC)
+    return out
+
+
+@triton.jit
+def _logits(q_ptr, k_ptr, rows, cols, T, D, stride_q, stride_k,
+            BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """(BM, BN) fp32 q[rows] . k[cols] over the full width D, in BK slices."""
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    rmask = rows < T
+    cmask = cols < T
+    for d0 in range(0, D, BK):
+        dd = d0 + tl.arange(0, BK)
+        dmask = dd < D
+        qt = tl.load(q_ptr + rows[:, None] * stride_q + dd[None, :],
+                     mask=rmask[:, None] & dmask[None, :], other=0.0)
+        kt = tl.load(k_ptr + cols[None, :] * stride_k + dd[:, None],
+                     mask=cmask[None, :] & dmask[:, None], other=0.0)
+        acc = mma(qt, kt, acc, PREC)
+    return acc
+
+
+@triton.jit
+def _allowed(rows, cols, T, km_ptr, HAS_MASK: tl.constexpr):
+    """Row t may read key j iff j < t < T (and key_mask[j])."""
+    ok = (cols[None, :] < rows[:, None]) & (rows[:, None] < T)
+    if HAS_MASK:
+        km = tl.load(km_ptr + cols, mask=cols < T, other=0)
+        ok = ok & (km[None, :] != 0)
+    return ok
+
+
+@triton.jit
+def _row_lse(lse_ptr, rows, T):
+    """Saved log-sum-exp (log2 units) with rows that read nothing mapped to 0 so exp2(-inf - lse) = 0."""
+    lse = tl.load(lse_ptr + rows, mask=rows < T, other=float("-inf"))
+    return tl.where(lse == float("-inf"), 0.0, lse)
+
+
+def _mask_arg(key_mask: torch.Tensor | None, ref: torch.Tensor) -> tuple[torch.Tensor, int]:
+    if key_mask is None:
+        return ref, 0  # never read (HAS_MASK=False)
+    km = key_mask.contiguous().view(torch.uint8)
+    return km, km.stride(0)
+
+
+class SideStream:
+    """Runs independent launches on a second CUDA stream (no-op ordering on CPU / interpreter)."""
+
+    def __init__(self, device: torch.device):
+        self.main = torch.cuda.current_stream(device) if device.type == "cuda" else None
+        self.side = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def fork(self) -> None:
+        """The side stream waits for everything queued on the main stream so far."""
+        if self.side is not None:
+            self.side.wait_stream(self.main)
+
+    def context(self):
+        return torch.cuda.stream(self.side) if self.side is not None else _Null()
+
+    def event(self):
+        """An event marking the work queued on the side stream so far."""
+        if self.side is None:
+            return None
+        ev = torch.cuda.Event()
+        ev.record(self.side)
+        return ev
+
+    def join(self, ev=None) -> None:
+        if self.side is not None:
+            self.main.wait_event(ev) if ev is not None else self.main.wait_stream(self.side)
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+

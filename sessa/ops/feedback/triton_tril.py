@@ -1,0 +1,225 @@
+"""The intra-chunk triangular systems of the feedback solve, as explicit inverses built in parallel.
+
+Inside a super-chunk of L rows the solve is (I - N) s = rhs with N = G P strictly lower triangular (L x L).
+N does not depend on s, so W = (I - N)^{-1} (fp32, L x L per super-chunk, O(T * L) memory) is built for
+every super-chunk at once, off the sequential path, and each sequential step becomes one parallel GEMM:
+s = W rhs in the forward, df = W^T rhs in the backward. Building W:
+
+1. ``_diag_inverse_kernel``: M_c = (I - N_cc)^{-1} of each C x C diagonal block by the product
+   (I + N)(I + N^2)(I + N^4)... (N_cc is nilpotent), one program per block;
+2. ``_diag_probs_kernel``: P inside the L x L diagonal blocks (fp32 scratch);
+3. ``_wbuild_kernel``: block forward substitution down each C-wide column block j of W:
+   W[c, j] = M_c (delta_cj I + G_c sum_{j <= c' < c} P[c, c'] W[c', j]); one program per (column block,
+   super-chunk, batch), all independent.
+Products with W and M use fp32 operands ("tf32x3" on the GPU: three tf32 products, close to fp32).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from sessa.ops.feedback.triton_common import LOG2E, Blocks, _allowed, _logits, _mask_arg, _row_lse, mma
+
+
+@triton.jit
+def _diag_inverse_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, g_ptr, inv_ptr, T, D,
+                         stride_qb, stride_qt, stride_kb, stride_kt, stride_mb, stride_lb,
+                         stride_gb, stride_gt, stride_ib, scale2,
+                         HAS_MASK: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, LOG2C: tl.constexpr,
+                         PREC: tl.constexpr, INV_PREC: tl.constexpr):
+    pid = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    q_ptr += pid_b * stride_qb
+    k_ptr += pid_b * stride_kb
+    km_ptr += pid_b * stride_mb
+    rows = pid * C + tl.arange(0, C)
+    x = _logits(q_ptr, k_ptr, rows, rows, T, D, stride_qt, stride_kt, C, C, BK, PREC) * scale2
+    lse = _row_lse(lse_ptr + pid_b * stride_lb, rows, T)
+    p = tl.where(_allowed(rows, rows, T, km_ptr, HAS_MASK), tl.exp2(x - lse[:, None]), 0.0)
+    g = tl.load(g_ptr + pid_b * stride_gb + rows * stride_gt, mask=rows < T, other=0.0).to(tl.float32)
+    n = g[:, None] * p
+    ar = tl.arange(0, C)
+    # N is strictly lower triangular (nilpotent): (I - N)^{-1} = sum_k N^k = prod_i (I + N^(2^i)).
+    inv = (ar[:, None] == ar[None, :]).to(tl.float32) + n
+    power = n
+    for _ in tl.static_range(LOG2C - 1):
+        power = tl.dot(power, power, input_precision=INV_PREC)
+        inv = inv + tl.dot(inv, power, input_precision=INV_PREC)
+    tl.store(inv_ptr + pid_b * stride_ib + pid * C * C + ar[:, None] * C + ar[None, :], inv)
+
+
+@triton.jit
+def _diag_probs_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, pd_ptr, T, D, L, nI,
+                       stride_qb, stride_qt, stride_kb, stride_kt, stride_mb, stride_lb, stride_db, stride_di,
+                       scale2, HAS_MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                       PREC: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_z = tl.program_id(2)
+    pid_b = (pid_z // nI).to(tl.int64)
+    chunk = pid_z % nI
+    A = chunk * L
+    r_start = A + pid_m * BM
+    c_start = A + pid_n * BN
+    if (c_start < r_start + BM) & (r_start < T):
+        rows = r_start + tl.arange(0, BM)
+        cols = c_start + tl.arange(0, BN)
+        q_ptr += pid_b * stride_qb
+        k_ptr += pid_b * stride_kb
+        x = _logits(q_ptr, k_ptr, rows, cols, T, D, stride_qt, stride_kt, BM, BN, BK, PREC) * scale2
+        lse = _row_lse(lse_ptr + pid_b * stride_lb, rows, T)
+        ok = _allowed(rows, cols, T, km_ptr + pid_b * stride_mb, HAS_MASK)
+        p = tl.where(ok, tl.exp2(x - lse[:, None]), 0.0)
+        ptrs = pd_ptr + pid_b * stride_db + chunk * stride_di + (rows - A)[:, None] * L + (cols - A)[None, :]
+        tl.store(ptrs, p)
+
+
+@triton.jit
+def _wbuild_kernel(pd_ptr, inv_ptr, g_ptr, w_ptr, T, L, stride_db, stride_di, stride_ib, stride_gb, stride_gt,
+                   C: tl.constexpr, INV_PREC: tl.constexpr):
+    j = tl.program_id(0)
+    chunk = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    A = chunk * L
+    n_sub = tl.cdiv(tl.minimum(L, T - A), C)
+    if j < n_sub:
+        base = pid_b * stride_db + chunk * stride_di  # W and the P scratch share one (B, nI, L, L) layout
+        ar = tl.arange(0, C)
+        cols = j * C + ar
+        eye = (ar[:, None] == ar[None, :]).to(tl.float32)
+        for c in range(j, n_sub):
+            rows = c * C + ar
+            acc = tl.zeros([C, C], dtype=tl.float32)
+            for c2 in range(j, c):
+                pp = tl.load(pd_ptr + base + rows[:, None] * L + (c2 * C + ar)[None, :])
+                ww = tl.load(w_ptr + base + (c2 * C + ar)[:, None] * L + cols[None, :])
+                acc = tl.dot(pp, ww, acc, input_precision=INV_PREC)
+            g = tl.load(g_ptr + pid_b * stride_gb + (A + rows) * stride_gt, mask=A + rows < T, other=0.0)
+            rhs = g.to(tl.float32)[:, None] * acc + eye * (c == j).to(tl.float32)
+            m = tl.load(inv_ptr + pid_b * stride_ib + (A // C + c) * C * C + ar[:, None] * C + ar[None, :])
+            wc = tl.dot(m, rhs, input_precision=INV_PREC)
+            tl.store(w_ptr + base + rows[:, None] * L + cols[None, :], wc)
+            tl.debug_barrier()  # the next row block reads these entries back
+
+
+@triton.jit
+def _wapply_kernel(w_ptr, wlo_ptr, x_ptr, x2_ptr, out_ptr, outop_ptr, s_ptr, f_ptr, dpart_ptr,
+                   A, T, D, L_eff, x_row0,
+                   stride_wb, stride_wr, stride_xb, stride_xt, stride_ob, stride_ot, stride_pb, stride_pt,
+                   stride_eb,
+                   TRANS: tl.constexpr, HAS_X2: tl.constexpr, STORE_OP: tl.constexpr, DELTA: tl.constexpr,
+                   SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, INV_PREC: tl.constexpr):
+    """out[A + r] = sum_k W[r, k] x[k] (TRANS: sum_k W[k, r] (x + x2)[k]); W lower triangular, K step BM.
+    x rows are x_row0 + k; out, outop, s, f rows are A + r. DELTA: per-D-tile <out_rounded, s - f> row sums.
+    SPLIT: W is given as bf16 hi + lo parts and x is split likewise in registers; three bf16 products
+    (hi.hi + hi.lo + lo.hi) give ~16 mantissa bits at the bf16 tensor-core rate."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    r0 = pid_m * BM
+    rl = r0 + tl.arange(0, BM)
+    dcols = pid_n * BN + tl.arange(0, BN)
+    dmask = dcols < D
+    w_ptr += pid_b * stride_wb
+    wlo_ptr += pid_b * stride_wb
+    x_off = pid_b * stride_xb + dcols[None, :]
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    if TRANS:
+        lo, hi = r0, L_eff
+    else:
+        lo, hi = 0, tl.minimum(r0 + BM, L_eff)
+    for k0 in range(lo, hi, BM):
+        kk = k0 + tl.arange(0, BM)
+        if TRANS:
+            w_offs = kk[None, :] * stride_wr + rl[:, None]
+        else:
+            w_offs = rl[:, None] * stride_wr + kk[None, :]
+        w = tl.load(w_ptr + w_offs)
+        xm = (kk < L_eff)[:, None] & dmask[None, :]
+        x = tl.load(x_ptr + x_off + (x_row0 + kk)[:, None] * stride_xt, mask=xm, other=0.0).to(tl.float32)
+        if HAS_X2:
+            x += tl.load(x2_ptr + x_off + (x_row0 + kk)[:, None] * stride_xt, mask=xm, other=0.0)
+        if SPLIT:
+            w_lo = tl.load(wlo_ptr + w_offs)
+            x_hi = x.to(tl.bfloat16)
+            x_lo = (x - x_hi.to(tl.float32)).to(tl.bfloat16)
+            acc = mma(w, x_hi, acc, INV_PREC)
+            acc = mma(w, x_lo, acc, INV_PREC)
+            acc = mma(w_lo, x_hi, acc, INV_PREC)
+        else:
+            acc = tl.dot(w, x, acc, input_precision=INV_PREC)
+    m2 = (rl < L_eff)[:, None] & dmask[None, :]
+    offs = pid_b * stride_ob + (A + rl)[:, None] * stride_ot + dcols[None, :]
+    tl.store(out_ptr + offs, acc, mask=m2)
+    rounded = acc
+    if STORE_OP:
+        rounded = acc.to(outop_ptr.dtype.element_ty)
+        op_offs = pid_b * stride_pb + (A + rl)[:, None] * stride_pt + dcols[None, :]
+        tl.store(outop_ptr + op_offs, rounded, mask=m2)
+    if DELTA:
+        # Delta_t = <df_t, s_t - f_t> from the same rounded df that the <df_t, s_j> tiles use: the large
+        # common part of s then cancels exactly in gamma <df_t, s_j> - Delta_t.
+        s = tl.load(s_ptr + offs, mask=m2, other=0.0)
+        f = tl.load(f_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+        part = tl.sum(rounded.to(tl.float32) * (s - f), 1)
+        tl.store(dpart_ptr + pid_b * stride_eb + (A + rl) * tl.num_programs(1) + pid_n, part, mask=rl < L_eff)
+
+
+def build_w(
+    q_b, k_b, gamma, key_mask, lse, bl: Blocks, split: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """W: (B, n_chunks, L, L), the inverse of (I - G P) inside each super-chunk (zero above the diagonal):
+    fp32 and None, or (split) its bf16 high part and the bf16 remainder."""
+    B, T, D = q_b.shape
+    scale2 = LOG2E / math.sqrt(D)
+    km, smb = _mask_arg(key_mask, q_b)
+    nblk = triton.cdiv(T, bl.C)
+    inv = torch.empty(B, nblk, bl.C, bl.C, device=q_b.device, dtype=torch.float32)
+    _diag_inverse_kernel[(nblk, B)](
+        q_b, k_b, km, lse, gamma, inv, T, D, q_b.stride(0), q_b.stride(1), k_b.stride(0), k_b.stride(1), smb,
+        lse.stride(0), gamma.stride(0), gamma.stride(1), inv.stride(0), scale2,
+        HAS_MASK=key_mask is not None, C=bl.C, BK=bl.bk, LOG2C=int(math.log2(bl.C)), PREC=bl.prec,
+        INV_PREC=bl.inv_prec, num_warps=4,
+    )
+    n_chunks, L = triton.cdiv(T, bl.L), bl.L
+    pd = torch.empty(B, n_chunks, L, L, device=q_b.device, dtype=torch.float32)
+    _diag_probs_kernel[(L // bl.bm, L // bl.bn, B * n_chunks)](
+        q_b, k_b, km, lse, pd, T, D, L, n_chunks, q_b.stride(0), q_b.stride(1), k_b.stride(0), k_b.stride(1),
+        smb, lse.stride(0), pd.stride(0), pd.stride(1), scale2, HAS_MASK=key_mask is not None,
+        BM=bl.bm, BN=bl.bn, BK=bl.bk, PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages,
+    )
+    w = torch.zeros_like(pd)
+    _wbuild_kernel[(L // bl.C, n_chunks, B)](
+        pd, inv, gamma, w, T, L, pd.stride(0), pd.stride(1), inv.stride(0), gamma.stride(0), gamma.stride(1),
+        C=bl.C, INV_PREC=bl.inv_prec, num_warps=4,
+    )
+    if split:  # bf16 hi + lo parts: the products with W then run on bf16 tensor cores
+        w_hi = w.to(torch.bfloat16)
+        return w_hi, w.sub_(w_hi.float()).to(torch.bfloat16)
+    return w, None
+
+
+def apply_w(w, A, L_eff, x, out, out_op, bl: Blocks, *, x2=None, x_row0=0, trans=False, delta=None, s=None,
+            f=None) -> None:
+    """out[:, A:A+L_eff] = W_chunk x (or W_chunk^T (x + x2)); also the bf16 copy and the Delta partials.
+    w: the pair returned by build_w."""
+    B, T, D = out.shape
+    wc = w[0][:, A // bl.L]
+    wlo = wc if w[1] is None else w[1][:, A // bl.L]
+    nd = triton.cdiv(D, bl.bd_w)
+    assert x2 is None or x2.stride() == x.stride()
+    if delta is not None:
+        assert delta.shape[-1] == nd and s.stride() == out.stride() and f.stride() == out.stride()
+    _wapply_kernel[(triton.cdiv(L_eff, bl.bm_w), nd, B)](
+        wc, wlo, x, x if x2 is None else x2, out, out_op, out if s is None else s, out if f is None else f,
+        out if delta is None else delta, A, T, D, L_eff, x_row0, wc.stride(0), wc.stride(1), x.stride(0),
+        x.stride(1), out.stride(0), out.stride(1), out_op.stride(0), out_op.stride(1),
+        0 if delta is None else delta.stride(0), TRANS=trans, HAS_X2=x2 is not None,
+        STORE_OP=out_op is not out, DELTA=delta is not None, SPLIT=w[1] is not None, BM=bl.bm_w, BN=bl.bd_w,
+        INV_PREC=bl.inv_prec,
+        num_warps=bl.warps_w, num_stages=min(bl.stages, 3),
+    )

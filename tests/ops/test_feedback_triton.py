@@ -1,0 +1,178 @@
+"""The Triton feedback-solve kernels, run by Triton's CPU interpreter, against the float64 reference.
+
+The interpreter is switched on with TRITON_INTERPRET=1, which Triton reads when it is first imported. So the
+checks run in a child process (this file run as a script) with the variable set, and the tests here only
+read the errors it reports: other test files in the same pytest process keep the compiled mode. Every
+output and scratch buffer is filled with NaN before the kernels run (``triton.POISON``).
+
+Criterion (mamba's rule): error of the Triton op vs float64 <= k x error of the PyTorch chunked op in the
+same precision + atol. For bf16 the Triton products use bf16 operands (P, s, df, dlogit) where the chunked
+op computes in fp32, so gradients get a looser k; on the GPU at D = 1024 the measured ratio is about 2
+(benchmarks/triton_check_*.txt).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+
+NAMES = ("s", "dq_b", "dk_b", "dgamma", "df")
+# (B, T, D, chunk_size, sub_block, dtype, key_mask)
+FAST_CASES = [
+    (2, 1, 16, 16, 16, "float32", False),
+    (2, 17, 16, 16, 16, "float32", False),
+    (2, 70, 32, 32, 16, "float32", False),
+    (2, 70, 32, 64, 16, "float32", True),
+    (2, 70, 32, 16, 16, "bfloat16", False),
+    (2, 70, 32, 32, 16, "bfloat16", True),
+]
+SLOW_CASES = [
+    (1, 130, 64, 64, 32, "float32", True),
+    (2, 129, 48, 128, 64, "bfloat16", False),
+    (1, 100, 32, 48, 16, "float16", False),
+]
+TOL = {  # dtype -> (k for s/df, k for dq/dk/dgamma, atol)
+    "float32": (2.0, 2.0, 1e-6),
+    "bfloat16": (2.0, 10.0, 2e-3),
+    # fp16 inputs use bf16 operands too (s may exceed fp16's range), so they get bf16-level accuracy while
+    # the chunked op's fp16 rounding is 8x finer: judge them by an absolute bound.
+    "float16": (10.0, 10.0, 2e-2),
+}
+
+
+# ------------------------------------------------------------------------------------------- child side
+def _rel(a, b) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _inputs(B, T, D, dtype, mask, seed):
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    q, k, f, ds = (torch.randn(B, T, D, generator=gen) for _ in range(4))
+    gamma = 0.999 * torch.tanh(2 * torch.randn(B, T, 1, generator=gen))
+    key_mask = None
+    if mask:  # padding keys, including a row whose whole past is masked
+        key_mask = torch.rand(B, T, generator=gen) > 0.3
+        key_mask[:, :2] = False
+    return [x.to(getattr(torch, dtype)) for x in (2 * q, k, gamma, f)], ds.to(getattr(torch, dtype)), key_mask
+
+
+def _solve(fn, inputs, ds, key_mask, **kw):
+    leaves = [x.detach().clone().requires_grad_() for x in inputs]
+    s = fn(*leaves, key_mask=key_mask, **kw)
+    s.backward(ds)
+    return [s.detach()] + [x.grad for x in leaves]
+
+
+def _check_case(B, T, D, chunk, sub, dtype, mask) -> dict:
+    from sessa.ops.feedback.chunked import feedback_solve_chunked
+    from sessa.ops.feedback.reference import feedback_solve_ref
+    from sessa.ops.feedback.triton import feedback_solve_triton
+
+    inputs, ds, key_mask = _inputs(B, T, D, dtype, mask, seed=T + D)
+    tri = _solve(feedback_solve_triton, inputs, ds, key_mask, chunk_size=chunk, sub_block=sub)
+    chk = _solve(lambda *a, key_mask: feedback_solve_chunked(*a, key_mask, 16), inputs, ds, key_mask)
+    ref = _solve(lambda *a, key_mask: feedback_solve_ref(*a, key_mask), [x.double() for x in inputs],
+                 ds.double(), key_mask)
+    finite = all(bool(x.isfinite().all()) for x in tri)
+    return {"finite": finite, "triton": [_rel(a, r) for a, r in zip(tri, ref, strict=True)],
+            "chunked": [_rel(a, r) for a, r in zip(chk, ref, strict=True)]}
+
+
+def _check_varlen() -> dict:
+    import torch
+
+    from sessa.ops.feedback.reference import feedback_solve_ref
+    from sessa.ops.feedback.triton import feedback_forward_varlen
+
+    (q, k, g, f), _, _ = _inputs(1, 50, 16, "float32", False, seed=1)
+    bounds = [0, 7, 23, 50]
+    s = feedback_forward_varlen(q, k, g, f, torch.tensor(bounds), chunk_size=16)
+    segments = zip(bounds, bounds[1:], strict=False)
+    ref = torch.cat([feedback_solve_ref(*(x[:, a:b] for x in (q, k, g, f))) for a, b in segments], 1)
+    return {"err": _rel(s, ref), "finite": bool(s.isfinite().all())}
+
+
+def _child(cases: list) -> None:
+    import sessa.ops.feedback.triton as ft
+
+    ft.POISON = True
+    out = {"cases": [_check_case(*c) for c in cases], "varlen": _check_varlen()}
+    print("RESULT " + json.dumps(out))
+
+
+# ------------------------------------------------------------------------------------------ parent side
+def _run_child(cases: list) -> dict:
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, __file__, json.dumps(cases)], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=600)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    detail = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0 and lines, f"interpreter run failed:\n{detail}"
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+@pytest.fixture(scope="module")
+def fast_results():
+    return _run_child(FAST_CASES)
+
+
+def _assert_case(case, res) -> None:
+    assert res["finite"], f"{case}: non-finite output (an unwritten, NaN-poisoned element was read)"
+    k_out, k_grad, atol = TOL[case[5]]
+    for i, name in enumerate(NAMES):
+        k = k_out if name in ("s", "df") else k_grad
+        e_t, e_c = res["triton"][i], res["chunked"][i]
+        msg = f"{case} {name}: triton err {e_t:.2e} > {k} x chunked err {e_c:.2e} + {atol}"
+        assert e_t <= k * e_c + atol, msg
+
+
+@pytest.mark.parametrize("idx", range(len(FAST_CASES)), ids=[str(c) for c in FAST_CASES])
+def test_forward_backward_vs_float64(fast_results, idx):
+    _assert_case(FAST_CASES[idx], fast_results["cases"][idx])
+
+
+def test_varlen_forward_equals_per_sequence_solves(fast_results):
+    assert fast_results["varlen"]["finite"]
+    assert fast_results["varlen"]["err"] < 1e-5
+
+
+@pytest.mark.slow
+def test_larger_cases_vs_float64():
+    res = _run_child(SLOW_CASES)
+    for case, r in zip(SLOW_CASES, res["cases"], strict=True):
+        _assert_case(case, r)
+
+
+def test_module_imports_without_gpu_and_validates_inputs():
+    import torch
+
+    from sessa.ops.feedback import triton as ft
+    from sessa.ops.feedback.triton_common import choose_blocks
+
+    x = torch.zeros(1, 4, 16)
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        with pytest.raises(ValueError, match="CUDA"):
+            ft.feedback_solve_triton(x, x, torch.zeros(1, 4, 1), x)
+    with pytest.raises(ValueError, match="chunk_size"):
+        choose_blocks(64, 16, torch.float32, 24, interpret=True)
+    with pytest.raises(ValueError, match="sub_block"):
+        choose_blocks(64, 16, torch.float32, 32, interpret=True, sub_block=64)
+    blocks = choose_blocks(1000, 1024, torch.bfloat16, None, interpret=False)
+    assert blocks.L % blocks.C == 0 and blocks.L % blocks.bm == 0 and blocks.L % blocks.bn == 0
+
+
+if __name__ == "__main__":
+    _child([tuple(c) for c in json.loads(sys.argv[1])])
