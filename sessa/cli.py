@@ -1,7 +1,7 @@
 """The `sessa` command: compare, train, eval, generate, bench, tail, operators.
 
-Each subcommand's options mirror a typed config (TrainConfig, CompareConfig); unknown options, tasks and models
-are rejected with the valid names; the resolved configuration is printed and saved with the results.
+Each subcommand's options mirror a typed config (TrainConfig, CompareConfig); unknown options, tasks and
+models are rejected with the valid names; the resolved configuration is printed and saved with the results.
 """
 
 from __future__ import annotations
@@ -19,8 +19,16 @@ from sessa.train.config import AMP_CHOICES, DISTRIBUTED, MODELS, TrainConfig
 
 DELEGATED = {  # subcommands implemented by their own argparse
     "bench": ("sessa.bench.kernels", "bench_main", "time and memory of the feedback solve and layer vs SDPA"),
-    "tail": ("sessa.analysis.cli", "tail_main", "measure memory tails (influence vs lag, power law vs exponential)"),
-    "operators": ("sessa.analysis.cli", "operators_main", "interaction operators of a model: heatmaps and ranks"),
+    "tail": (
+        "sessa.analysis.cli",
+        "tail_main",
+        "measure memory tails (influence vs lag, power law vs exponential)",
+    ),
+    "operators": (
+        "sessa.analysis.cli",
+        "operators_main",
+        "interaction operators of a model: heatmaps and ranks",
+    ),
 }
 CHOICES = {"model": MODELS, "amp": AMP_CHOICES, "distributed": DISTRIBUTED}
 
@@ -53,39 +61,68 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: set[
         elif typing.get_origin(kind) is tuple:
             parser.add_argument(flag, type=float, nargs=2, default=default)
         else:
-            parser.add_argument(flag, type=kind if kind in (int, float, str) else str, default=default,
-                                choices=CHOICES.get(f.name))
+            parser.add_argument(
+                flag,
+                type=kind if kind in (int, float, str) else str,
+                default=default,
+                choices=CHOICES.get(f.name),
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sessa", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("compare", help="train matched Sessa / Transformer / Mamba-2 / no-feedback models and compare")
+    p = sub.add_parser(
+        "compare", help="train matched Sessa / Transformer / Mamba-2 / no-feedback models and compare"
+    )
     p.add_argument("--tasks", nargs="+", default=None, help="task names (default: the suite's tasks)")
-    p.add_argument("--models", nargs="+", default=None, choices=MODELS, metavar="MODEL",
-                   help=f"models to train (default: sessa attention mamba2 sessa_nofb; valid: {', '.join(MODELS)})")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        choices=MODELS,
+        metavar="MODEL",
+        help=f"models to train (default: sessa attention mamba2 sessa_nofb; valid: {', '.join(MODELS)})",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
-    p.add_argument("--preset", default=None,
-                   help="model preset (default: tiny for quick, small for paper); 'paper' = --suite paper")
-    p.add_argument("--suite", default="quick", choices=["quick", "paper"],
-                   help="quick: CPU in minutes; paper: the paper's Table 1 setting on one GPU")
+    p.add_argument(
+        "--preset",
+        default=None,
+        help="model preset (default: tiny for quick, small for paper); 'paper' = --suite paper",
+    )
+    p.add_argument(
+        "--suite",
+        default="quick",
+        choices=["quick", "paper"],
+        help="quick: CPU in minutes; paper: the paper's Table 1 setting on one GPU",
+    )
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", default="auto", choices=AMP_CHOICES)
     p.add_argument("--out-dir", default="runs/compare")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other training option, repeatable")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="any other training option, repeatable"
+    )
 
     p = sub.add_parser("train", help="train one model on one task (torchrun-ready)")
     add_dataclass_options(p, TrainConfig, skip={"task_options", "model_options"})
-    p.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="task config override, repeatable")
-    p.add_argument("--model-option", action="append", metavar="KEY=VALUE", help="SessaConfig override, repeatable")
-    p.add_argument("--resume", action="store_true", help="continue exactly from the latest checkpoint in --out-dir")
+    p.add_argument(
+        "--task-option", action="append", metavar="KEY=VALUE", help="task config override, repeatable"
+    )
+    p.add_argument(
+        "--model-option", action="append", metavar="KEY=VALUE", help="SessaConfig override, repeatable"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue exactly from the latest checkpoint in --out-dir"
+    )
 
     p = sub.add_parser("eval", help="evaluate a checkpoint or Hugging Face directory on a task")
-    p.add_argument("path", help="a checkpoint folder (runs/.../checkpoints/step_N) or a save_pretrained directory")
+    p.add_argument(
+        "path", help="a checkpoint folder (runs/.../checkpoints/step_N) or a save_pretrained directory"
+    )
     p.add_argument("--task", default=None, help="task name (default: the one the checkpoint was trained on)")
     p.add_argument("--task-option", action="append", metavar="KEY=VALUE")
     p.add_argument("--data-seed", type=int, default=None)
@@ -119,9 +156,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     cfg = CompareConfig(
         tasks=args.tasks or (list(QUICK_TASKS) if args.suite == "quick" else ["symbolsoup", "diffuse_mqar"]),
-        models=args.models or ["sessa", "attention", "mamba2", "sessa_nofb"], seeds=args.seeds, suite=args.suite,
-        preset=args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr, device=args.device,
-        amp=args.amp, out_dir=args.out_dir, train_overrides=parse_kv(args.set, "--set"),
+        models=args.models or ["sessa", "attention", "mamba2", "sessa_nofb"],
+        seeds=args.seeds,
+        suite=args.suite,
+        preset=args.preset,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        device=args.device,
+        amp=args.amp,
+        out_dir=args.out_dir,
+        train_overrides=parse_kv(args.set, "--set"),
     )
     for task in cfg.tasks:  # validate every task and option before the first long run
         from sessa.tasks import get_task
@@ -143,8 +188,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(**fields)
     print("resolved configuration:\n" + json.dumps(cfg.to_dict(), indent=2, default=str))
     summary = train(cfg, resume=args.resume)
-    print(json.dumps({split: {k: v for k, v in res.items() if not k.startswith("by_")}
-                      for split, res in summary["final"].items()}, indent=2))
+    print(
+        json.dumps(
+            {
+                split: {k: v for k, v in res.items() if not k.startswith("by_")}
+                for split, res in summary["final"].items()
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -156,7 +208,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
-    handlers = {"compare": cmd_compare, "train": cmd_train, "eval": _lazy("cmd_eval"), "generate": _lazy("cmd_generate")}
+    handlers = {
+        "compare": cmd_compare,
+        "train": cmd_train,
+        "eval": _lazy("cmd_eval"),
+        "generate": _lazy("cmd_generate"),
+    }
     try:
         return handlers[args.command](args)
     except ValueError as exc:

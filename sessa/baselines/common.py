@@ -11,8 +11,9 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from sessa.modules.contract import MixerState
+from sessa.modules.contract import MixerState, check_input, reorder_state_tensors
 
 
 def check_int(name: str, value: object, minimum: int = 1) -> int:
@@ -107,3 +108,37 @@ def causal_conv(
 def work_dtype(dtype: torch.dtype) -> torch.dtype:
     """Precision of scans and states: float64 for float64 models, float32 otherwise."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class RecurrentMixer(nn.Module):
+    """The parallel and incremental halves of the contract shared by the Mamba mixers.
+
+    Subclasses keep a state {"conv", "ssm", "t"} and implement
+    ``_mix(x, mask, conv, ssm) -> (out, conv, ssm)``.
+    """
+
+    d_model: int
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, T, d_model), attention_mask: (B, T) 1 = real, 0 = left padding -> (B, T, d_model)."""
+        check_input(x, self.d_model)
+        out, _, _ = self._mix(x, key_mask(attention_mask, x.shape[0], x.shape[1]), None, None)
+        return out
+
+    def step(
+        self, x: torch.Tensor, state: MixerState, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x: (B, T_new, d_model) after ``state["t"]`` tokens; attention_mask: (B, t + T_new) or None."""
+        check_input(x, self.d_model)
+        t = step_position(state, x, "ssm")
+        mask = key_mask(attention_mask, x.shape[0], t + x.shape[1])
+        mask = None if mask is None else mask[:, t:]
+        out, state["conv"], state["ssm"] = self._mix(x, mask, state["conv"], state["ssm"])
+        state["t"] = t + x.shape[1]
+        return out
+
+    def reorder_state(self, state: MixerState, index: torch.Tensor) -> MixerState:
+        return reorder_state_tensors(state, index)
+
+    def _mix(self, x, mask, conv_history, ssm_state):  # noqa: ANN001, ANN202
+        raise NotImplementedError

@@ -24,17 +24,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from sessa.baselines.common import (
+    RecurrentMixer,
     causal_conv,
     check_choice,
     check_dt_range,
     check_int,
     check_positive_float,
     init_dt_bias,
-    key_mask,
-    step_position,
     work_dtype,
 )
-from sessa.modules.contract import MixerState, check_input, reorder_state_tensors
+from sessa.modules.contract import MixerState
 
 
 def _check_scan_args(
@@ -168,7 +167,7 @@ def selective_state_update(
     return y.to(u.dtype), state
 
 
-class MambaMixer(nn.Module):
+class MambaMixer(RecurrentMixer):
     """Mamba-1 block as a mixer: x (B, T, d_model) -> (B, T, d_model).
 
     in_proj -> [x, z]; causal depthwise conv (K = d_conv) + SiLU; x_proj -> [dt_low, B, C];
@@ -242,12 +241,6 @@ class MambaMixer(nn.Module):
             f"dt_rank={self.dt_rank}, chunk_size={self.chunk_size}, backend={self.backend!r}"
         )
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, T, d_model), attention_mask: (B, T) 1 = real, 0 = left padding -> (B, T, d_model)."""
-        check_input(x, self.d_model)
-        out, _, _ = self._mix(x, key_mask(attention_mask, x.shape[0], x.shape[1]), None, None)
-        return out
-
     def init_state(
         self,
         batch_size: int,
@@ -262,21 +255,6 @@ class MambaMixer(nn.Module):
         conv = torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype)
         ssm = torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=work_dtype(dtype))
         return {"conv": conv, "ssm": ssm, "t": 0}
-
-    def step(
-        self, x: torch.Tensor, state: MixerState, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """x: (B, T_new, d_model) after ``state["t"]`` tokens; attention_mask: (B, t + T_new) or None."""
-        check_input(x, self.d_model)
-        t = step_position(state, x, "ssm")
-        mask = key_mask(attention_mask, x.shape[0], t + x.shape[1])
-        mask = None if mask is None else mask[:, t:]
-        out, state["conv"], state["ssm"] = self._mix(x, mask, state["conv"], state["ssm"])
-        state["t"] = t + x.shape[1]
-        return out
-
-    def reorder_state(self, state: MixerState, index: torch.Tensor) -> MixerState:
-        return reorder_state_tensors(state, index)
 
     def _mix(
         self,

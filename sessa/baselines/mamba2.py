@@ -25,17 +25,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from sessa.baselines.common import (
+    RecurrentMixer,
     causal_conv,
     check_choice,
     check_dt_range,
     check_int,
     check_positive_float,
     init_dt_bias,
-    key_mask,
-    step_position,
     work_dtype,
 )
-from sessa.modules.contract import MixerState, check_input, reorder_state_tensors
+from sessa.modules.contract import MixerState
 
 
 def segsum(a: torch.Tensor) -> torch.Tensor:
@@ -266,7 +265,7 @@ class GatedRMSNorm(nn.Module):
         return (groups.reshape(gated.shape) * self.weight.to(work)).to(z.dtype)
 
 
-class Mamba2Mixer(nn.Module):
+class Mamba2Mixer(RecurrentMixer):
     """Mamba-2 block as a mixer: x (B, T, d_model) -> (B, T, d_model).
 
     in_proj -> [z, x, B, C, dt]; causal depthwise conv (K = d_conv, with bias) + SiLU on [x, B, C];
@@ -340,12 +339,6 @@ class Mamba2Mixer(nn.Module):
             f"backend={self.backend!r}"
         )
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, T, d_model), attention_mask: (B, T) 1 = real, 0 = left padding -> (B, T, d_model)."""
-        check_input(x, self.d_model)
-        out, _, _ = self._mix(x, key_mask(attention_mask, x.shape[0], x.shape[1]), None, None)
-        return out
-
     def init_state(
         self,
         batch_size: int,
@@ -362,21 +355,6 @@ class Mamba2Mixer(nn.Module):
             batch_size, self.n_heads, self.headdim, self.d_state, device=device, dtype=work_dtype(dtype)
         )
         return {"conv": conv, "ssm": ssm, "t": 0}
-
-    def step(
-        self, x: torch.Tensor, state: MixerState, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """x: (B, T_new, d_model) after ``state["t"]`` tokens; attention_mask: (B, t + T_new) or None."""
-        check_input(x, self.d_model)
-        t = step_position(state, x, "ssm")
-        mask = key_mask(attention_mask, x.shape[0], t + x.shape[1])
-        mask = None if mask is None else mask[:, t:]
-        out, state["conv"], state["ssm"] = self._mix(x, mask, state["conv"], state["ssm"])
-        state["t"] = t + x.shape[1]
-        return out
-
-    def reorder_state(self, state: MixerState, index: torch.Tensor) -> MixerState:
-        return reorder_state_tensors(state, index)
 
     def _mix(
         self,

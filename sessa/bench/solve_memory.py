@@ -28,7 +28,9 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
-def measure_one(backend: str, T: int, D: int, B: int, dtype: str, device: str, repeats: int, chunk: int) -> dict:
+def measure_one(
+    backend: str, T: int, D: int, B: int, dtype: str, device: str, repeats: int, chunk: int
+) -> dict:
     """Run in the current process; returns {"time_ms", "peak_extra_mib"}."""
     torch.manual_seed(0)
     dt = getattr(torch, dtype)
@@ -70,15 +72,36 @@ def measure_one(backend: str, T: int, D: int, B: int, dtype: str, device: str, r
 
 
 def _child(args: argparse.Namespace) -> int:
-    out = measure_one(args.backend, args.T, args.dim, args.batch, args.dtype, args.device, args.repeats, args.chunk)
+    out = measure_one(
+        args.backend, args.T, args.dim, args.batch, args.dtype, args.device, args.repeats, args.chunk
+    )
     print(json.dumps(out))
     return 0
 
 
 def _spawn(backend: str, T: int, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, "-m", "sessa.bench.solve_memory", "--child", "--backend", backend, "--T", str(T),
-           "--dim", str(args.dim), "--batch", str(args.batch), "--dtype", args.dtype, "--device", args.device,
-           "--repeats", str(args.repeats), "--chunk", str(args.chunk)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sessa.bench.solve_memory",
+        "--child",
+        "--backend",
+        backend,
+        "--T",
+        str(T),
+        "--dim",
+        str(args.dim),
+        "--batch",
+        str(args.batch),
+        "--dtype",
+        args.dtype,
+        "--device",
+        args.device,
+        "--repeats",
+        str(args.repeats),
+        "--chunk",
+        str(args.chunk),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else f"exit {proc.returncode}"}
@@ -86,7 +109,9 @@ def _spawn(backend: str, T: int, args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sessa.bench.solve_memory", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m sessa.bench.solve_memory", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 8192])
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--batch", type=int, default=1)
@@ -102,8 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.child:
         return _child(args)
-    header = (f"feedback solve fwd+bwd | device={args.device} ({platform.processor() or platform.machine()}) "
-              f"dtype={args.dtype} B={args.batch} D={args.dim} chunk={args.chunk} threads={torch.get_num_threads()}")
+    header = (
+        f"feedback solve fwd+bwd | device={args.device} ({platform.processor() or platform.machine()}) "
+        f"dtype={args.dtype} B={args.batch} D={args.dim} chunk={args.chunk} threads={torch.get_num_threads()}"
+    )
     print(header)
     print(f"{'T':>7} " + " ".join(f"{b + ' ms':>14} {b + ' MiB':>14}" for b in args.backends))
     rows = []
@@ -113,7 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         cells = []
         for b in args.backends:
             r = row[b]
-            cells += [f"{r['time_ms']:14.1f}", f"{r['peak_extra_mib']:14.1f}"] if "error" not in r else [f"{'error':>14}"] * 2
+            cells += (
+                [f"{r['time_ms']:14.1f}", f"{r['peak_extra_mib']:14.1f}"]
+                if "error" not in r
+                else [f"{'error':>14}"] * 2
+            )
         print(f"{T:>7} " + " ".join(cells), flush=True)
     if args.out:
         with open(args.out, "w") as fh:

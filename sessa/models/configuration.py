@@ -76,7 +76,7 @@ class SessaConfig(PretrainedConfig):
     n_kv_heads: int | None = None  # key/value heads (GQA); None = n_heads
     use_forward_rope: bool = True  # RoPE on queries/keys of the Sessa forward branch and of attention
     attention_backend: str = "sdpa"  # "sdpa" or "reference"
-    attention_bias: bool = False  # biases on the attention baseline's q/k/v projections (Sessa's always have them)
+    attention_bias: bool = False  # q/k/v biases of the attention baseline (Sessa's always have them)
     # Sessa feedback branch
     gamma_max: float = 0.999  # |gamma_t| < gamma_max < 1 bounds the feedback gain
     use_feedback: bool = True  # False = the paper's ablation gamma = 0 (no feedback parameters)

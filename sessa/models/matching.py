@@ -8,11 +8,13 @@ head count whose ``mixer`` is the baseline, with its parameter count within ``to
 target's. It searches these knobs (any named in ``fixed`` keeps the target's value):
 
 * inside the mixer: ``n_kv_heads`` (divisors of n_heads; attention/Sessa), ``n_heads`` (attention: half,
-  same, 2x or 4x; finer kv widths for small models), ``attention_bias`` (attention: q/k/v biases on or off), ``d_state`` (Mamba-2:
+  same, 2x or 4x; finer kv widths for small models), ``attention_bias`` (attention: q/k/v biases on or
+  off), ``d_state`` (Mamba-2:
   multiples of 8 up to 2x its default; Mamba: multiples of 4), ``headdim`` (Mamba-2: half, same or twice
   the default), ``expand`` (1-4; Mamba-2/Mamba);
 * ``mlp_hidden`` (prenorm blocks): solved for, in multiples of 8, since the count is linear in it;
-* ``d_model``: multiples of lcm(8 (4 below width 256), n_heads, 2 n_heads with RoPE) between half and twice the target's.
+* ``d_model``: multiples of lcm(8 (4 below width 256), n_heads, 2 n_heads with RoPE) between half and twice
+  the target's.
 
 Among candidates within tolerance it picks the one closest to the starting architecture, distance
 = sum over changed knobs of |log(new / old)|, with d_model weighted 4x (width changes the residual

@@ -23,7 +23,12 @@ class GatedBlock(nn.Module):
     """
 
     def __init__(
-        self, d_model: int, mixer_cls: type[nn.Module], *, layer_idx: int = 0, ln_eps: float = 1e-5,
+        self,
+        d_model: int,
+        mixer_cls: type[nn.Module],
+        *,
+        layer_idx: int = 0,
+        ln_eps: float = 1e-5,
         **mixer_options: Any,
     ) -> None:
         super().__init__()
@@ -50,7 +55,9 @@ class GatedBlock(nn.Module):
     def init_state(self, batch_size: int, max_len: int, device=None, dtype=None) -> MixerState:  # noqa: ANN001
         return self.mixer.init_state(batch_size, max_len, device=device, dtype=dtype)
 
-    def step(self, x: torch.Tensor, state: MixerState, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def step(
+        self, x: torch.Tensor, state: MixerState, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """x: (B, n, D) new tokens after the state's; returns (B, n, D)."""
         check_input(x, self.d_model)
         bar_a, g = self._gate_in(x)
@@ -74,8 +81,14 @@ class PreNormBlock(nn.Module):
     """x + mixer(RMSNorm(x)), then x + W_down(SiLU(W_gate h) * W_up h), h = RMSNorm(x)."""
 
     def __init__(
-        self, d_model: int, mixer_cls: type[nn.Module], *, layer_idx: int = 0, mlp_ratio: float = 8 / 3,
-        norm_eps: float = 1e-5, **mixer_options: Any,
+        self,
+        d_model: int,
+        mixer_cls: type[nn.Module],
+        *,
+        layer_idx: int = 0,
+        mlp_ratio: float = 8 / 3,
+        norm_eps: float = 1e-5,
+        **mixer_options: Any,
     ) -> None:
         super().__init__()
         if not mlp_ratio > 0:
@@ -99,7 +112,9 @@ class PreNormBlock(nn.Module):
     def init_state(self, batch_size: int, max_len: int, device=None, dtype=None) -> MixerState:  # noqa: ANN001
         return self.mixer.init_state(batch_size, max_len, device=device, dtype=dtype)
 
-    def step(self, x: torch.Tensor, state: MixerState, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def step(
+        self, x: torch.Tensor, state: MixerState, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         check_input(x, self.d_model)
         return self._mlp(x + self.mixer.step(self.norm1(x), state, attention_mask=attention_mask))
 

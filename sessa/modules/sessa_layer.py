@@ -39,8 +39,16 @@ class SessaLayer(GatedBlock):
         **options: Any,
     ) -> None:
         super().__init__(
-            D, SessaMixer, ln_eps=ln_eps, n_heads=n_heads, n_kv_heads=n_kv_heads, max_len=max_len,
-            use_flash=use_flash, use_forward_rope=use_forward_rope, gamma_max=gamma_max, **options,
+            D,
+            SessaMixer,
+            ln_eps=ln_eps,
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            max_len=max_len,
+            use_flash=use_flash,
+            use_forward_rope=use_forward_rope,
+            gamma_max=gamma_max,
+            **options,
         )
 
     def init_cache(

@@ -29,7 +29,9 @@ def _validate(D: int, n_heads: int, n_kv_heads: int, use_forward_rope: bool, gam
             f"n_heads={n_heads}"
         )
     if use_forward_rope and (D // n_heads) % 2:
-        raise ValueError(f"RoPE needs an even head dim, got D / n_heads = {D // n_heads} (turn off use_forward_rope)")
+        raise ValueError(
+            f"RoPE needs an even head dim, got D / n_heads = {D // n_heads} (turn off use_forward_rope)"
+        )
 
 
 class SessaMixer(nn.Module):
@@ -73,7 +75,9 @@ class SessaMixer(nn.Module):
         self.use_flash, self.use_forward_rope = bool(use_flash), bool(use_forward_rope)
         self.gamma_max, self.use_feedback = float(gamma_max), bool(use_feedback)
         self.feedback_backend, self.attention_backend, self.chunk_size = (
-            feedback_backend, attention_backend, chunk_size,
+            feedback_backend,
+            attention_backend,
+            chunk_size,
         )
         kv_dim = n_kv_heads * self.head_dim
         self.q_proj = nn.Linear(D, D, bias=True)
@@ -108,7 +112,9 @@ class SessaMixer(nn.Module):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return q, k, v
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
         f = causal_attention(q, k, v, key_mask=mask, backend=self.attention_backend)
         return self.out_proj(f.reshape(q.shape[0], q.shape[1], self.D))
 
@@ -225,7 +231,9 @@ class SessaMixer(nn.Module):
         return (s[:, 0] if s.shape[1] == 1 else s), cache
 
 
-def _as_key_mask(attention_mask: torch.Tensor | None, shape: torch.Size, device: torch.device) -> torch.Tensor | None:
+def _as_key_mask(
+    attention_mask: torch.Tensor | None, shape: torch.Size, device: torch.device
+) -> torch.Tensor | None:
     """(B, T) 0/1 or bool attention mask -> bool key mask (None when absent)."""
     if attention_mask is None:
         return None

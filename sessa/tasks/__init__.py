@@ -3,5 +3,15 @@
 from sessa.tasks.base import IGNORE_INDEX, TASKS, TaskConfig, TaskData, TaskSplit, get_task, register_task
 
 __all__ = ["IGNORE_INDEX", "TASKS", "TaskConfig", "TaskData", "TaskSplit", "get_task", "register_task"]
-from sessa.tasks import diffuse_mqar, induction, mqar, passkey, selective_copy, symbolsoup  # noqa: F401
-from sessa.tasks import corpus, listops, pathfinder, scan  # noqa: F401
+from sessa.tasks import (  # noqa: F401  # noqa: F401
+    corpus,
+    diffuse_mqar,
+    induction,
+    listops,
+    mqar,
+    passkey,
+    pathfinder,
+    scan,
+    selective_copy,
+    symbolsoup,
+)

@@ -125,7 +125,7 @@ def get_task(name: str, **overrides: object) -> TaskConfig:
 
 
 def pad_rows(rows: list[list[int]], pad_id: int, fill: int | None = None) -> torch.Tensor:
-    """Stack ragged int lists into an (N, max_len) int64 tensor, right-padded with ``fill`` (default pad_id)."""
+    """Stack ragged int lists into an (N, max_len) int64 tensor, right-padded with ``fill`` (or pad_id)."""
     width = max((len(r) for r in rows), default=0)
     out = torch.full((len(rows), width), pad_id if fill is None else fill, dtype=torch.long)
     for i, row in enumerate(rows):

@@ -26,7 +26,9 @@ def _nofb_matched(target: Any) -> Any:
         if best is None or err < best[0]:
             best = (err, config)
     if best is None or best[0] > MATCH_TOLERANCE:
-        raise ValueError(f"could not match sessa_nofb to {goal:,} parameters within 2% (closest {best[0]:.1%})")
+        raise ValueError(
+            f"could not match sessa_nofb to {goal:,} parameters within 2% (closest {best[0]:.1%})"
+        )
     return best[1]
 
 
@@ -46,8 +48,12 @@ def model_config(cfg: TrainConfig, vocab_size: int, max_len: int, pad_id: int | 
     """The SessaConfig of ``cfg.model``: Sessa from the preset; baselines resized to its parameter count."""
     from sessa.models import SessaConfig
 
-    options = {"vocab_size": vocab_size, "max_position_embeddings": max(max_len, 16),
-               **_special_ids(vocab_size, pad_id), **cfg.model_options}
+    options = {
+        "vocab_size": vocab_size,
+        "max_position_embeddings": max(max_len, 16),
+        **_special_ids(vocab_size, pad_id),
+        **cfg.model_options,
+    }
     if cfg.model == "sessa":
         return SessaConfig.from_preset(cfg.preset, mixer="sessa", **options)
     if cfg.model == "sessa_nofb":
@@ -55,14 +61,18 @@ def model_config(cfg: TrainConfig, vocab_size: int, max_len: int, pad_id: int | 
         if cfg.match_params:
             return _nofb_matched(target)
         return dataclasses.replace(target, use_feedback=False)
-    if cfg.match_params:  # model_options describe the Sessa target; the baseline is resized freely to match it
+    if (
+        cfg.match_params
+    ):  # model_options describe the Sessa target; the baseline is resized freely to match it
         from sessa.models import match_params
 
         return match_params(SessaConfig.from_preset(cfg.preset, mixer="sessa", **options), cfg.model)
     return SessaConfig.from_preset(cfg.preset, mixer=cfg.model, match=False, **options)
 
 
-def build_model(cfg: TrainConfig, vocab_size: int, max_len: int, pad_id: int | None = None) -> torch.nn.Module:
+def build_model(
+    cfg: TrainConfig, vocab_size: int, max_len: int, pad_id: int | None = None
+) -> torch.nn.Module:
     from sessa.models import SessaForCausalLM
 
     return SessaForCausalLM(model_config(cfg, vocab_size, max_len, pad_id))

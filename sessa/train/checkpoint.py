@@ -51,7 +51,11 @@ def _as_tuple(x: Any) -> Any:
 
 
 def save_checkpoint(
-    root: Path, step: int, model: torch.nn.Module, training_state: dict[str, Any], train_config: dict[str, Any],
+    root: Path,
+    step: int,
+    model: torch.nn.Module,
+    training_state: dict[str, Any],
+    train_config: dict[str, Any],
     keep: int = 2,
 ) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically; keep the newest ``keep`` checkpoints."""

@@ -16,11 +16,35 @@ from sessa.train.trainer import train
 
 # Built-in CPU defaults: small task variants that separate the models within minutes on a 2-core CPU.
 QUICK_TASKS: dict[str, dict[str, Any]] = {
-    "mqar": {"task_options": {"vocab_size": 64, "seq_len": 32, "n_pairs": 4, "n_train": 8000, "n_valid": 200,
-                              "n_test": 400}, "steps": 1500, "batch_size": 32, "lr": 1e-2},
-    "diffuse_mqar": {"task_options": {"n_pairs": 4, "key_len": 2, "key_vocab": 8, "value_vocab": 8,
-                                      "min_noise_pairs": 2, "max_noise_pairs": 6, "n_train": 8000, "n_valid": 200,
-                                      "n_test": 400}, "steps": 1500, "batch_size": 32, "lr": 1e-2},
+    "mqar": {
+        "task_options": {
+            "vocab_size": 64,
+            "seq_len": 32,
+            "n_pairs": 4,
+            "n_train": 8000,
+            "n_valid": 200,
+            "n_test": 400,
+        },
+        "steps": 1500,
+        "batch_size": 32,
+        "lr": 1e-2,
+    },
+    "diffuse_mqar": {
+        "task_options": {
+            "n_pairs": 4,
+            "key_len": 2,
+            "key_vocab": 8,
+            "value_vocab": 8,
+            "min_noise_pairs": 2,
+            "max_noise_pairs": 6,
+            "n_train": 8000,
+            "n_valid": 200,
+            "n_test": 400,
+        },
+        "steps": 1500,
+        "batch_size": 32,
+        "lr": 1e-2,
+    },
 }
 # The paper's Table 1 setting (one GPU): SymbolSoup 400-600 tokens and diffuse MQAR at full size.
 PAPER_TASKS: dict[str, dict[str, Any]] = {
@@ -60,10 +84,17 @@ class CompareConfig:
         preset, table = SUITES[self.suite]
         settings = dict(table.get(task, {}))
         fields = {
-            "task": task, "model": model, "seed": seed, "preset": self.preset or preset, "device": self.device,
-            "amp": self.amp, "out_dir": str(Path(self.out_dir) / task / f"{model}-seed{seed}"),
-            "log_every": 100, "eval_examples": 400,
-            **settings, **self.train_overrides,
+            "task": task,
+            "model": model,
+            "seed": seed,
+            "preset": self.preset or preset,
+            "device": self.device,
+            "amp": self.amp,
+            "out_dir": str(Path(self.out_dir) / task / f"{model}-seed{seed}"),
+            "log_every": 100,
+            "eval_examples": 400,
+            **settings,
+            **self.train_overrides,
         }
         for name in ("steps", "batch_size", "lr"):
             if getattr(self, name) is not None:
@@ -89,8 +120,12 @@ def compare(cfg: CompareConfig, *, log=print) -> dict[str, Any]:  # noqa: ANN001
                 summary["wall_time_s"] = time.perf_counter() - t0
                 runs.append(summary)
     table = aggregate(runs)
-    result = {"config": dataclasses.asdict(cfg), "table": table, "runs": runs,
-              "total_wall_time_s": time.perf_counter() - start}
+    result = {
+        "config": dataclasses.asdict(cfg),
+        "table": table,
+        "runs": runs,
+        "total_wall_time_s": time.perf_counter() - start,
+    }
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
     markdown = render_markdown(table, result["total_wall_time_s"])
     (out / "results.md").write_text(markdown)
@@ -113,23 +148,35 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for run in members:
             name, value, higher = primary_metric(run["metric"], run["final"][split])
             values.append(value)
-        rows.append({
-            "task": task, "model": model, "split": split, "metric": name, "higher_is_better": higher,
-            "mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "seeds": len(values), "params": members[0]["params"],
-            "tokens_per_s": statistics.fmean(r["tokens_per_s"] for r in members),
-            "wall_time_s": statistics.fmean(r["wall_time_s"] for r in members),
-        })
+        rows.append(
+            {
+                "task": task,
+                "model": model,
+                "split": split,
+                "metric": name,
+                "higher_is_better": higher,
+                "mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "seeds": len(values),
+                "params": members[0]["params"],
+                "tokens_per_s": statistics.fmean(r["tokens_per_s"] for r in members),
+                "wall_time_s": statistics.fmean(r["wall_time_s"] for r in members),
+            }
+        )
     return rows
 
 
 def render_markdown(table: list[dict[str, Any]], total_s: float) -> str:
-    lines = ["| task | model | metric (split) | value | params | tokens/s | wall time |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| task | model | metric (split) | value | params | tokens/s | wall time |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in table:
         value = f"{r['mean']:.4f}" + (f" ± {r['std']:.4f}" if r["seeds"] > 1 else "")
-        lines.append(f"| {r['task']} | {r['model']} | {r['metric']} ({r['split']}) | {value} | {r['params']:,} | "
-                     f"{r['tokens_per_s']:,.0f} | {r['wall_time_s']:.0f} s |")
+        lines.append(
+            f"| {r['task']} | {r['model']} | {r['metric']} ({r['split']}) | {value} | {r['params']:,} | "
+            f"{r['tokens_per_s']:,.0f} | {r['wall_time_s']:.0f} s |"
+        )
     lines.append(f"\nTotal wall time: {total_s / 60:.1f} min.")
     return "\n".join(lines) + "\n"
 
@@ -148,10 +195,21 @@ def write_plots(runs: list[dict[str, Any]], out: Path) -> list[Path]:
         members = [r for r in runs if r["task"] == task]
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
         for run in members:
-            rows = [h for h in run["history"] if h.get("split") == "test" or (h.get("split") and "test" not in run["final"])]
+            rows = [
+                h
+                for h in run["history"]
+                if h.get("split") == "test" or (h.get("split") and "test" not in run["final"])
+            ]
             if rows:
-                ax.plot([h["step"] for h in rows], [h["value"] for h in rows], marker="o", label=f"{run['model']} s{run['seed']}")
-        ax.set(xlabel="training step", ylabel=members[0]["metric"], title=f"{task}: test metric during training")
+                ax.plot(
+                    [h["step"] for h in rows],
+                    [h["value"] for h in rows],
+                    marker="o",
+                    label=f"{run['model']} s{run['seed']}",
+                )
+        ax.set(
+            xlabel="training step", ylabel=members[0]["metric"], title=f"{task}: test metric during training"
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -171,7 +229,12 @@ def _breakdown_plots(task: str, members: list[dict[str, Any]], out: Path, plt) -
         for run in members:
             groups = run["final"]["test"][key]
             xs = sorted(groups, key=float)
-            ax.plot([float(x) for x in xs], [groups[x] for x in xs], marker="o", label=f"{run['model']} s{run['seed']}")
+            ax.plot(
+                [float(x) for x in xs],
+                [groups[x] for x in xs],
+                marker="o",
+                label=f"{run['model']} s{run['seed']}",
+            )
         ax.set(xlabel=key[3:], ylabel="accuracy", title=f"{task}: accuracy vs {key[3:]} (test)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -19,7 +19,9 @@ class TrainConfig:
     task_options: dict[str, Any] = field(default_factory=dict)  # overrides of the task config's fields
     model: str = "sessa"  # one of MODELS; "sessa_nofb" is Sessa with gamma fixed to 0 (the paper's ablation)
     preset: str = "tiny"  # a SessaConfig preset; baselines are matched to the Sessa model of this preset
-    model_options: dict[str, Any] = field(default_factory=dict)  # SessaConfig overrides (applied before matching)
+    model_options: dict[str, Any] = field(
+        default_factory=dict
+    )  # SessaConfig overrides (applied before matching)
     match_params: bool = True  # resize baselines to within 2% of the Sessa parameter count
     steps: int = 200  # optimizer steps
     batch_size: int = 16  # rows per rank per micro-batch
@@ -60,7 +62,9 @@ class TrainConfig:
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
         if self.grad_clip < 0 or self.weight_decay < 0:
-            raise ValueError(f"grad_clip and weight_decay must be >= 0, got {self.grad_clip}, {self.weight_decay}")
+            raise ValueError(
+                f"grad_clip and weight_decay must be >= 0, got {self.grad_clip}, {self.weight_decay}"
+            )
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
 
     def to_dict(self) -> dict[str, Any]:

@@ -16,7 +16,13 @@ class Batches:
     """
 
     def __init__(
-        self, split: TaskSplit, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True
+        self,
+        split: TaskSplit,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -67,7 +73,9 @@ def trim(split: TaskSplit, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return split.inputs[rows, :width], split.targets[rows, :width]
 
 
-def eval_batches(split: TaskSplit, batch_size: int, rank: int = 0, world_size: int = 1, limit: int | None = None):
+def eval_batches(
+    split: TaskSplit, batch_size: int, rank: int = 0, world_size: int = 1, limit: int | None = None
+):
     """Ordered, non-overlapping batches of row indices for evaluation, sharded over ranks."""
     n = len(split) if limit is None else min(limit, len(split))
     order = torch.arange(n)

@@ -44,7 +44,9 @@ def setup(strategy: str, device_name: str) -> DistInfo:
     if world == 1:
         return DistInfo(device=resolve_device(device_name))
     if strategy == "none":
-        raise ValueError("launched with WORLD_SIZE > 1 (torchrun) but distributed='none'; pass --distributed ddp or fsdp")
+        raise ValueError(
+            "launched with WORLD_SIZE > 1 (torchrun) but distributed='none'; pass --distributed ddp or fsdp"
+        )
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name, local_rank)
     if device.type == "cuda":

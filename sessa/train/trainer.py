@@ -70,15 +70,18 @@ class Trainer:
         self.data: TaskData = get_task(cfg.task, **cfg.task_options).build(cfg.data_seed)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        self.raw_model = build_model(cfg, self.data.vocab_size, self.data.max_len, self.data.pad_id).to(self.device)
+        self.raw_model = build_model(cfg, self.data.vocab_size, self.data.max_len, self.data.pad_id).to(
+            self.device
+        )
         self.n_params = sum(p.numel() for p in self.raw_model.parameters())
         self.model = D.wrap_model(self.raw_model, cfg.distributed, self.dist)
         if cfg.compile:
             self.model = torch.compile(self.model)
         self.optimizer = make_optimizer(self.raw_model, cfg, fused=self.device.type == "cuda")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
-        self.batches = Batches(self.data.splits["train"], cfg.batch_size, cfg.seed, self.dist.rank,
-                               self.dist.world_size)
+        self.batches = Batches(
+            self.data.splits["train"], cfg.batch_size, cfg.seed, self.dist.rank, self.dist.world_size
+        )
         self.step, self.history, self.tokens_seen, self.train_time = 0, [], 0, 0.0
         self.eval_splits = [name for name in self.data.splits if name != "train"]
         if resume:
@@ -102,19 +105,32 @@ class Trainer:
 
     def _save(self) -> None:
         state = {
-            "step": self.step, "tokens_seen": self.tokens_seen, "train_time": self.train_time,
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "data": self.batches.state_dict(), "rng": ckpt.rng_state(), "history": json.dumps(self.history),
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "train_time": self.train_time,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "data": self.batches.state_dict(),
+            "rng": ckpt.rng_state(),
+            "history": json.dumps(self.history),
         }
         if self.dist.is_main:
-            ckpt.save_checkpoint(self.out / "checkpoints", self.step, self.raw_model, state, self.cfg.to_dict(),
-                                 keep=self.cfg.keep_ckpts)
+            ckpt.save_checkpoint(
+                self.out / "checkpoints",
+                self.step,
+                self.raw_model,
+                state,
+                self.cfg.to_dict(),
+                keep=self.cfg.keep_ckpts,
+            )
         D.barrier(self.dist)
 
     # -- one optimizer step ---------------------------------------------------------------------------
     def _train_step(self) -> tuple[float, int]:
         micro = [next(self.batches) for _ in range(self.cfg.grad_accum)]
-        scored = torch.tensor(float(sum(int((y != IGNORE_INDEX).sum()) for _, y in micro)), device=self.device)
+        scored = torch.tensor(
+            float(sum(int((y != IGNORE_INDEX).sum()) for _, y in micro)), device=self.device
+        )
         total = D.all_reduce_sum(scored, self.dist).clamp_min(1)
         loss_sum = torch.zeros((), device=self.device)
         for i, (x, y) in enumerate(micro):
@@ -123,14 +139,17 @@ class Trainer:
             ctx = self.model.no_sync() if not sync else _null()
             with ctx, autocast_for(self.device, self.amp):
                 logits = logits_of(self.model, x)
-            loss = F.cross_entropy(logits.float().transpose(1, 2), y, ignore_index=IGNORE_INDEX, reduction="sum")
+            loss = F.cross_entropy(
+                logits.float().transpose(1, 2), y, ignore_index=IGNORE_INDEX, reduction="sum"
+            )
             # Sum over this rank / all scored tokens * world: DDP's gradient mean then equals the global mean.
             (loss * self.dist.world_size / total).backward()
             loss_sum += loss.detach()
         mean_loss = (D.all_reduce_sum(loss_sum, self.dist) / total).item()
         if not math.isfinite(mean_loss):
             raise TrainingDiverged(
-                f"loss became {mean_loss} at step {self.step + 1}; stopping. The last good checkpoint (if any) "
+                f"loss became {mean_loss} at step {self.step + 1}; stopping. The last good checkpoint "
+                "(if any) "
                 f"is in {self.out / 'checkpoints'}; try a lower --lr or --amp none"
             )
         if self.cfg.grad_clip > 0:
@@ -144,9 +163,16 @@ class Trainer:
     # -- evaluation and logging -----------------------------------------------------------------------
     def evaluate(self, limit: int | None) -> dict[str, dict[str, Any]]:
         return {
-            name: evaluate(self.model, self.data.splits[name], batch_size=self.cfg.eval_batch_size,
-                           device=self.device, amp_dtype=self.amp, limit=limit, rank=self.dist.rank,
-                           world_size=self.dist.world_size)
+            name: evaluate(
+                self.model,
+                self.data.splits[name],
+                batch_size=self.cfg.eval_batch_size,
+                device=self.device,
+                amp_dtype=self.amp,
+                limit=limit,
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
+            )
             for name in self.eval_splits
         }
 
@@ -169,8 +195,10 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
-        self._log(f"model {cfg.model} ({self.n_params:,} parameters) on {self.device}, task {cfg.task}, "
-                  f"{self.dist.world_size} process(es)")
+        self._log(
+            f"model {cfg.model} ({self.n_params:,} parameters) on {self.device}, task {cfg.task}, "
+            f"{self.dist.world_size} process(es)"
+        )
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
@@ -189,7 +217,9 @@ class Trainer:
                 tps = window_tokens / max(window_time, 1e-9)
                 lr = self.scheduler.get_last_lr()[0]
                 self._record({"step": self.step, "loss": loss, "lr": lr, "tokens_per_s": tps})
-                self._log(f"step {self.step:>6}/{cfg.steps} | loss {loss:.4f} | lr {lr:.2e} | {tps:,.0f} tok/s")
+                self._log(
+                    f"step {self.step:>6}/{cfg.steps} | loss {loss:.4f} | lr {lr:.2e} | {tps:,.0f} tok/s"
+                )
                 if writer:
                     writer.add_scalar("train/loss", loss, self.step)
                     writer.add_scalar("train/tokens_per_s", tps, self.step)
@@ -215,10 +245,18 @@ class Trainer:
 
     def _summary(self, final: dict[str, dict[str, Any]]) -> dict[str, Any]:
         summary = {
-            "model": self.cfg.model, "task": self.cfg.task, "seed": self.cfg.seed, "params": self.n_params,
-            "steps": self.step, "tokens_seen": self.tokens_seen, "train_time_s": self.train_time,
-            "tokens_per_s": self.tokens_seen / max(self.train_time, 1e-9), "metric": self.data.metric,
-            "final": final, "history": self.history, "task_info": {k: str(v) for k, v in self.data.info.items()},
+            "model": self.cfg.model,
+            "task": self.cfg.task,
+            "seed": self.cfg.seed,
+            "params": self.n_params,
+            "steps": self.step,
+            "tokens_seen": self.tokens_seen,
+            "train_time_s": self.train_time,
+            "tokens_per_s": self.tokens_seen / max(self.train_time, 1e-9),
+            "metric": self.data.metric,
+            "final": final,
+            "history": self.history,
+            "task_info": {k: str(v) for k, v in self.data.info.items()},
             "config": self.cfg.to_dict(),
         }
         if self.dist.is_main:
@@ -276,6 +314,9 @@ def _tensorboard(out: Path, enabled: bool, log):  # noqa: ANN001
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        log("[warn] --tensorboard needs the tensorboard package (pip install tensorboard); logging to CSV only")
+        log(
+            "[warn] --tensorboard needs the tensorboard package (pip install tensorboard); "
+            "logging to CSV only"
+        )
         return None
     return SummaryWriter(str(out / "tensorboard"))

@@ -141,7 +141,9 @@ def test_mixer_options_map_config_fields() -> None:
         chunk_size=32,
         use_feedback=True,
     )
-    assert config.mixer_options("attention") == dict(n_heads=8, n_kv_heads=2, rope=True, backend="sdpa", bias=False)
+    assert config.mixer_options("attention") == dict(
+        n_heads=8, n_kv_heads=2, rope=True, backend="sdpa", bias=False
+    )
     assert config.mixer_options("mamba2") == dict(
         d_state=24, d_conv=4, expand=3, headdim=16, backend="chunked"
     )

@@ -38,13 +38,15 @@ def loop_layer(p: dict[str, torch.Tensor], x: torch.Tensor, H: int, Hkv: int, ro
     for b in range(B):
         for head in range(H):
             kvh = head // (H // Hkv)
-            qs = [q[b, t, head * hd:(head + 1) * hd] for t in range(T)]
-            ks = [k[b, t, kvh * hd:(kvh + 1) * hd] for t in range(T)]
+            qs = [q[b, t, head * hd : (head + 1) * hd] for t in range(T)]
+            ks = [k[b, t, kvh * hd : (kvh + 1) * hd] for t in range(T)]
             if rope:
                 qs, ks = [rot(z, t) for t, z in enumerate(qs)], [rot(z, t) for t, z in enumerate(ks)]
             for t in range(T):
                 w = torch.softmax(torch.stack([qs[t] @ ks[j] for j in range(t + 1)]) / math.sqrt(hd), 0)
-                f[b, t, head * hd:(head + 1) * hd] = sum(w[j] * v[b, j, kvh * hd:(kvh + 1) * hd] for j in range(t + 1))
+                f[b, t, head * hd : (head + 1) * hd] = sum(
+                    w[j] * v[b, j, kvh * hd : (kvh + 1) * hd] for j in range(t + 1)
+                )
     if H > 1:
         f = f @ p["mixer.out_proj.weight"].T
     rows = []
@@ -80,14 +82,20 @@ def test_layer_matches_loop_implementation_forward_and_grads(cfg):
     x = torch.randn(2, 9, cfg["D"], dtype=torch.float64)
     params = dict(layer.named_parameters())
     y = layer(x)
-    y_ref = loop_layer(params, x, cfg["n_heads"], cfg.get("n_kv_heads") or cfg["n_heads"],
-                       cfg.get("use_forward_rope", True), 0.9)
+    y_ref = loop_layer(
+        params,
+        x,
+        cfg["n_heads"],
+        cfg.get("n_kv_heads") or cfg["n_heads"],
+        cfg.get("use_forward_rope", True),
+        0.9,
+    )
     assert torch.allclose(y, y_ref, atol=1e-10, rtol=0)
     w = torch.randn_like(y)
     names = list(params)
     g = torch.autograd.grad((y * w).sum(), [params[n] for n in names])
     g_ref = torch.autograd.grad((y_ref * w).sum(), [params[n] for n in names])
-    for name, a, b in zip(names, g, g_ref):
+    for name, a, b in zip(names, g, g_ref, strict=False):
         assert torch.allclose(a, b, atol=1e-9, rtol=0), name
     if cfg["n_heads"] == 1:
         assert isinstance(layer.mixer.out_proj, torch.nn.Identity)
@@ -217,10 +225,25 @@ def test_original_checkpoint_with_legacy_buffers_loads():
     fresh.load_state_dict(state, strict=True)
     x = torch.randn(1, 5, 16)
     assert torch.equal(fresh(x), layer(x))
-    expected = {"ln.weight", "ln.bias", "W_in.weight", "W_in.bias", "W_out.weight", "W_out.bias",
-                "mixer.q_proj.weight", "mixer.q_proj.bias", "mixer.k_proj.weight", "mixer.k_proj.bias",
-                "mixer.v_proj.weight", "mixer.v_proj.bias", "mixer.proj_fb.weight", "mixer.proj_fb.bias",
-                "mixer.out_proj.weight", "mixer.gamma_bias", "mixer.gamma_ctx.weight"}
+    expected = {
+        "ln.weight",
+        "ln.bias",
+        "W_in.weight",
+        "W_in.bias",
+        "W_out.weight",
+        "W_out.bias",
+        "mixer.q_proj.weight",
+        "mixer.q_proj.bias",
+        "mixer.k_proj.weight",
+        "mixer.k_proj.bias",
+        "mixer.v_proj.weight",
+        "mixer.v_proj.bias",
+        "mixer.proj_fb.weight",
+        "mixer.proj_fb.bias",
+        "mixer.out_proj.weight",
+        "mixer.gamma_bias",
+        "mixer.gamma_ctx.weight",
+    }
     assert set(layer.state_dict()) == expected
     assert layer.mixer.gamma_bias.item() == 1.0
 

@@ -32,7 +32,7 @@ def test_chunked_matches_reference_float64(T, chunk):
     s_ref = feedback_solve(*inputs, backend="reference")
     assert torch.allclose(s, s_ref, atol=1e-12, rtol=0)
     w = torch.randn_like(s)
-    for a, b in zip(grads(s, inputs, w), grads(s_ref, inputs, w)):
+    for a, b in zip(grads(s, inputs, w), grads(s_ref, inputs, w), strict=False):
         assert torch.allclose(a, b, atol=1e-11, rtol=0)
 
 
@@ -64,7 +64,7 @@ def test_chunked_low_precision_vs_float64(dtype, k_factor, atol, T, chunk):
     assert_close_to_ref(fast, ref, exact, k_factor, atol, "s")
     g_exact = grads(exact, exact_in, w)
     g_fast, g_ref = grads(fast, low_in, w.to(dtype)), grads(ref, low_in, w.to(dtype))
-    for name, a, b, c in zip(("dq", "dk", "dgamma", "df"), g_fast, g_ref, g_exact):
+    for name, a, b, c in zip(("dq", "dk", "dgamma", "df"), g_fast, g_ref, g_exact, strict=False):
         assert a.dtype == dtype
         assert_close_to_ref(a, b, c, k_factor, atol, name)
 
@@ -122,7 +122,9 @@ def test_empty_sequence():
     ],
 )
 def test_bad_arguments(change, err, match):
-    args = dict(q_b=torch.zeros(2, 5, 4), k_b=torch.zeros(2, 5, 4), gamma=torch.zeros(2, 5, 1), f=torch.zeros(2, 5, 4))
+    args = dict(
+        q_b=torch.zeros(2, 5, 4), k_b=torch.zeros(2, 5, 4), gamma=torch.zeros(2, 5, 1), f=torch.zeros(2, 5, 4)
+    )
     kwargs = {key: change.pop(key) for key in list(change) if key in ("backend", "chunk_size", "key_mask")}
     args.update(change)
     with pytest.raises(err, match=match):

@@ -60,8 +60,14 @@ def test_batches_errors():
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [(dict(model="gpt"), "model must be one of"), (dict(steps=0), "steps"), (dict(lr=0.0), "lr"),
-     (dict(amp="int8"), "amp"), (dict(min_lr_ratio=2.0), "min_lr_ratio"), (dict(distributed="zero3"), "distributed")],
+    [
+        (dict(model="gpt"), "model must be one of"),
+        (dict(steps=0), "steps"),
+        (dict(lr=0.0), "lr"),
+        (dict(amp="int8"), "amp"),
+        (dict(min_lr_ratio=2.0), "min_lr_ratio"),
+        (dict(distributed="zero3"), "distributed"),
+    ],
 )
 def test_train_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -110,7 +110,9 @@ def feedback_solve(
         if backend == "triton":
             reason = "it needs a CUDA tensor" if not f.is_cuda else "triton or its kernels are not available"
             if not _warned_fallback:
-                warnings.warn(f"feedback_solve: backend 'triton' unavailable ({reason}); using 'chunked'")
+                warnings.warn(
+                    f"feedback_solve: backend 'triton' unavailable ({reason}); using 'chunked'", stacklevel=2
+                )
                 _warned_fallback = True
     return feedback_solve_chunked(q_b, k_b, gamma, f, key_mask, chunk_size or DEFAULT_CHUNK)
 
@@ -134,6 +136,8 @@ def feedback_continue(
     t = s_past.shape[1]
     if k_all.shape != (B, t + n, D):
         raise ValueError(f"k_all must be (B, t + n, D) = {(B, t + n, D)}, got {tuple(k_all.shape)}")
-    s = torch.cat([s_past.to(work_dtype(f_new.dtype)), f_new.new_zeros(B, n, D, dtype=work_dtype(f_new.dtype))], 1)
+    s = torch.cat(
+        [s_past.to(work_dtype(f_new.dtype)), f_new.new_zeros(B, n, D, dtype=work_dtype(f_new.dtype))], 1
+    )
     forward_rows(q_new, k_all, gamma_new, f_new, s, t, chunk_size, key_mask)
     return s[:, t:].to(f_new.dtype)

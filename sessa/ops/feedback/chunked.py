@@ -29,7 +29,9 @@ def _allowed(start: int, end: int, key_mask: torch.Tensor | None, device: torch.
     return allowed
 
 
-def _logits(q_c: torch.Tensor, k_pre: torch.Tensor, start: int, key_mask: torch.Tensor | None) -> torch.Tensor:
+def _logits(
+    q_c: torch.Tensor, k_pre: torch.Tensor, start: int, key_mask: torch.Tensor | None
+) -> torch.Tensor:
     work = work_dtype(q_c.dtype)
     logits = torch.matmul(q_c.to(work), k_pre.to(work).transpose(1, 2)) / math.sqrt(q_c.shape[-1])
     return logits.masked_fill(~_allowed(start, start + q_c.shape[1], key_mask, q_c.device), float("-inf"))
