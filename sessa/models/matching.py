@@ -205,6 +205,8 @@ def _describe(config: SessaConfig) -> str:
     mixer = config.mixer
     if mixer in MIXERS_WITH_HEADS:
         parts.append(f"heads={config.n_heads}/{config.n_kv_heads or config.n_heads}kv")
+    if mixer == "attention" and config.attention_bias:
+        parts.append("qkv bias")
     if mixer in ("mamba2", "mamba"):
         parts += [f"d_state={config.resolved_d_state(mixer)}", f"expand={config.expand}"]
     if mixer == "mamba2":
