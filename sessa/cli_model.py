@@ -19,7 +19,11 @@ def load_model_dir(path: str, device: torch.device) -> tuple[torch.nn.Module, di
         raise ValueError(
             f"{folder} is not a model directory (no config.json); pass a checkpoint or save_pretrained folder"
         )
+    from transformers.utils import logging as hf_logging
+
     from sessa.models import SessaForCausalLM
+
+    hf_logging.disable_progress_bar()
 
     try:
         model = SessaForCausalLM.from_pretrained(str(folder))

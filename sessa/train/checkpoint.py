@@ -57,8 +57,11 @@ def save_checkpoint(
     training_state: dict[str, Any],
     train_config: dict[str, Any],
     keep: int = 2,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write checkpoint ``step`` under ``root`` atomically; keep the newest ``keep`` checkpoints."""
+    """Write checkpoint ``step`` under ``root`` atomically; keep the newest ``keep`` checkpoints.
+
+    ``weights``: a full (gathered) state dict to write instead of ``model.state_dict()`` (FSDP)."""
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:07d}"
     tmp = root / f".tmp-{name}-{os.getpid()}"
@@ -67,7 +70,7 @@ def save_checkpoint(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
     torch.save(training_state, tmp / STATE_FILE)
     (tmp / "train_config.json").write_text(json.dumps(train_config, indent=2, default=str))
     final = root / name

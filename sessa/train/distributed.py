@@ -67,11 +67,46 @@ def wrap_model(model: torch.nn.Module, strategy: str, info: DistInfo) -> torch.n
         return DistributedDataParallel(model, device_ids=ids)
     from torch.distributed.fsdp import fully_shard
 
+    # FSDP2 cannot shard 0-d parameters (Sessa's gamma_bias, a scalar for checkpoint compatibility): they
+    # stay replicated and their gradients are averaged by sync_replicated_grads.
+    scalars = {p for p in model.parameters() if p.dim() == 0}
     for module in model.modules():
         if isinstance(module, (GatedBlock, PreNormBlock)):
-            fully_shard(module)
-    fully_shard(model)
+            fully_shard(module, ignored_params=scalars)
+    fully_shard(model, ignored_params=scalars)
+    model._sessa_replicated = sorted(scalars, key=id)  # type: ignore[attr-defined]
     return model
+
+
+def sync_replicated_grads(model: torch.nn.Module, info: DistInfo) -> None:
+    """Average the gradients of parameters FSDP left replicated (no-op otherwise)."""
+    for p in getattr(model, "_sessa_replicated", []):
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= info.world_size
+
+
+def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Full (unsharded, CPU) model and optimizer state dicts, keyed by parameter names; a collective
+    under DDP/FSDP. The same format for every strategy, so a run can resume under another one."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=options)
+    # Tied parameters come back as separate copies; keep one name each, as save_pretrained would.
+    names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    weights = {k: v for k, v in weights.items() if k in names}
+    return weights, get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
 def all_reduce_sum(x: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -74,6 +74,9 @@ class Trainer:
             self.device
         )
         self.n_params = sum(p.numel() for p in self.raw_model.parameters())
+        resume_from = self._checkpoint_to_resume() if resume else None
+        if resume_from is not None:  # weights go in before wrapping, which works for every strategy
+            ckpt.load_weights(self.raw_model, resume_from)
         self.model = D.wrap_model(self.raw_model, cfg.distributed, self.dist)
         if cfg.compile:
             self.model = torch.compile(self.model)
@@ -84,18 +87,20 @@ class Trainer:
         )
         self.step, self.history, self.tokens_seen, self.train_time = 0, [], 0, 0.0
         self.eval_splits = [name for name in self.data.splits if name != "train"]
-        if resume:
-            self._resume()
+        if resume_from is not None:
+            self._load_training_state(resume_from)
 
     # -- checkpoints ----------------------------------------------------------------------------------
-    def _resume(self) -> None:
+    def _checkpoint_to_resume(self) -> Path:
         path = ckpt.latest_checkpoint(self.out / "checkpoints")
         if path is None:
             raise ValueError(f"--resume: no checkpoint under {self.out / 'checkpoints'}")
         ckpt.check_model_config(path, self.raw_model.config)
-        ckpt.load_weights(self.raw_model, path)
+        return path
+
+    def _load_training_state(self, path: Path) -> None:
         state = ckpt.load_training_state(path)
-        self.optimizer.load_state_dict(state["optimizer"])
+        D.load_optimizer_state(self.raw_model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.batches.load_state_dict(state["data"])
         ckpt.set_rng_state(state["rng"])
@@ -104,11 +109,13 @@ class Trainer:
         self._log(f"resumed from {path} at step {self.step}")
 
     def _save(self) -> None:
+        # Collective under DDP/FSDP: every rank takes part, rank 0 writes.
+        weights, optimizer = D.full_state(self.raw_model, self.optimizer)
         state = {
             "step": self.step,
             "tokens_seen": self.tokens_seen,
             "train_time": self.train_time,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
             "data": self.batches.state_dict(),
             "rng": ckpt.rng_state(),
@@ -122,6 +129,7 @@ class Trainer:
                 state,
                 self.cfg.to_dict(),
                 keep=self.cfg.keep_ckpts,
+                weights=weights,
             )
         D.barrier(self.dist)
 
@@ -152,6 +160,7 @@ class Trainer:
                 "(if any) "
                 f"is in {self.out / 'checkpoints'}; try a lower --lr or --amp none"
             )
+        D.sync_replicated_grads(self.raw_model, self.dist)
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -119,7 +120,7 @@ def run_cli(*args, env=None, timeout=300):
     )
 
 
-def test_gloo_two_process_ddp_matches_single_process(tmp_path):
+def test_gloo_two_process_ddp_and_fsdp_match_single_process_and_resume_across(tmp_path):
     common = [
         "train",
         "--task",
@@ -139,37 +140,54 @@ def test_gloo_two_process_ddp_matches_single_process(tmp_path):
         "1",
         "--device",
         "cpu",
+        "--ckpt-every",
+        "2",
     ]
     single = run_cli(*common, "--batch-size", "8", "--out-dir", str(tmp_path / "single"))
     assert single.returncode == 0, single.stderr
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            "--master_port=29533",
-            "-m",
-            "sessa",
-            *common,
-            "--batch-size",
-            "4",
-            "--distributed",
-            "ddp",
-            "--out-dir",
-            str(tmp_path / "ddp"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    reference = losses(json.loads((tmp_path / "single" / "summary.json").read_text()))
+    assert len(reference) == 4
+    for strategy in ("ddp", "fsdp"):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node=2",
+                "-m",
+                "sessa",
+                *common,
+                "--batch-size",
+                "4",
+                "--distributed",
+                strategy,
+                "--out-dir",
+                str(tmp_path / strategy),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        got = losses(json.loads((tmp_path / strategy / "summary.json").read_text()))
+        assert all(abs(x - y) < 1e-4 * max(1.0, abs(x)) for x, y in zip(reference, got, strict=True)), (
+            strategy,
+            reference,
+            got,
+        )
+    # Resume the FSDP run's step-2 checkpoint in one process: steps 3-4 repeat the uninterrupted run.
+    root = tmp_path / "fsdp" / "checkpoints"
+    shutil.rmtree(root / "step_0000004")
+    (root / "latest").write_text("step_0000002")
+    resumed = run_cli(*common, "--batch-size", "8", "--out-dir", str(tmp_path / "fsdp"), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    got = losses(json.loads((tmp_path / "fsdp" / "summary.json").read_text()))
+    assert all(abs(x - y) < 1e-4 * max(1.0, abs(x)) for x, y in zip(reference, got, strict=True)), (
+        reference,
+        got,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    a = json.loads((tmp_path / "single" / "summary.json").read_text())
-    b = json.loads((tmp_path / "ddp" / "summary.json").read_text())
-    la, lb = losses(a), losses(b)
-    assert len(la) == len(lb) == 4
-    assert all(abs(x - y) < 1e-4 * max(1.0, abs(x)) for x, y in zip(la, lb, strict=False)), (la, lb)
 
 
 def test_cli_train_eval_generate_and_errors(tmp_path):

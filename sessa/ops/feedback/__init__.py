@@ -88,7 +88,8 @@ def feedback_solve(
         gamma: (B, T, 1) or (B, T) feedback gains, |gamma| < 1 for a stable solve.
         f: (B, T, D) forward-branch output.
         backend: one of "auto", "reference", "chunked", "triton".
-        chunk_size: rows per block for "chunked"/"triton" (default 64).
+        chunk_size: rows per block. "chunked": default 128 (fastest on CPU). "triton": the super-chunk
+            length L, a multiple of 16, default min(1024, T rounded up to 128); leave None unless tuning.
         key_mask: optional (B, T) bool; False marks padding keys that no row reads.
     Returns:
         s: (B, T, D) in f's dtype (computed in float32 for bf16/fp16 inputs).
