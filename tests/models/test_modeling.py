@@ -162,6 +162,11 @@ def test_import_sessa_stays_light_and_models_registers() -> None:
         "assert type(AutoConfig.for_model('sessa')).__name__ == 'SessaConfig'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    code = (  # transformers imported first: `import sessa` alone registers the Auto classes
+        "import transformers, sessa; from transformers import AutoConfig;"
+        "assert type(AutoConfig.for_model('sessa')).__name__ == 'SessaConfig'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 # -- parameter counting and matching --------------------------------------------------------------------
