@@ -2,7 +2,13 @@
 # GPU runs of the training harness (issue 5), for the lent 2-GPU machine:
 #   1. tokens/s of `sessa train` on 1 GPU vs 2 GPUs (torchrun, DDP), same per-GPU batch;
 #   2. `sessa compare --suite paper` for Sessa and the Transformer, one model per GPU in parallel.
-# Usage: OUT=/some/dir bash scripts/gpu_harness.sh   (offline: wheels/ may hold transformers>=5.24 wheels)
+# Usage: OUT=/some/dir bash scripts/gpu_harness.sh
+# The lent machines are offline and ship an older transformers: first, here,
+#   pip download --no-deps -d wheels transformers==5.24.0 tokenizers==0.23.3
+#   pip download --no-deps -d wheels --python-version 3.12 --only-binary=:all: \
+#       --platform manylinux2014_x86_64 regex safetensors==0.8.0
+# and carry wheels/ with the run. Knobs: STEPS (paper compare, default 2500), LIMIT (seconds per compare),
+# DDP_STEPS, DDP_LOG.
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 STEPS=${STEPS:-2500}
