@@ -110,6 +110,20 @@ def work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def chain_chunk_states(
+    local_end: torch.Tensor, chunk_decay: torch.Tensor, initial_state: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inter-chunk state passing of the chunked scans: the states entering each chunk (b, c, ...) and the
+    final state, from each chunk's own end state ``local_end`` (b, c, ...) and its total decay
+    ``chunk_decay`` (broadcastable to local_end)."""
+    state = torch.zeros_like(local_end[:, 0]) if initial_state is None else initial_state.to(local_end.dtype)
+    starts = []
+    for i in range(local_end.shape[1]):
+        starts.append(state)
+        state = chunk_decay[:, i] * state + local_end[:, i]
+    return torch.stack(starts, dim=1), state
+
+
 class RecurrentMixer(nn.Module):
     """The parallel and incremental halves of the contract shared by the Mamba mixers.
 

@@ -26,6 +26,7 @@ from torch import nn
 from sessa.baselines.common import (
     RecurrentMixer,
     causal_conv,
+    chain_chunk_states,
     check_choice,
     check_dt_range,
     check_int,
@@ -122,25 +123,12 @@ def selective_scan(
 
     # 2. chain chunk-end states; 3. add each entering state decayed by exp(in-chunk segment sum)
     decay_from_start = torch.exp(log_decay.cumsum(dim=2))
-    starts, final_state = _chain_chunks(h, decay_from_start[:, :, -1], initial_state)
+    starts, final_state = chain_chunk_states(h, decay_from_start[:, :, -1], initial_state)
     y = y + torch.einsum("bcldn,bcln->bcld", decay_from_start * starts[:, :, None], C_c)
     y = y.reshape(b, -1, d)[:, :T]
     if D is not None:
         y = y + D.to(work) * u_w
     return y.to(in_dtype), final_state
-
-
-def _chain_chunks(
-    local_end: torch.Tensor, chunk_decay: torch.Tensor, initial_state: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """States entering each chunk (b, c, d, n) and the final state, from each chunk's own end state
-    ``local_end`` (b, c, d, n) and its total decay ``chunk_decay`` (b, c, d, n)."""
-    state = torch.zeros_like(local_end[:, 0]) if initial_state is None else initial_state.to(local_end.dtype)
-    starts = []
-    for i in range(local_end.shape[1]):
-        starts.append(state)
-        state = chunk_decay[:, i] * state + local_end[:, i]
-    return torch.stack(starts, dim=1), state
 
 
 def selective_state_update(

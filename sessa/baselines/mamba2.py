@@ -27,6 +27,7 @@ from torch import nn
 from sessa.baselines.common import (
     RecurrentMixer,
     causal_conv,
+    chain_chunk_states,
     check_choice,
     check_dt_range,
     check_int,
@@ -213,12 +214,7 @@ def _ssd_pass_states(
     to_end = torch.exp(a_cum[..., -1:] - a_cum).reshape(b, c, g, r, L).permute(0, 1, 4, 2, 3)[..., None]
     local = torch.einsum("bclgn,bclgrp->bcgrpn", B_c, xdt * to_end).reshape(b, c, h, p, n)
     chunk_decay = torch.exp(a_cum[..., -1])[..., None, None]  # (b, c, h, 1, 1)
-    state = local.new_zeros(b, h, p, n) if initial_state is None else initial_state.to(local.dtype)
-    starts = []
-    for i in range(c):
-        starts.append(state)
-        state = chunk_decay[:, i] * state + local[:, i]
-    return torch.stack(starts, dim=1), state
+    return chain_chunk_states(local, chunk_decay, initial_state)
 
 
 def ssd_step(
