@@ -3,6 +3,7 @@ exact resume, NaN guard, DDP/FSDP under torchrun. Model code knows nothing of th
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -144,7 +145,7 @@ class Trainer:
         for i, (x, y) in enumerate(micro):
             x, y = x.to(self.device), y.to(self.device)
             sync = i == len(micro) - 1 or not hasattr(self.model, "no_sync")
-            ctx = self.model.no_sync() if not sync else _null()
+            ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
             with ctx, autocast_for(self.device, self.amp):
                 logits = logits_of(self.model, x)
             loss = F.cross_entropy(
@@ -282,14 +283,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> dic
         return trainer.run()
     finally:
         trainer.close()
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _check_writable(out: Path) -> None:
