@@ -132,12 +132,31 @@ class RecurrentMixer(nn.Module):
     """
 
     d_model: int
+    d_conv: int
+    in_proj: nn.Linear
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, T, d_model), attention_mask: (B, T) 1 = real, 0 = left padding -> (B, T, d_model)."""
         check_input(x, self.d_model)
         out, _, _ = self._mix(x, key_mask(attention_mask, x.shape[0], x.shape[1]), None, None)
         return out
+
+    def init_state(
+        self,
+        batch_size: int,
+        max_len: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> MixerState:
+        """Zero conv history (B, channels, d_conv - 1) and SSM state in the work dtype; max_len unused."""
+        check_int("batch_size", batch_size)
+        check_int("max_len", max_len)
+        device = self.in_proj.weight.device if device is None else device
+        dtype = self.in_proj.weight.dtype if dtype is None else dtype
+        channels, ssm_shape = self._state_shapes()
+        conv = torch.zeros(batch_size, channels, self.d_conv - 1, device=device, dtype=dtype)
+        ssm = torch.zeros(batch_size, *ssm_shape, device=device, dtype=work_dtype(dtype))
+        return {"conv": conv, "ssm": ssm, "t": 0}
 
     def step(
         self, x: torch.Tensor, state: MixerState, attention_mask: torch.Tensor | None = None
@@ -153,6 +172,10 @@ class RecurrentMixer(nn.Module):
 
     def reorder_state(self, state: MixerState, index: torch.Tensor) -> MixerState:
         return reorder_state_tensors(state, index)
+
+    def _state_shapes(self) -> tuple[int, tuple[int, ...]]:
+        """(conv channels, per-row SSM state shape)."""
+        raise NotImplementedError
 
     def _mix(self, x, mask, conv_history, ssm_state):  # noqa: ANN001, ANN202
         raise NotImplementedError

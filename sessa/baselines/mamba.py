@@ -34,7 +34,6 @@ from sessa.baselines.common import (
     init_dt_bias,
     work_dtype,
 )
-from sessa.modules.contract import MixerState
 
 
 def _check_scan_args(
@@ -229,20 +228,8 @@ class MambaMixer(RecurrentMixer):
             f"dt_rank={self.dt_rank}, chunk_size={self.chunk_size}, backend={self.backend!r}"
         )
 
-    def init_state(
-        self,
-        batch_size: int,
-        max_len: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> MixerState:
-        check_int("batch_size", batch_size)
-        check_int("max_len", max_len)
-        device = self.in_proj.weight.device if device is None else device
-        dtype = self.in_proj.weight.dtype if dtype is None else dtype
-        conv = torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype)
-        ssm = torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=work_dtype(dtype))
-        return {"conv": conv, "ssm": ssm, "t": 0}
+    def _state_shapes(self) -> tuple[int, tuple[int, ...]]:
+        return self.d_inner, (self.d_inner, self.d_state)
 
     def _mix(
         self,

@@ -35,7 +35,6 @@ from sessa.baselines.common import (
     init_dt_bias,
     work_dtype,
 )
-from sessa.modules.contract import MixerState
 
 
 def segsum(a: torch.Tensor) -> torch.Tensor:
@@ -335,22 +334,8 @@ class Mamba2Mixer(RecurrentMixer):
             f"backend={self.backend!r}"
         )
 
-    def init_state(
-        self,
-        batch_size: int,
-        max_len: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> MixerState:
-        check_int("batch_size", batch_size)
-        check_int("max_len", max_len)
-        device = self.in_proj.weight.device if device is None else device
-        dtype = self.in_proj.weight.dtype if dtype is None else dtype
-        conv = torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype)
-        ssm = torch.zeros(
-            batch_size, self.n_heads, self.headdim, self.d_state, device=device, dtype=work_dtype(dtype)
-        )
-        return {"conv": conv, "ssm": ssm, "t": 0}
+    def _state_shapes(self) -> tuple[int, tuple[int, ...]]:
+        return self.conv_dim, (self.n_heads, self.headdim, self.d_state)
 
     def _mix(
         self,
