@@ -1,7 +1,8 @@
 """Time the Triton feedback solve (forward + backward) under several tile configurations.
 
 Each configuration overrides entries of ``sessa.ops.feedback.triton_common.TUNING`` (and the super-chunk L);
-prints the median fwd+bwd time per configuration so the defaults can be chosen with numbers.
+prints the median fwd+bwd time per configuration, and its ratio to causal SDPA attention (16 heads of 64, the
+same B, T) timed in the same process, so the defaults can be chosen with numbers.
 
     python scripts/tune_feedback.py --T 16384 --D 1024
 """
@@ -18,13 +19,15 @@ from sessa.ops.feedback import feedback_solve, triton_common
 
 CONFIGS = [
     {},
-    {"warps_w": 8},
+    {"bt_dk": 128},
+    {"bd_dk": 256},
+    {"bt_dk": 128, "bd_dk": 256},
+    {"bt_dk": 256},
+    {"bt_dk": 128, "stages": 3},
+    {"bm": 128, "bt_dk": 128},
+    {"bn": 64},
+    {"bd": 256},
     {"bd_w": 128, "warps_w": 8},
-    {"L": 512},
-    {"L": 768},
-    {"L": 1536},
-    {"stages": 3},
-    {"bm_lse": 128, "bn_lse": 128},
 ]
 
 
@@ -39,6 +42,19 @@ def main() -> None:
     q, k, f = (torch.randn(1, args.T, args.D, device="cuda", dtype=dt, requires_grad=True) for _ in range(3))
     g = (0.999 * torch.tanh(2 + torch.rand(1, args.T, 1, device="cuda"))).to(dt).requires_grad_()
     ds = torch.randn_like(f)
+    heads = args.D // 64
+    qa, ka, va = (torch.randn(1, heads, args.T, 64, device="cuda", dtype=dt, requires_grad=True)
+                  for _ in range(3))
+    da = torch.randn_like(qa)
+
+    def sdpa():
+        torch.nn.functional.scaled_dot_product_attention(qa, ka, va, is_causal=True).backward(da)
+        for x in (qa, ka, va):
+            x.grad = None
+
+    sdpa_ms = triton.testing.do_bench(sdpa, warmup=50, rep=300, return_mode="median")
+    print(f"{torch.cuda.get_device_name()} {args.dtype} B=1 T={args.T} D={args.D}; "
+          f"SDPA ({heads} heads of 64) fwd+bwd {sdpa_ms:.3f} ms", flush=True)
     base = dict(triton_common.TUNING)
     configs = json.loads(args.configs) if args.configs else CONFIGS
     for cfg in configs:
@@ -55,7 +71,7 @@ def main() -> None:
 
         try:
             ms = triton.testing.do_bench(step, warmup=50, rep=300, return_mode="median")
-            print(f"L={L} {cfg}: fwd+bwd {ms:.3f} ms", flush=True)
+            print(f"L={L} {cfg}: fwd+bwd {ms:.3f} ms = {ms / sdpa_ms:.2f}x SDPA", flush=True)
         except Exception as exc:  # a configuration that does not compile or fit is reported, not fatal
             print(f"L={L} {cfg}: failed {type(exc).__name__}: {str(exc)[:200]}", flush=True)
 

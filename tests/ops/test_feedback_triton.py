@@ -104,11 +104,35 @@ def _check_varlen() -> dict:
     return {"err": _rel(s, ref), "finite": bool(s.isfinite().all())}
 
 
+def _check_w() -> dict:
+    """The intra-chunk inverses W (recursive doubling) against torch.linalg.inv in float64: 3 sub-blocks per
+    super-chunk (not a power of two), T not a multiple of L, padding keys."""
+    import torch
+
+    from sessa.ops.feedback.triton_common import choose_blocks
+    from sessa.ops.feedback.triton_fwd import _lse
+    from sessa.ops.feedback.triton_tril import build_w
+
+    B, T, D, L = 2, 100, 16, 48
+    (q, k, g, _), _, mask = _inputs(B, T, D, "float32", True, seed=5)
+    bl = choose_blocks(T, D, torch.float32, L, interpret=True, sub_block=16)
+    w, _ = build_w(q, k, g, mask, _lse(q, k, mask, bl), bl, split=False)
+    allowed = torch.ones(T, T, dtype=torch.bool).tril(-1)[None] & mask[:, None, :]
+    logits = (q.double() @ k.double().transpose(1, 2) / D**0.5).masked_fill(~allowed, float("-inf"))
+    n = g.double() * torch.softmax(logits, -1).nan_to_num(0.0)  # rows with no readable key: 0
+    err = 0.0
+    for c, a in enumerate(range(0, T, L)):
+        e = min(a + L, T)
+        inv = torch.linalg.inv(torch.eye(e - a, dtype=torch.float64) - n[:, a:e, a:e])
+        err = max(err, (w[:, c, : e - a, : e - a].double() - inv).abs().max().item())
+    return {"err": err, "finite": bool(w.isfinite().all())}
+
+
 def _child(cases: list) -> None:
     import sessa.ops.feedback.triton as ft
 
     ft.POISON = True
-    out = {"cases": [_check_case(*c) for c in cases], "varlen": _check_varlen()}
+    out = {"cases": [_check_case(*c) for c in cases], "varlen": _check_varlen(), "w": _check_w()}
     print("RESULT " + json.dumps(out))
 
 
@@ -147,6 +171,11 @@ def test_forward_backward_vs_float64(fast_results, idx):
 def test_varlen_forward_equals_per_sequence_solves(fast_results):
     assert fast_results["varlen"]["finite"]
     assert fast_results["varlen"]["err"] < 1e-5
+
+
+def test_intra_chunk_inverse_equals_dense_inverse(fast_results):
+    assert fast_results["w"]["finite"]
+    assert fast_results["w"]["err"] < 1e-5, fast_results["w"]
 
 
 @pytest.mark.slow

@@ -10,12 +10,13 @@ sum_{t in later super-chunks} gamma_t P[t, j] df_t. Per super-chunk (4 launches)
    dlogit = P (gamma_t <df_t, s_j> - Delta_t) and gamma_t P (bf16 scratches), and
    dgamma_t += sum_j P <df_t, s_j> (row sums, atomically over key tiles);
 3. ``_tgemm_acc_kernel`` per (key tile, D-tile): push[j] += (gamma P)[:, j]^T df (on the sequential path);
-4. on a side stream (dlogit double-buffered), overlapping the next super-chunk: ``_dq_kernel``
-   dq = dlogit @ k / sqrt(D) per (row tile, D-tile), and ``_tgemm_acc_kernel``
-   dk[j] += dlogit[:, j]^T q / sqrt(D).
+4. on a side stream (dlogit double-buffered), overlapping the next super-chunk, one ``_dq_dk_kernel``
+   launch: dq = dlogit @ k / sqrt(D) per (row tile, D-tile) and dk[j] += dlogit[:, j]^T q / sqrt(D) per
+   (key tile, D-tile).
 
-Every scratch tile a consumer reads was written by the producer on the same tile grid (tiles wholly above
-the diagonal are neither written nor read).
+Every scratch tile a consumer reads was written by the producer (on the producer's tile grid; the dk / push
+GEMM steps over SPAN = bt_dk rows, so the producer also writes the zero tiles right of the diagonal inside
+each SPAN-row block; tiles wholly above those blocks are neither written nor read).
 """
 
 from __future__ import annotations
@@ -37,13 +38,15 @@ def _dlogit_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, g_ptr, dfop_ptr, sop_ptr, dpar
                    stride_qb, stride_qt, stride_mb, stride_lb, stride_gb, stride_gt, stride_ob, stride_ot,
                    stride_eb, stride_pb, stride_pr, scale2,
                    HAS_MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                   PREC: tl.constexpr):
+                   SPAN: tl.constexpr, PREC: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
     r_start = A + pid_m * BM
     c_start = pid_n * BN
-    if c_start < r_start + BM:
+    # Written: every tile its readers touch, i.e. left of the end of this tile's SPAN-row block (SPAN: the
+    # dk / push GEMM's row step); tiles right of the diagonal inside that block hold zeros.
+    if c_start < A + (pid_m * BM // SPAN + 1) * SPAN:
         rows = r_start + tl.arange(0, BM)
         cols = c_start + tl.arange(0, BN)
         rmask = rows < T
@@ -81,15 +84,12 @@ def _dlogit_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, g_ptr, dfop_ptr, sop_ptr, dpar
 
 
 @triton.jit
-def _tgemm_acc_kernel(a_ptr, b_ptr, out_ptr, A, T, D, L_eff,
-                      stride_ab, stride_ar, stride_bb, stride_bt, stride_ob, stride_ot, scale,
-                      BKEY: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+def _tgemm_tile(pid_j, pid_d, pid_b, a_ptr, b_ptr, out_ptr, A, T, D, L_eff,
+                stride_ab, stride_ar, stride_bb, stride_bt, stride_ob, stride_ot, scale,
+                BKEY: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
     """out[j] += scale * sum_{t in the super-chunk} a[t - A, j] b[t] for a key tile j and a D tile.
 
     dk: a = dlogit, b = q_b; push: a = gamma P, b = df. Reads only scratch tiles the dlogit kernel wrote."""
-    pid_j = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
     j0 = pid_j * BKEY
     keys = j0 + tl.arange(0, BKEY)
     dcols = pid_d * BN + tl.arange(0, BN)
@@ -110,12 +110,19 @@ def _tgemm_acc_kernel(a_ptr, b_ptr, out_ptr, A, T, D, L_eff,
 
 
 @triton.jit
-def _dq_kernel(dl_ptr, k_ptr, dq_ptr, A, T, D,
-               stride_pb, stride_pr, stride_kb, stride_kt, scale,
-               BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_d = tl.program_id(1)
+def _tgemm_acc_kernel(a_ptr, b_ptr, out_ptr, A, T, D, L_eff,
+                      stride_ab, stride_ar, stride_bb, stride_bt, stride_ob, stride_ot, scale,
+                      BKEY: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
     pid_b = tl.program_id(2).to(tl.int64)
+    _tgemm_tile(tl.program_id(0), tl.program_id(1), pid_b, a_ptr, b_ptr, out_ptr, A, T, D, L_eff,
+                stride_ab, stride_ar, stride_bb, stride_bt, stride_ob, stride_ot, scale, BKEY, BT, BN, PREC)
+
+
+@triton.jit
+def _dq_tile(pid_m, pid_d, pid_b, dl_ptr, k_ptr, dq_ptr, A, T, D,
+             stride_pb, stride_pr, stride_kb, stride_kt, scale,
+             BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+    """dq[rows] = scale * dlogit[rows, :] @ k for one (BM rows, BN of D) tile."""
     r_start = A + pid_m * BM
     rows = r_start + tl.arange(0, BM)
     dcols = pid_d * BN + tl.arange(0, BN)
@@ -133,6 +140,26 @@ def _dq_kernel(dl_ptr, k_ptr, dq_ptr, A, T, D,
     tl.store(out, (acc * scale).to(dq_ptr.dtype.element_ty), mask=m2)
 
 
+@triton.jit
+def _dq_dk_kernel(dl_ptr, q_ptr, k_ptr, dq_ptr, dk_ptr, A, T, D, L_eff, N_DQ,
+                  stride_pb, stride_pr, stride_qb, stride_qt, stride_ob, stride_ot, scale,
+                  BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, BD_DK: tl.constexpr,
+                  PREC: tl.constexpr):
+    """Both products of dlogit in one launch: the first N_DQ programs are dq tiles, the rest dk tiles
+    (dk[j] += scale * dlogit[:, j]^T q)."""
+    pid = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    if pid < N_DQ:
+        n_d = tl.cdiv(D, BD)
+        _dq_tile(pid // n_d, pid % n_d, pid_b, dl_ptr, k_ptr, dq_ptr, A, T, D, stride_pb, stride_pr,
+                 stride_qb, stride_qt, scale, BM, BN, BD, PREC)
+    else:
+        pid -= N_DQ
+        n_d = tl.cdiv(D, BD_DK)
+        _tgemm_tile(pid // n_d, pid % n_d, pid_b, dl_ptr, q_ptr, dk_ptr, A, T, D, L_eff, stride_pb, stride_pr,
+                    stride_qb, stride_qt, stride_ob, stride_ot, scale, BN, BT, BD_DK, PREC)
+
+
 def _launch_chunk(q_b, k_b, gamma, f, key_mask, st, ds, bufs, A, L_eff, streams, dq_events):
     """All backward launches of the super-chunk [A, A + L_eff); dq goes to the side stream."""
     B, T, D = f.shape
@@ -144,20 +171,24 @@ def _launch_chunk(q_b, k_b, gamma, f, key_mask, st, ds, bufs, A, L_eff, streams,
     apply_w(st.w, A, L_eff, ds, df, df_op, bl, x2=push, x_row0=A, trans=True, delta=dpart, s=st.s, f=f)
     if len(dq_events) >= 2 and dq_events[-2] is not None:  # the dq of two chunks ago read this dl buffer
         streams.join(dq_events[-2])
-    _dlogit_kernel[(triton.cdiv(L_eff, bl.bm), triton.cdiv(A + L_eff, bl.bn), B)](
+    n_rows = triton.cdiv(L_eff, bl.bt_dk) * (bl.bt_dk // bl.bm)  # whole dk row steps
+    _dlogit_kernel[(n_rows, triton.cdiv(A + L_eff, bl.bn), B)](
         q_b, k_b, km, st.lse, gamma, df_op, st.s_op, dpart, dgamma, dl, p, A, T, D, nd,
         q_b.stride(0), q_b.stride(1), smb, st.lse.stride(0), gamma.stride(0), gamma.stride(1),
         df_op.stride(0), df_op.stride(1), dpart.stride(0), p.stride(0), p.stride(1), LOG2E * scale,
-        HAS_MASK=key_mask is not None, BM=bl.bm, BN=bl.bn, BK=bl.bk, PREC=bl.prec, num_warps=bl.warps,
-        num_stages=bl.stages,
+        HAS_MASK=key_mask is not None, BM=bl.bm, BN=bl.bn, BK=bl.bk, SPAN=bl.bt_dk, PREC=bl.prec,
+        num_warps=bl.warps, num_stages=bl.stages,
     )
     streams.fork()
     with streams.context():  # dq and dk only read dl: they overlap the next super-chunk's launches
-        _dq_kernel[(triton.cdiv(L_eff, bl.bm), triton.cdiv(D, bl.bd), B)](
-            dl, k_b, dq, A, T, D, dl.stride(0), dl.stride(1), k_b.stride(0), k_b.stride(1), scale,
-            BM=bl.bm, BK=bl.bn, BN=bl.bd, PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages,
+        n_dq = triton.cdiv(L_eff, bl.bm) * triton.cdiv(D, bl.bd)
+        n_dk = triton.cdiv(A + L_eff, bl.bn) * triton.cdiv(D, bl.bd_dk)
+        assert q_b.stride() == k_b.stride() == dq.stride()  # contiguous (B, T, D); dk is fp32
+        _dq_dk_kernel[(n_dq + n_dk, B)](
+            dl, q_b, k_b, dq, dk, A, T, D, L_eff, n_dq, dl.stride(0), dl.stride(1), q_b.stride(0),
+            q_b.stride(1), dk.stride(0), dk.stride(1), scale, BM=bl.bm, BN=bl.bn, BD=bl.bd, BT=bl.bt_dk,
+            BD_DK=bl.bd_dk, PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages,
         )
-        _tgemm_acc(dl, q_b, dk, A, L_eff, A + L_eff, scale, bl)
     dq_events.append(streams.event())
     if A > 0:  # push is on the sequential path: the next super-chunk's right-hand side needs it
         _tgemm_acc(p, df_op, push, A, L_eff, A, 1.0, bl)
@@ -167,7 +198,7 @@ def _tgemm_acc(a, b, out, A, L_eff, n_keys, scale, bl: Blocks) -> None:
     B, T, D = out.shape
     _tgemm_acc_kernel[(triton.cdiv(n_keys, bl.bn), triton.cdiv(D, bl.bd_dk), B)](
         a, b, out, A, T, D, L_eff, a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0),
-        out.stride(1), scale, BKEY=bl.bn, BT=bl.bm, BN=bl.bd_dk, PREC=bl.prec, num_warps=bl.warps,
+        out.stride(1), scale, BKEY=bl.bn, BT=bl.bt_dk, BN=bl.bd_dk, PREC=bl.prec, num_warps=bl.warps,
         num_stages=bl.stages,
     )
 

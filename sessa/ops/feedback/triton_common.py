@@ -25,6 +25,7 @@ class Blocks:
     bk: int  # D slice of the logit dot products
     bd: int  # D tile of the GEMMs that read the scratches (inter, dq)
     bd_dk: int  # D tile of the dk / push GEMM
+    bt_dk: int  # row (K) step of the dk / push GEMM: a multiple of bm dividing L
     bm_w: int  # row tile of the products with the intra-chunk inverse W (its K step is C)
     bd_w: int  # D tile of those products
     bm_lse: int  # row / key tiles of the log-sum-exp pass
@@ -39,12 +40,12 @@ class Blocks:
 
 
 # Tile choices for the GPU (H100, D = 1024), per operand dtype; edit to tune (scripts/tune_feedback.py).
-TUNING = {"bm": 64, "bn": 128, "bk": 64, "bd": 128, "bd_dk": 128, "bm_w": 64, "bd_w": 64, "bm_lse": 64,
-          "bn_lse": 128, "warps": 8, "warps_w": 4, "stages": 4}
-TUNING_FP32 = {"bm": 64, "bn": 64, "bk": 32, "bd": 64, "bd_dk": 64, "bm_w": 64, "bd_w": 64, "bm_lse": 64,
-               "bn_lse": 64, "warps": 4, "warps_w": 4, "stages": 2}
-_INTERPRET_TILES = {"bm": 32, "bn": 32, "bk": 32, "bd": 32, "bd_dk": 32, "bm_w": 32, "bd_w": 32, "bm_lse": 32,
-                    "bn_lse": 32, "warps": 4, "warps_w": 4, "stages": 1}
+TUNING = {"bm": 64, "bn": 128, "bk": 64, "bd": 128, "bd_dk": 256, "bt_dk": 64, "bm_w": 64, "bd_w": 64,
+          "bm_lse": 64, "bn_lse": 128, "warps": 8, "warps_w": 4, "stages": 4}
+TUNING_FP32 = {"bm": 64, "bn": 64, "bk": 32, "bd": 64, "bd_dk": 64, "bt_dk": 64, "bm_w": 64, "bd_w": 64,
+               "bm_lse": 64, "bn_lse": 64, "warps": 4, "warps_w": 4, "stages": 2}
+_INTERPRET_TILES = {"bm": 32, "bn": 32, "bk": 32, "bd": 32, "bd_dk": 32, "bt_dk": 64, "bm_w": 32, "bd_w": 32,
+                    "bm_lse": 32, "bn_lse": 32, "warps": 4, "warps_w": 4, "stages": 1}
 
 
 def op_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -75,13 +76,14 @@ def choose_blocks(
         raise ValueError(f"sub_block must be 16, 32 or 64 and divide chunk_size={L}, got {C}")
     tn = _INTERPRET_TILES if interpret else (TUNING_FP32 if dtype == torch.float32 else TUNING)
     bm, bn = _pow2_divisor(L, tn["bm"]), _pow2_divisor(L, tn["bn"])
+    bt = max(bm, _pow2_divisor(L, tn["bt_dk"]))  # powers of two dividing L, so bm divides bt
     ieee = interpret or dtype == torch.float32
     return Blocks(
-        L=L, C=C, bm=bm, bn=bn, bk=tn["bk"], bd=tn["bd"], bd_dk=tn["bd_dk"],
+        L=L, C=C, bm=bm, bn=bn, bk=tn["bk"], bd=tn["bd"], bd_dk=tn["bd_dk"], bt_dk=bt,
         bm_w=_pow2_divisor(L, tn["bm_w"]), bd_w=tn["bd_w"], bm_lse=tn["bm_lse"], bn_lse=tn["bn_lse"],
         prec="ieee" if ieee else "tf32",
         inv_prec="ieee" if interpret else "tf32x3", T_pad=triton.cdiv(T, 128) * 128,
-        rows=min(L, triton.cdiv(T, bm) * bm), warps=tn["warps"], warps_w=tn["warps_w"],
+        rows=min(L, triton.cdiv(T, bt) * bt), warps=tn["warps"], warps_w=tn["warps_w"],
         stages=tn["stages"],
     )
 

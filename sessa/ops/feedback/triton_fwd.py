@@ -5,11 +5,12 @@ Two-level blocking: the sequence is cut into *super-chunks* of L rows (``chunk_s
 
 1. ``_lse_kernel`` (once, all rows in parallel): per-row log-sum-exp of the strict-past logits (log2 units);
 2. ``triton_tril.build_w`` (once, all super-chunks in parallel): W = (I - G P)^{-1} inside each super-chunk;
-3. for each super-chunk [a, a + L) in order (the only sequential loop, 3 launches per super-chunk):
-   ``_probs_kernel``  P[rows, 0:a] = exp2(logit - lse) into an (L x T) scratch, bf16 for bf16/fp16 inputs;
-   ``_inter_kernel``  rhs = f + gamma * (P[:, :a] @ s[:a]), a tiled GEMM parallel over rows and D;
+3. for each super-chunk [a, a + L) in order (the only sequential loop, 2 launches per super-chunk):
+   ``_step_kernel``   rhs = f + gamma * (P[:, :a] @ s[:a]) (``_inter_tile``: a tiled GEMM parallel over rows
+                      and D) and, in the same launch, the next super-chunk's P[rows, 0:a'] =
+                      exp2(logit - lse) (``_probs_tile``, into an (L x T) scratch, bf16 for bf16/fp16
+                      inputs, double-buffered): P does not depend on s;
    ``apply_w``        s = W rhs, a tiled GEMM in fp32 (tf32x3).
-   P of the next super-chunk does not depend on s: it is computed on a side stream, double-buffered.
 
 Why materialise P instead of recomputing logits per D-tile: D = 1024 makes a BM x D fp32 accumulator too
 large for registers, so an output row is split into D / BN tiles; recomputing the D-long logits once per
@@ -32,7 +33,6 @@ import triton.language as tl
 from sessa.ops.feedback.triton_common import (
     LOG2E,
     Blocks,
-    SideStream,
     _allowed,
     _logits,
     _mask_arg,
@@ -71,15 +71,13 @@ def _lse_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, T, D,
 
 
 @triton.jit
-def _probs_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, p_ptr, A, col0, T, D,
-                  stride_qb, stride_qt, stride_kb, stride_kt, stride_mb, stride_lb, stride_pb, stride_pr,
-                  scale2, HAS_MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                  PREC: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
+def _probs_tile(pid_m, pid_n, pid_b, q_ptr, k_ptr, km_ptr, lse_ptr, p_ptr, A, T, D,
+                stride_qb, stride_qt, stride_kb, stride_kt, stride_mb, stride_lb, stride_pb, stride_pr,
+                scale2, HAS_MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                PREC: tl.constexpr):
+    """One (BM rows, BN keys) tile of P[rows A.., keys < A] into the scratch p (rows relative to A)."""
     r_start = A + pid_m * BM
-    c_start = col0 + pid_n * BN
+    c_start = pid_n * BN
     if c_start < r_start + BM:  # tiles wholly above the diagonal are never read
         q_ptr += pid_b * stride_qb
         k_ptr += pid_b * stride_kb
@@ -94,14 +92,12 @@ def _probs_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, p_ptr, A, col0, T, D,
 
 
 @triton.jit
-def _inter_kernel(p_ptr, sop_ptr, f_ptr, g_ptr, rhs_ptr, A, T, D,
-                  stride_pb, stride_pr, stride_ob, stride_ot, stride_fb, stride_ft, stride_gb, stride_gt,
-                  stride_rb, stride_rt,
-                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
-    """rhs[r] = f[A + r] + gamma (P[r, :A] @ s[:A]) for the local rows r of the super-chunk at A."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
+def _inter_tile(pid_m, pid_n, pid_b, p_ptr, sop_ptr, f_ptr, g_ptr, rhs_ptr, A, T, D,
+                stride_pb, stride_pr, stride_ob, stride_ot, stride_fb, stride_ft, stride_gb, stride_gt,
+                stride_rb, stride_rt,
+                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """rhs[r] = f[A + r] + gamma (P[r, :A] @ s[:A]) for the local rows r of the super-chunk at A (one BM x BN
+    tile; BN over D)."""
     rl = pid_m * BM + tl.arange(0, BM)
     rows = A + rl
     dcols = pid_n * BN + tl.arange(0, BN)
@@ -119,6 +115,30 @@ def _inter_kernel(p_ptr, sop_ptr, f_ptr, g_ptr, rhs_ptr, A, T, D,
     g = tl.load(g_ptr + pid_b * stride_gb + rows * stride_gt, mask=rows < T, other=0.0).to(tl.float32)
     rhs = f.to(tl.float32) + g[:, None] * acc
     tl.store(rhs_ptr + pid_b * stride_rb + rl[:, None] * stride_rt + dcols[None, :], rhs, mask=m2)
+
+
+@triton.jit
+def _step_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, pn_ptr, p_ptr, sop_ptr, f_ptr, g_ptr, rhs_ptr,
+                 A, A_next, T, D, N_INTER, N_PROBS_M,
+                 stride_qb, stride_qt, stride_kb, stride_kt, stride_mb, stride_lb, stride_pb, stride_pr,
+                 stride_ob, stride_ot, stride_fb, stride_ft, stride_gb, stride_gt, stride_rb, stride_rt,
+                 scale2, HAS_MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                 BD: tl.constexpr, PREC: tl.constexpr):
+    """One launch per super-chunk: the first N_INTER programs build this super-chunk's right-hand side
+    (``_inter_tile``, reading P from p), the rest fill the next super-chunk's P into pn (``_probs_tile``,
+    independent of s). One launch instead of two on two streams: less launch overhead, no stream sync."""
+    pid = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    if pid < N_INTER:
+        n_d = tl.cdiv(D, BD)
+        _inter_tile(pid // n_d, pid % n_d, pid_b, p_ptr, sop_ptr, f_ptr, g_ptr, rhs_ptr, A, T, D,
+                    stride_pb, stride_pr, stride_ob, stride_ot, stride_fb, stride_ft, stride_gb, stride_gt,
+                    stride_rb, stride_rt, BM, BD, BN, PREC)
+    else:
+        pid -= N_INTER
+        _probs_tile(pid % N_PROBS_M, pid // N_PROBS_M, pid_b, q_ptr, k_ptr, km_ptr, lse_ptr, pn_ptr, A_next,
+                    T, D, stride_qb, stride_qt, stride_kb, stride_kt, stride_mb, stride_lb, stride_pb,
+                    stride_pr, scale2, HAS_MASK, BM, BN, BK, PREC)
 
 
 # ----------------------------------------------------------------------------------------------- launcher
@@ -147,17 +167,21 @@ def _lse(q_b, k_b, key_mask, bl: Blocks) -> torch.Tensor:
     return lse
 
 
-def launch_probs(q_b, k_b, key_mask, lse, p, A, L_eff, blocks):
-    """P[rows A..A+L_eff, keys 0..A] into the scratch p: (B, rows, T_pad)."""
-    if A == 0:
-        return
-    B, T, D = q_b.shape
+def launch_step(q_b, k_b, gamma, f, key_mask, lse, s_op, p, pn, rhs, A, L_eff, A_next, L_next, bl: Blocks):
+    """rhs of the super-chunk [A, A + L_eff) (reads P from p) and, when L_next > 0, P of the next one
+    (rows A_next.., keys < A_next) into pn: one launch."""
+    B, T, D = f.shape
     km, smb = _mask_arg(key_mask, q_b)
-    bl = blocks
-    _probs_kernel[(triton.cdiv(L_eff, bl.bm), A // bl.bn, B)](
-        q_b, k_b, km, lse, p, A, 0, T, D, q_b.stride(0), q_b.stride(1), k_b.stride(0), k_b.stride(1), smb,
-        lse.stride(0), p.stride(0), p.stride(1), LOG2E / math.sqrt(D), HAS_MASK=key_mask is not None,
-        BM=bl.bm, BN=bl.bn, BK=bl.bk, PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages,
+    n_inter = triton.cdiv(L_eff, bl.bm) * triton.cdiv(D, bl.bd)
+    n_probs_m = triton.cdiv(L_next, bl.bm)
+    n_probs = n_probs_m * (A_next // bl.bn)
+    _step_kernel[(n_inter + n_probs, B)](
+        q_b, k_b, km, lse, pn, p, s_op, f, gamma, rhs, A, A_next, T, D, n_inter, max(n_probs_m, 1),
+        q_b.stride(0), q_b.stride(1), k_b.stride(0), k_b.stride(1), smb, lse.stride(0), p.stride(0),
+        p.stride(1),
+        s_op.stride(0), s_op.stride(1), f.stride(0), f.stride(1), gamma.stride(0), gamma.stride(1),
+        rhs.stride(0), rhs.stride(1), LOG2E / math.sqrt(D), HAS_MASK=key_mask is not None, BM=bl.bm,
+        BN=bl.bn, BK=bl.bk, BD=bl.bd, PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages,
     )
 
 
@@ -176,22 +200,10 @@ def forward_fixed(q_b, k_b, gamma, f, key_mask, blocks: Blocks, poison: bool = F
     if poison:
         for x in (s, s_op, rhs, *pbuf):
             x.fill_(float("nan"))
-    streams = SideStream(f.device)
     for i, A in enumerate(starts):
-        L_eff = min(bl.L, T - A)
-        ready = None
-        if i + 1 < len(starts):  # the next P overwrites the buffer read by super-chunk i - 1 (queued above)
-            streams.fork()
-            with streams.context():
-                nxt = starts[i + 1]
-                launch_probs(q_b, k_b, key_mask, lse, pbuf[(i + 1) % 2], nxt, min(bl.L, T - nxt), bl)
-            ready = streams.event()
-        p = pbuf[i % 2]
-        _inter_kernel[(triton.cdiv(L_eff, bl.bm), triton.cdiv(D, bl.bd), B)](
-            p, s_op, f, gamma, rhs, A, T, D, p.stride(0), p.stride(1), s_op.stride(0), s_op.stride(1),
-            f.stride(0), f.stride(1), gamma.stride(0), gamma.stride(1), rhs.stride(0), rhs.stride(1),
-            BM=bl.bm, BN=bl.bd, BK=bl.bn, PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages,
-        )
-        apply_w(w, A, L_eff, rhs, s, s_op, bl)
-        streams.join(ready)
+        # The next P goes to the other buffer: the one super-chunk i - 1 read, in an earlier launch.
+        A_next = starts[i + 1] if i + 1 < len(starts) else T
+        launch_step(q_b, k_b, gamma, f, key_mask, lse, s_op, pbuf[i % 2], pbuf[(i + 1) % len(pbuf)], rhs, A,
+                    min(bl.L, T - A), A_next, min(bl.L, T - A_next), bl)
+        apply_w(w, A, min(bl.L, T - A), rhs, s, s_op, bl)
     return ForwardState(s, s_op, lse, w, bl)

@@ -6,11 +6,12 @@ every super-chunk at once, off the sequential path, and each sequential step bec
 s = W rhs in the forward, df = W^T rhs in the backward. Building W:
 
 1. ``_diag_inverse_kernel``: M_c = (I - N_cc)^{-1} of each C x C diagonal block by the product
-   (I + N)(I + N^2)(I + N^4)... (N_cc is nilpotent), one program per block;
+   (I + N)(I + N^2)(I + N^4)... (N_cc is nilpotent), one program per block, written onto W's diagonal;
 2. ``_diag_probs_kernel``: P inside the L x L diagonal blocks (fp32 scratch);
-3. ``_wbuild_kernel``: block forward substitution down each C-wide column block j of W:
-   W[c, j] = M_c (delta_cj I + G_c sum_{j <= c' < c} P[c, c'] W[c', j]); one program per (column block,
-   super-chunk, batch), all independent.
+3. ``_wlevel_kernel``, by recursive doubling: with the inverses W1, W2 of two neighbouring s x s diagonal
+   blocks known, the inverse of the 2s x 2s block is [[W1, 0], [W2 N21 W1, W2]] (N21 = G P below the
+   diagonal between them); each level s = C, 2C, .. < L is two batched GEMM launches (Y = N21 W1, then
+   W2 Y) over all pairs of all super-chunks at once: log2(L / C) levels instead of L / C sequential steps.
 Products with W and M use fp32 operands ("tf32x3" on the GPU: three tf32 products, close to fp32).
 """
 
@@ -26,9 +27,9 @@ from sessa.ops.feedback.triton_common import LOG2E, Blocks, _allowed, _logits, _
 
 
 @triton.jit
-def _diag_inverse_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, g_ptr, inv_ptr, T, D,
+def _diag_inverse_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, g_ptr, w_ptr, T, D, L,
                          stride_qb, stride_qt, stride_kb, stride_kt, stride_mb, stride_lb,
-                         stride_gb, stride_gt, stride_ib, scale2,
+                         stride_gb, stride_gt, stride_wb, stride_wi, scale2,
                          HAS_MASK: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, LOG2C: tl.constexpr,
                          PREC: tl.constexpr, INV_PREC: tl.constexpr):
     pid = tl.program_id(0)
@@ -49,7 +50,9 @@ def _diag_inverse_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, g_ptr, inv_ptr, T, D,
     for _ in tl.static_range(LOG2C - 1):
         power = tl.dot(power, power, input_precision=INV_PREC)
         inv = inv + tl.dot(inv, power, input_precision=INV_PREC)
-    tl.store(inv_ptr + pid_b * stride_ib + pid * C * C + ar[:, None] * C + ar[None, :], inv)
+    r0 = (pid * C) % L  # the block's first row inside its super-chunk
+    w_ptr += pid_b * stride_wb + (pid * C // L) * stride_wi
+    tl.store(w_ptr + (r0 + ar)[:, None] * L + (r0 + ar)[None, :], inv)
 
 
 @triton.jit
@@ -79,31 +82,45 @@ def _diag_probs_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, pd_ptr, T, D, L, nI,
 
 
 @triton.jit
-def _wbuild_kernel(pd_ptr, inv_ptr, g_ptr, w_ptr, T, L, stride_db, stride_di, stride_ib, stride_gb, stride_gt,
-                   C: tl.constexpr, INV_PREC: tl.constexpr):
-    j = tl.program_id(0)
-    chunk = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
+def _wlevel_kernel(a_ptr, b_ptr, g_ptr, out_ptr, T, L, S, n_tiles, stride_xb, stride_xi, stride_gb, stride_gt,
+                   SECOND: tl.constexpr, BM: tl.constexpr, INV_PREC: tl.constexpr):
+    """One half of a doubling level for the pair (B1 = [2pS, 2pS + S), B2 = [(2p + 1)S, (2p + 2)S)) of one
+    super-chunk; all of a_ptr, b_ptr, out_ptr are (B, n_chunks, L, L) fp32 with one layout.
+
+    first half (SECOND=False): Y = G_B2 P[B2, B1] @ W[B1, B1] (a = P, b = W, out = Y scratch);
+    second half (SECOND=True): W[B2, B1] = W[B2, B2] @ Y (a = W, b = Y, out = W).
+    W blocks are lower triangular, so the K range of tile (i, j) is [j, S) in the first, [0, i] in the second.
+    """
+    pid_t = tl.program_id(0)
+    pair = tl.program_id(1)
+    pid_b = (tl.program_id(2) // tl.cdiv(T, L)).to(tl.int64)
+    chunk = tl.program_id(2) % tl.cdiv(T, L)
+    c1 = 2 * pair * S  # B1's first row / column (local to the super-chunk)
+    r2 = c1 + S  # B2's first row
     A = chunk * L
-    n_sub = tl.cdiv(tl.minimum(L, T - A), C)
-    if j < n_sub:
-        base = pid_b * stride_db + chunk * stride_di  # W and the P scratch share one (B, nI, L, L) layout
-        ar = tl.arange(0, C)
-        cols = j * C + ar
-        eye = (ar[:, None] == ar[None, :]).to(tl.float32)
-        for c in range(j, n_sub):
-            rows = c * C + ar
-            acc = tl.zeros([C, C], dtype=tl.float32)
-            for c2 in range(j, c):
-                pp = tl.load(pd_ptr + base + rows[:, None] * L + (c2 * C + ar)[None, :])
-                ww = tl.load(w_ptr + base + (c2 * C + ar)[:, None] * L + cols[None, :])
-                acc = tl.dot(pp, ww, acc, input_precision=INV_PREC)
-            g = tl.load(g_ptr + pid_b * stride_gb + (A + rows) * stride_gt, mask=A + rows < T, other=0.0)
-            rhs = g.to(tl.float32)[:, None] * acc + eye * (c == j).to(tl.float32)
-            m = tl.load(inv_ptr + pid_b * stride_ib + (A // C + c) * C * C + ar[:, None] * C + ar[None, :])
-            wc = tl.dot(m, rhs, input_precision=INV_PREC)
-            tl.store(w_ptr + base + rows[:, None] * L + cols[None, :], wc)
-            tl.debug_barrier()  # the next row block reads these entries back
+    ti = pid_t // n_tiles
+    tj = pid_t % n_tiles
+    ar = tl.arange(0, BM)
+    rows = r2 + ti * BM + ar  # output rows (in B2)
+    cols = c1 + tj * BM + ar  # output columns (in B1)
+    rok = (rows < L) & (A + rows < T)
+    base = pid_b * stride_xb + chunk * stride_xi
+    acc = tl.zeros([BM, BM], dtype=tl.float32)
+    if SECOND:
+        lo, hi, a_col0, b_row0 = 0, tl.minimum((ti + 1) * BM, S), r2, r2
+    else:
+        lo, hi, a_col0, b_row0 = tj * BM, S, c1, c1
+    for k0 in range(lo, hi, BM):
+        kk = k0 + tl.arange(0, BM)
+        kok = b_row0 + kk < L
+        a = tl.load(a_ptr + base + rows[:, None] * L + (a_col0 + kk)[None, :],
+                    mask=rok[:, None] & kok[None, :], other=0.0)
+        b = tl.load(b_ptr + base + (b_row0 + kk)[:, None] * L + cols[None, :], mask=kok[:, None], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=INV_PREC)
+    if not SECOND:
+        g = tl.load(g_ptr + pid_b * stride_gb + (A + rows) * stride_gt, mask=rok, other=0.0)
+        acc = g.to(tl.float32)[:, None] * acc
+    tl.store(out_ptr + base + rows[:, None] * L + cols[None, :], acc, mask=(rows < L)[:, None])
 
 
 @triton.jit
@@ -177,26 +194,33 @@ def build_w(
     B, T, D = q_b.shape
     scale2 = LOG2E / math.sqrt(D)
     km, smb = _mask_arg(key_mask, q_b)
-    nblk = triton.cdiv(T, bl.C)
-    inv = torch.empty(B, nblk, bl.C, bl.C, device=q_b.device, dtype=torch.float32)
-    _diag_inverse_kernel[(nblk, B)](
-        q_b, k_b, km, lse, gamma, inv, T, D, q_b.stride(0), q_b.stride(1), k_b.stride(0), k_b.stride(1), smb,
-        lse.stride(0), gamma.stride(0), gamma.stride(1), inv.stride(0), scale2,
+    n_chunks, L = triton.cdiv(T, bl.L), bl.L
+    w = torch.zeros(B, n_chunks, L, L, device=q_b.device, dtype=torch.float32)
+    _diag_inverse_kernel[(triton.cdiv(T, bl.C), B)](
+        q_b, k_b, km, lse, gamma, w, T, D, L, q_b.stride(0), q_b.stride(1), k_b.stride(0), k_b.stride(1), smb,
+        lse.stride(0), gamma.stride(0), gamma.stride(1), w.stride(0), w.stride(1), scale2,
         HAS_MASK=key_mask is not None, C=bl.C, BK=bl.bk, LOG2C=int(math.log2(bl.C)), PREC=bl.prec,
         INV_PREC=bl.inv_prec, num_warps=4,
     )
-    n_chunks, L = triton.cdiv(T, bl.L), bl.L
-    pd = torch.empty(B, n_chunks, L, L, device=q_b.device, dtype=torch.float32)
+    pd = torch.empty_like(w)
     _diag_probs_kernel[(L // bl.bm, L // bl.bn, B * n_chunks)](
         q_b, k_b, km, lse, pd, T, D, L, n_chunks, q_b.stride(0), q_b.stride(1), k_b.stride(0), k_b.stride(1),
         smb, lse.stride(0), pd.stride(0), pd.stride(1), scale2, HAS_MASK=key_mask is not None,
         BM=bl.bm, BN=bl.bn, BK=bl.bk, PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages,
     )
-    w = torch.zeros_like(pd)
-    _wbuild_kernel[(L // bl.C, n_chunks, B)](
-        pd, inv, gamma, w, T, L, pd.stride(0), pd.stride(1), inv.stride(0), gamma.stride(0), gamma.stride(1),
-        C=bl.C, INV_PREC=bl.inv_prec, num_warps=4,
-    )
+    y = torch.empty_like(w) if L > bl.C else None
+    size = bl.C
+    while size < L:  # blocks of `size` rows are complete: join neighbouring pairs
+        bm = min(size, 64)
+        n_tiles = size // bm
+        grid = (n_tiles * n_tiles, triton.cdiv(triton.cdiv(L, size), 2), B * n_chunks)
+        for second, a, b, out in ((False, pd, w, y), (True, w, y, w)):
+            _wlevel_kernel[grid](
+                a, b, gamma, out, T, L, size, n_tiles, w.stride(0), w.stride(1), gamma.stride(0),
+                gamma.stride(1), SECOND=second, BM=bm, INV_PREC=bl.inv_prec, num_warps=4,
+            )
+        size *= 2
+    del pd, y
     if split:  # bf16 hi + lo parts: the products with W then run on bf16 tensor cores
         w_hi = w.to(torch.bfloat16)
         return w_hi, w.sub_(w_hi.float()).to(torch.bfloat16)
