@@ -161,7 +161,7 @@ def _dq_dk_kernel(dl_ptr, q_ptr, k_ptr, dq_ptr, dk_ptr, A, T, D, L_eff, N_DQ,
 
 
 def _launch_chunk(q_b, k_b, gamma, f, key_mask, st, ds, bufs, A, L_eff, streams, dq_events):
-    """All backward launches of the super-chunk [A, A + L_eff); dq goes to the side stream."""
+    """All backward launches of the super-chunk [A, A + L_eff); dq and dk go to the side stream."""
     B, T, D = f.shape
     bl: Blocks = st.blocks
     p, dl, push, df, df_op, dpart, dgamma, dk, dq = bufs
@@ -191,15 +191,16 @@ def _launch_chunk(q_b, k_b, gamma, f, key_mask, st, ds, bufs, A, L_eff, streams,
         )
     dq_events.append(streams.event())
     if A > 0:  # push is on the sequential path: the next super-chunk's right-hand side needs it
-        _tgemm_acc(p, df_op, push, A, L_eff, A, 1.0, bl)
+        _push_acc(p, df_op, push, A, L_eff, bl)
 
 
-def _tgemm_acc(a, b, out, A, L_eff, n_keys, scale, bl: Blocks) -> None:
-    B, T, D = out.shape
-    _tgemm_acc_kernel[(triton.cdiv(n_keys, bl.bn), triton.cdiv(D, bl.bd_dk), B)](
-        a, b, out, A, T, D, L_eff, a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0),
-        out.stride(1), scale, BKEY=bl.bn, BT=bl.bt_dk, BN=bl.bd_dk, PREC=bl.prec, num_warps=bl.warps,
-        num_stages=bl.stages,
+def _push_acc(gp, df_op, push, A, L_eff, bl: Blocks) -> None:
+    """push[j] += sum_t (gamma P)[t, j] df_t over the super-chunk's rows t, for the keys j < A."""
+    B, T, D = push.shape
+    _tgemm_acc_kernel[(triton.cdiv(A, bl.bn), triton.cdiv(D, bl.bd_dk), B)](
+        gp, df_op, push, A, T, D, L_eff, gp.stride(0), gp.stride(1), df_op.stride(0), df_op.stride(1),
+        push.stride(0), push.stride(1), 1.0, BKEY=bl.bn, BT=bl.bt_dk, BN=bl.bd_dk, PREC=bl.prec,
+        num_warps=bl.warps, num_stages=bl.stages,
     )
 
 

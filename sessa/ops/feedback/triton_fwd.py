@@ -178,10 +178,9 @@ def launch_step(q_b, k_b, gamma, f, key_mask, lse, s_op, p, pn, rhs, A, L_eff, A
     _step_kernel[(n_inter + n_probs, B)](
         q_b, k_b, km, lse, pn, p, s_op, f, gamma, rhs, A, A_next, T, D, n_inter, max(n_probs_m, 1),
         q_b.stride(0), q_b.stride(1), k_b.stride(0), k_b.stride(1), smb, lse.stride(0), p.stride(0),
-        p.stride(1),
-        s_op.stride(0), s_op.stride(1), f.stride(0), f.stride(1), gamma.stride(0), gamma.stride(1),
-        rhs.stride(0), rhs.stride(1), LOG2E / math.sqrt(D), HAS_MASK=key_mask is not None, BM=bl.bm,
-        BN=bl.bn, BK=bl.bk, BD=bl.bd, PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages,
+        p.stride(1), s_op.stride(0), s_op.stride(1), f.stride(0), f.stride(1), gamma.stride(0),
+        gamma.stride(1), rhs.stride(0), rhs.stride(1), LOG2E / math.sqrt(D), HAS_MASK=key_mask is not None,
+        BM=bl.bm, BN=bl.bn, BK=bl.bk, BD=bl.bd, PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages,
     )
 
 
@@ -203,7 +202,8 @@ def forward_fixed(q_b, k_b, gamma, f, key_mask, blocks: Blocks, poison: bool = F
     for i, A in enumerate(starts):
         # The next P goes to the other buffer: the one super-chunk i - 1 read, in an earlier launch.
         A_next = starts[i + 1] if i + 1 < len(starts) else T
+        L_eff = min(bl.L, T - A)
         launch_step(q_b, k_b, gamma, f, key_mask, lse, s_op, pbuf[i % 2], pbuf[(i + 1) % len(pbuf)], rhs, A,
-                    min(bl.L, T - A), A_next, min(bl.L, T - A_next), bl)
-        apply_w(w, A, min(bl.L, T - A), rhs, s, s_op, bl)
+                    L_eff, A_next, min(bl.L, T - A_next), bl)
+        apply_w(w, A, L_eff, rhs, s, s_op, bl)
     return ForwardState(s, s_op, lse, w, bl)
