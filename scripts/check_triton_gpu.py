@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 
@@ -18,6 +19,7 @@ import torch
 
 from sessa.ops.feedback import feedback_solve
 from sessa.ops.feedback.reference import feedback_solve_ref
+from sessa.ops.feedback.triton_launch import LAUNCHES
 
 NAMES = ("s", "dq_b", "dk_b", "dgamma", "df")
 
@@ -67,6 +69,27 @@ def check(B, T, D, gamma_max, dtype, seed, log) -> bool:
     return ok
 
 
+def check_launch_paths(log) -> bool:
+    """The fast launch path (compiled kernels called directly) against Triton's JIT entry: same results
+    (dgamma sums with atomics, so it may differ in the last bits), T not a multiple of the tiles."""
+    inputs, ds = make_inputs(2, 3000, 1024, 0.99, torch.bfloat16, seed=7)
+    out = {}
+    for fast in ("1", "1", "0"):  # the first fast run fills the cache of compiled kernels
+        os.environ["SESSA_TRITON_FAST_LAUNCH"] = fast
+        before = dict(LAUNCHES)
+        out[fast] = run("triton", inputs, ds, chunk_size=512)
+    os.environ.pop("SESSA_TRITON_FAST_LAUNCH")
+    direct = LAUNCHES["direct"] - before["direct"]  # of the JIT-path run: must be 0
+    assert direct == 0, "SESSA_TRITON_FAST_LAUNCH=0 did not disable the direct launches"
+    log(f"launches so far: {LAUNCHES}")
+    diffs = [((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+             for a, b in zip(out["1"], out["0"], strict=True)]
+    ok = all(d == 0 for n, d in zip(NAMES, diffs, strict=True) if n != "dgamma") and diffs[3] < 1e-5
+    cells = "  ".join(f"{n} {d:.1e}" for n, d in zip(NAMES, diffs, strict=True))
+    log(f"fast launch vs JIT launch, max |diff| / max |x|: {cells}  {'OK' if ok else 'FAIL'}")
+    return ok
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--D", type=int, default=1024)
@@ -89,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  date {date}")
     log("relative error vs float64 (chunked solve, float64): triton / PyTorch-chunked in the same dtype; "
         "pass: triton <= 4 x chunked + atol (1e-5 fp32, 1e-2 bf16)")
-    ok = True
+    ok = check_launch_paths(log)
     for dtype in [getattr(torch, d) for d in args.dtypes]:
         for T in args.T:
             for B in args.B:

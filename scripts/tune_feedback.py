@@ -19,15 +19,13 @@ from sessa.ops.feedback import feedback_solve, triton_common
 
 CONFIGS = [
     {},
-    {"bt_dk": 128},
-    {"bd_dk": 256},
-    {"bt_dk": 128, "bd_dk": 256},
-    {"bt_dk": 256},
-    {"bt_dk": 128, "stages": 3},
-    {"bm": 128, "bt_dk": 128},
-    {"bn": 64},
-    {"bd": 256},
-    {"bd_w": 128, "warps_w": 8},
+    {"bn_lse": 128, "stages_lse": 4},
+    {"bm": 64, "stages": 4},
+    {"bm_w": 64, "warps_w": 4},
+    {"stages_push": 3},
+    {"bd_dk": 128},
+    {"L": 512},
+    {"L": 2048},
 ]
 
 

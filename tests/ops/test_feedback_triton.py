@@ -26,7 +26,7 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 
 NAMES = ("s", "dq_b", "dk_b", "dgamma", "df")
-# (B, T, D, chunk_size, sub_block, dtype, key_mask)
+# (B, T, D, chunk_size, sub_block, dtype, key_mask[, tile overrides of the interpreter's Blocks])
 FAST_CASES = [
     (2, 1, 16, 16, 16, "float32", False),
     (2, 17, 16, 16, 16, "float32", False),
@@ -34,6 +34,8 @@ FAST_CASES = [
     (2, 70, 32, 64, 16, "float32", True),
     (2, 70, 32, 16, 16, "bfloat16", False),
     (2, 70, 32, 32, 16, "bfloat16", True),
+    # scratch row tile above the dk / push row step (the GPU's bf16 tiles: 128 vs 64), wide W row tile
+    (2, 100, 32, 64, 16, "float32", True, {"bm": 64, "bt_dk": 16, "bm_w": 64, "bk_w": 32}),
 ]
 SLOW_CASES = [
     (1, 130, 64, 64, 32, "float32", True),
@@ -75,13 +77,19 @@ def _solve(fn, inputs, ds, key_mask, **kw):
     return [s.detach()] + [x.grad for x in leaves]
 
 
-def _check_case(B, T, D, chunk, sub, dtype, mask) -> dict:
+def _check_case(B, T, D, chunk, sub, dtype, mask, tiles=None) -> dict:
+    from sessa.ops.feedback import triton_common
     from sessa.ops.feedback.chunked import feedback_solve_chunked
     from sessa.ops.feedback.reference import feedback_solve_ref
     from sessa.ops.feedback.triton import feedback_solve_triton
 
     inputs, ds, key_mask = _inputs(B, T, D, dtype, mask, seed=T + D)
-    tri = _solve(feedback_solve_triton, inputs, ds, key_mask, chunk_size=chunk, sub_block=sub)
+    saved = dict(triton_common._INTERPRET_TILES)
+    triton_common._INTERPRET_TILES.update(tiles or {})
+    try:
+        tri = _solve(feedback_solve_triton, inputs, ds, key_mask, chunk_size=chunk, sub_block=sub)
+    finally:
+        triton_common._INTERPRET_TILES.update(saved)
     chk = _solve(lambda *a, key_mask: feedback_solve_chunked(*a, key_mask, 16), inputs, ds, key_mask)
     ref = _solve(lambda *a, key_mask: feedback_solve_ref(*a, key_mask), [x.double() for x in inputs],
                  ds.double(), key_mask)
@@ -91,17 +99,25 @@ def _check_case(B, T, D, chunk, sub, dtype, mask) -> dict:
 
 
 def _check_varlen() -> dict:
+    """Packed sequences: output and all four gradients against per-segment float64 reference solves."""
     import torch
 
     from sessa.ops.feedback.reference import feedback_solve_ref
-    from sessa.ops.feedback.triton import feedback_forward_varlen
+    from sessa.ops.feedback.triton import feedback_solve_varlen
 
-    (q, k, g, f), _, _ = _inputs(1, 50, 16, "float32", False, seed=1)
+    (q, k, g, f), ds, _ = _inputs(1, 50, 16, "float32", False, seed=1)
     bounds = [0, 7, 23, 50]
-    s = feedback_forward_varlen(q, k, g, f, torch.tensor(bounds), chunk_size=16)
-    segments = zip(bounds, bounds[1:], strict=False)
-    ref = torch.cat([feedback_solve_ref(*(x[:, a:b] for x in (q, k, g, f))) for a, b in segments], 1)
-    return {"err": _rel(s, ref), "finite": bool(s.isfinite().all())}
+    tri = _solve(lambda *a, key_mask: feedback_solve_varlen(*a, torch.tensor(bounds), chunk_size=16),
+                 [q, k, g, f], ds, None)
+
+    pairs = list(zip(bounds, bounds[1:], strict=False))
+
+    def per_segment(*xs, key_mask):
+        return torch.cat([feedback_solve_ref(*(x[:, a:b] for x in xs)) for a, b in pairs], 1)
+
+    ref = _solve(per_segment, [x.double() for x in (q, k, g, f)], ds.double(), None)
+    errs = [_rel(a, r) for a, r in zip(tri, ref, strict=True)]
+    return {"err": max(errs), "finite": all(bool(x.isfinite().all()) for x in tri)}
 
 
 def _check_w() -> dict:
@@ -111,12 +127,14 @@ def _check_w() -> dict:
 
     from sessa.ops.feedback.triton_common import choose_blocks
     from sessa.ops.feedback.triton_fwd import _lse
+    from sessa.ops.feedback.triton_launch import Streams
     from sessa.ops.feedback.triton_tril import build_w
 
     B, T, D, L = 2, 100, 16, 48
     (q, k, g, _), _, mask = _inputs(B, T, D, "float32", True, seed=5)
     bl = choose_blocks(T, D, torch.float32, L, interpret=True, sub_block=16)
-    w, _ = build_w(q, k, g, mask, _lse(q, k, mask, bl), bl, split=False)
+    streams = Streams(q.device)
+    w, _ = build_w(q, k, g, mask, _lse(q, k, mask, bl, streams), bl, split=False, streams=streams)
     allowed = torch.ones(T, T, dtype=torch.bool).tril(-1)[None] & mask[:, None, :]
     logits = (q.double() @ k.double().transpose(1, 2) / D**0.5).masked_fill(~allowed, float("-inf"))
     n = g.double() * torch.softmax(logits, -1).nan_to_num(0.0)  # rows with no readable key: 0
@@ -168,7 +186,7 @@ def test_forward_backward_vs_float64(fast_results, idx):
     _assert_case(FAST_CASES[idx], fast_results["cases"][idx])
 
 
-def test_varlen_forward_equals_per_sequence_solves(fast_results):
+def test_varlen_forward_and_backward_equal_per_sequence_solves(fast_results):
     assert fast_results["varlen"]["finite"]
     assert fast_results["varlen"]["err"] < 1e-5
 
@@ -183,6 +201,21 @@ def test_larger_cases_vs_float64():
     res = _run_child(SLOW_CASES)
     for case, r in zip(SLOW_CASES, res["cases"], strict=True):
         _assert_case(case, r)
+
+
+def test_varlen_rejects_bad_cu_seqlens():
+    import torch
+
+    from sessa.ops.feedback.triton import feedback_solve_varlen
+
+    x, g = torch.zeros(1, 10, 16), torch.zeros(1, 10, 1)
+    with pytest.raises(TypeError, match="cu_seqlens"):
+        feedback_solve_varlen(x, x, g, x, torch.tensor([0.0, 10.0]))
+    for bad in ([0, 5, 5, 10], [1, 10], [0, 9], [0]):
+        with pytest.raises(ValueError, match="cu_seqlens"):
+            feedback_solve_varlen(x, x, g, x, torch.tensor(bad))
+    with pytest.raises(ValueError, match=r"\(1, N, D\)"):
+        feedback_solve_varlen(x.expand(2, 10, 16), x, g, x.expand(2, 10, 16), torch.tensor([0, 10]))
 
 
 def test_module_imports_without_gpu_and_validates_inputs():

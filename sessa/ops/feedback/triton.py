@@ -7,8 +7,8 @@ is the ``torch.autograd.Function``; :func:`feedback_solve_triton` is what ``feed
 calls. Importing this module makes no CUDA call. Under ``TRITON_INTERPRET=1`` the kernels also run on CPU
 tensors (slowly; used by the tests).
 
-Packed variable-length sequences: :func:`feedback_forward_varlen` takes ``cu_seqlens`` (forward only, one
-launch sequence per segment on views of the packed tensors); autograd is wired for the fixed-length path.
+Packed variable-length sequences: :func:`feedback_solve_varlen` takes ``cu_seqlens`` (differentiable; one
+launch sequence per segment on views of the packed tensors).
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import os
 import torch
 
 from sessa.ops.feedback.triton_bwd import backward_fixed
-from sessa.ops.feedback.triton_common import choose_blocks
+from sessa.ops.feedback.triton_common import choose_blocks, dense
 from sessa.ops.feedback.triton_fwd import forward_fixed
+from sessa.ops.feedback.triton_launch import on_device
 
-__all__ = ["feedback_solve_triton", "feedback_forward_varlen", "FeedbackSolveTriton"]
+__all__ = ["feedback_solve_triton", "feedback_solve_varlen", "FeedbackSolveTriton"]
 
 # Tests set this to fill every output and scratch buffer with NaN before the kernels run.
 POISON = False
@@ -54,10 +55,11 @@ class FeedbackSolveTriton(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q_b, k_b, gamma, f, key_mask, chunk_size, sub_block):  # type: ignore[override]
-        q_b, k_b, gamma, f = (x.contiguous() for x in (q_b, k_b, gamma, f))
+        q_b, k_b, gamma, f = (dense(x) for x in (q_b, k_b, gamma, f))
         B, T, D = f.shape
         blocks = choose_blocks(T, D, f.dtype, chunk_size, _interpreting(), sub_block)
-        st = forward_fixed(q_b, k_b, gamma, f, key_mask, blocks, poison=POISON)
+        with on_device(f):
+            st = forward_fixed(q_b, k_b, gamma, f, key_mask, blocks, poison=POISON)
         ctx.save_for_backward(q_b, k_b, gamma, f, key_mask, st.s, st.s_op, st.lse, *st.w)
         ctx.blocks = blocks
         return st.s.to(f.dtype)
@@ -68,7 +70,8 @@ class FeedbackSolveTriton(torch.autograd.Function):
 
         q_b, k_b, gamma, f, key_mask, s, s_op, lse, w_hi, w_lo = ctx.saved_tensors
         st = ForwardState(s, s_op, lse, (w_hi, w_lo), ctx.blocks)
-        dq, dk, dgamma, df = backward_fixed(q_b, k_b, gamma, f, key_mask, st, ds, poison=POISON)
+        with on_device(f):
+            dq, dk, dgamma, df = backward_fixed(q_b, k_b, gamma, f, key_mask, st, dense(ds), poison=POISON)
         return dq, dk, dgamma[..., None].to(gamma.dtype), df, None, None, None
 
 
@@ -94,7 +97,7 @@ def feedback_solve_triton(
     return FeedbackSolveTriton.apply(q_b, k_b, gamma, f, key_mask, chunk_size, sub_block)
 
 
-def feedback_forward_varlen(
+def feedback_solve_varlen(
     q_b: torch.Tensor,
     k_b: torch.Tensor,
     gamma: torch.Tensor,
@@ -102,21 +105,24 @@ def feedback_forward_varlen(
     cu_seqlens: torch.Tensor,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """Forward solve of packed sequences: q_b, k_b, f: (1, N, D), gamma (1, N, 1), cu_seqlens: (S + 1,) int
-    offsets (0 = cu_seqlens[0] < ... < cu_seqlens[S] = N); each segment is solved independently.
-    Returns s: (1, N, D). Not differentiable through this path (use the fixed-length path or key_mask)."""
-    _check(q_b, k_b, gamma, f, None)
-    if f.shape[0] != 1:
-        raise ValueError(f"packed sequences need batch 1, got B = {f.shape[0]}")
+    """The solve of packed sequences, differentiable: q_b, k_b, f: (1, N, D), gamma (1, N, 1), cu_seqlens:
+    (S + 1,) int offsets (0 = cu_seqlens[0] < ... < cu_seqlens[S] = N, the flash-attn convention); each
+    segment is solved on its own (no row reads a key of another segment). Returns s: (1, N, D).
+
+    Each segment runs the fixed-length kernels on views of the packed tensors (one launch sequence per
+    segment), so a batch of many short sequences pays per-segment launch overhead."""
+    if f.dim() != 3 or f.shape[0] != 1:
+        raise ValueError(f"packed sequences need f of shape (1, N, D), got {tuple(f.shape)}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"cu_seqlens must be a 1-D int32/int64 tensor, got {cu_seqlens.dtype} "
+                        f"{tuple(cu_seqlens.shape)}")
     bounds = [int(x) for x in cu_seqlens.tolist()]
     pairs = list(zip(bounds, bounds[1:], strict=False))
-    if bounds[0] != 0 or bounds[-1] != f.shape[1] or any(b <= a for a, b in pairs):
+    if not pairs or bounds[0] != 0 or bounds[-1] != f.shape[1] or any(b <= a for a, b in pairs):
         raise ValueError(f"cu_seqlens must increase strictly from 0 to N = {f.shape[1]}, got {bounds}")
-    q_b, k_b, gamma, f = (x.contiguous() for x in (q_b, k_b, gamma, f))
-    s = torch.empty_like(f)
-    with torch.no_grad():
-        for a, b in pairs:
-            blocks = choose_blocks(b - a, f.shape[2], f.dtype, chunk_size, _interpreting())
-            seg = forward_fixed(q_b[:, a:b], k_b[:, a:b], gamma[:, a:b], f[:, a:b], None, blocks, POISON)
-            s[:, a:b] = seg.s.to(f.dtype)
-    return s
+    _check(q_b, k_b, gamma, f, None)
+    segments = [
+        FeedbackSolveTriton.apply(q_b[:, a:b], k_b[:, a:b], gamma[:, a:b], f[:, a:b], None, chunk_size, None)
+        for a, b in pairs
+    ]
+    return segments[0] if len(segments) == 1 else torch.cat(segments, 1)

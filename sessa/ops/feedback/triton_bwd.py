@@ -3,7 +3,7 @@
 Super-chunks [a, a + L) are visited in reverse. ``push`` (B, T, D) fp32 collects, for every earlier row j,
 sum_{t in later super-chunks} gamma_t P[t, j] df_t. Per super-chunk (4 launches):
 
-1. ``apply_w`` (triton_tril): df = W^T (ds + push) with the intra-chunk inverse W saved by the forward, and
+1. ``w_applier`` (triton_tril): df = W^T (ds + push) with the intra-chunk inverse W saved by the forward, and
    the per-D-tile partial sums of Delta_t = <df_t, s_t - f_t> (= gamma_t <df_t, c_t>, FlashAttention's
    rowsum(dO * O));
 2. ``_dlogit_kernel`` tiles (rows, keys < a + L): logits and <df_t, s_j> in one pass over D, then
@@ -15,8 +15,9 @@ sum_{t in later super-chunks} gamma_t P[t, j] df_t. Per super-chunk (4 launches)
    (key tile, D-tile).
 
 Every scratch tile a consumer reads was written by the producer (on the producer's tile grid; the dk / push
-GEMM steps over SPAN = bt_dk rows, so the producer also writes the zero tiles right of the diagonal inside
-each SPAN-row block; tiles wholly above those blocks are neither written nor read).
+GEMM steps over bt_dk rows and dq over bm rows, so the producer writes whole blocks of SPAN = max(bm, bt_dk)
+rows, including the zero tiles right of the diagonal inside each block; tiles wholly above those blocks
+are neither written nor read).
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ import torch
 import triton
 import triton.language as tl
 
-from sessa.ops.feedback.triton_common import LOG2E, Blocks, SideStream, _allowed, _mask_arg, _row_lse, mma
+from sessa.ops.feedback.triton_common import LOG2E, Blocks, _allowed, _mask_arg, _row_lse, cdiv, mma
 from sessa.ops.feedback.triton_fwd import ForwardState
-from sessa.ops.feedback.triton_tril import apply_w
+from sessa.ops.feedback.triton_launch import BoundKernel, Streams
+from sessa.ops.feedback.triton_tril import w_applier
 
 
 @triton.jit
@@ -44,9 +46,10 @@ def _dlogit_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, g_ptr, dfop_ptr, sop_ptr, dpar
     pid_b = tl.program_id(2).to(tl.int64)
     r_start = A + pid_m * BM
     c_start = pid_n * BN
-    # Written: every tile its readers touch, i.e. left of the end of this tile's SPAN-row block (SPAN: the
-    # dk / push GEMM's row step); tiles right of the diagonal inside that block hold zeros.
-    if c_start < A + (pid_m * BM // SPAN + 1) * SPAN:
+    # Written: every tile its readers touch, i.e. left of the end of the SPAN-row block holding this tile's
+    # last row (SPAN: a power of two >= BM, a multiple of the dk / push GEMM's row step and of dq's row tile);
+    # tiles right of the diagonal inside that block hold zeros.
+    if c_start < A + ((pid_m * BM) // SPAN + 1) * SPAN:
         rows = r_start + tl.arange(0, BM)
         cols = c_start + tl.arange(0, BN)
         rmask = rows < T
@@ -160,52 +163,53 @@ def _dq_dk_kernel(dl_ptr, q_ptr, k_ptr, dq_ptr, dk_ptr, A, T, D, L_eff, N_DQ,
                     stride_qb, stride_qt, stride_ob, stride_ot, scale, BN, BT, BD_DK, PREC)
 
 
-def _launch_chunk(q_b, k_b, gamma, f, key_mask, st, ds, bufs, A, L_eff, streams, dq_events):
-    """All backward launches of the super-chunk [A, A + L_eff); dq and dk go to the side stream."""
+def _chunk_launcher(q_b, k_b, gamma, f, key_mask, st: ForwardState, ds, bufs, streams: Streams):
+    """A launcher ``(dl, A, L_eff, dl_free) -> None`` of all backward launches of the super-chunk
+    [A, A + L_eff), with dlogit in the scratch dl (one of two buffers of one shape) once the side-stream
+    event dl_free (None: at once) has passed; dq and dk go to the side stream. Everything but the
+    super-chunk is fixed here, once per solve."""
     B, T, D = f.shape
     bl: Blocks = st.blocks
-    p, dl, push, df, df_op, dpart, dgamma, dk, dq = bufs
+    p, dl0, push, df, df_op, dpart, dgamma, dk, dq = bufs
     km, smb = _mask_arg(key_mask, q_b)
     scale = 1.0 / math.sqrt(D)
-    nd = dpart.shape[-1]
-    apply_w(st.w, A, L_eff, ds, df, df_op, bl, x2=push, x_row0=A, trans=True, delta=dpart, s=st.s, f=f)
-    if len(dq_events) >= 2 and dq_events[-2] is not None:  # the dq of two chunks ago read this dl buffer
-        streams.join(dq_events[-2])
-    n_rows = triton.cdiv(L_eff, bl.bt_dk) * (bl.bt_dk // bl.bm)  # whole dk row steps
-    _dlogit_kernel[(n_rows, triton.cdiv(A + L_eff, bl.bn), B)](
-        q_b, k_b, km, st.lse, gamma, df_op, st.s_op, dpart, dgamma, dl, p, A, T, D, nd,
-        q_b.stride(0), q_b.stride(1), smb, st.lse.stride(0), gamma.stride(0), gamma.stride(1),
-        df_op.stride(0), df_op.stride(1), dpart.stride(0), p.stride(0), p.stride(1), LOG2E * scale,
-        HAS_MASK=key_mask is not None, BM=bl.bm, BN=bl.bn, BK=bl.bk, SPAN=bl.bt_dk, PREC=bl.prec,
-        num_warps=bl.warps, num_stages=bl.stages,
-    )
-    streams.fork()
-    with streams.context():  # dq and dk only read dl: they overlap the next super-chunk's launches
-        n_dq = triton.cdiv(L_eff, bl.bm) * triton.cdiv(D, bl.bd)
-        n_dk = triton.cdiv(A + L_eff, bl.bn) * triton.cdiv(D, bl.bd_dk)
-        assert q_b.stride() == k_b.stride() == dq.stride()  # contiguous (B, T, D); dk is fp32
-        _dq_dk_kernel[(n_dq + n_dk, B)](
-            dl, q_b, k_b, dq, dk, A, T, D, L_eff, n_dq, dl.stride(0), dl.stride(1), q_b.stride(0),
-            q_b.stride(1), dk.stride(0), dk.stride(1), scale, BM=bl.bm, BN=bl.bn, BD=bl.bd, BT=bl.bt_dk,
-            BD_DK=bl.bd_dk, PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages,
-        )
-    dq_events.append(streams.event())
-    if A > 0:  # push is on the sequential path: the next super-chunk's right-hand side needs it
-        _push_acc(p, df_op, push, A, L_eff, bl)
+    solve = w_applier(st.w, ds, df, df_op, bl, streams, x2=push, trans=True, delta=dpart, s=st.s, f=f)
+    opts = dict(PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages)
+    dlogit = BoundKernel(_dlogit_kernel, streams, HAS_MASK=key_mask is not None, BM=bl.bm, BN=bl.bn, BK=bl.bk,
+                         SPAN=bl.span, **opts)
+    dq_dk = BoundKernel(_dq_dk_kernel, streams, BM=bl.bm, BN=bl.bn, BD=bl.bd, BT=bl.bt_dk, BD_DK=bl.bd_dk,
+                        **opts)
+    push_acc = BoundKernel(_tgemm_acc_kernel, streams, BKEY=bl.bn, BT=bl.bt_dk, BN=bl.bd_dk, PREC=bl.prec,
+                           num_warps=bl.warps, num_stages=bl.stages_push)
+    assert q_b.stride() == k_b.stride() == dq.stride() and p.stride() == dl0.stride()  # dk is fp32
+    qs, gs, ds_, ps, ks = q_b.stride(), gamma.stride(), df_op.stride(), p.stride(), dk.stride()
+    dlogit_args = (T, D, dpart.shape[-1], qs[0], qs[1], smb, st.lse.stride(0), gs[0], gs[1], ds_[0], ds_[1],
+                   dpart.stride(0), ps[0], ps[1], LOG2E * scale)
+    n_dq, n_dk = cdiv(D, bl.bd), cdiv(D, bl.bd_dk)  # D tiles of dq, of dk and push
+    pu = push.stride()
 
+    def launch(dl, A: int, L_eff: int, dl_free) -> None:
+        solve(A, L_eff)
+        if dl_free is not None:
+            streams.join(dl_free)
+        n_rows = cdiv(L_eff, bl.span) * (bl.span // bl.bm)  # whole SPAN-row blocks
+        dlogit((n_rows, cdiv(A + L_eff, bl.bn), B), q_b, k_b, km, st.lse, gamma, df_op, st.s_op, dpart,
+               dgamma, dl, p, A, *dlogit_args)
+        streams.fork()  # dq and dk only read dl: on the side stream they overlap the next launches
+        nq = cdiv(L_eff, bl.bm) * n_dq
+        dq_dk((nq + cdiv(A + L_eff, bl.bn) * n_dk, B), dl, q_b, k_b, dq, dk, A, T, D, L_eff, nq, ps[0],
+              ps[1], qs[0], qs[1], ks[0], ks[1], scale, side=True)
+        if A > 0:  # push is on the sequential path: the next super-chunk's right-hand side needs it
+            # push[j] += sum_t (gamma P)[t, j] df_t over the super-chunk's rows t, for the keys j < A
+            push_acc((cdiv(A, bl.bn), n_dk, B), p, df_op, push, A, T, D, L_eff, ps[0], ps[1], ds_[0],
+                     ds_[1], pu[0], pu[1], 1.0)
 
-def _push_acc(gp, df_op, push, A, L_eff, bl: Blocks) -> None:
-    """push[j] += sum_t (gamma P)[t, j] df_t over the super-chunk's rows t, for the keys j < A."""
-    B, T, D = push.shape
-    _tgemm_acc_kernel[(triton.cdiv(A, bl.bn), triton.cdiv(D, bl.bd_dk), B)](
-        gp, df_op, push, A, T, D, L_eff, gp.stride(0), gp.stride(1), df_op.stride(0), df_op.stride(1),
-        push.stride(0), push.stride(1), 1.0, BKEY=bl.bn, BT=bl.bt_dk, BN=bl.bd_dk, PREC=bl.prec,
-        num_warps=bl.warps, num_stages=bl.stages,
-    )
+    return launch
 
 
 def backward_fixed(q_b, k_b, gamma, f, key_mask, st: ForwardState, ds: torch.Tensor, poison: bool = False):
-    """Gradients (dq_b, dk_b, dgamma (B,T) fp32, df) of the fixed-length solve; inputs contiguous."""
+    """Gradients (dq_b, dk_b, dgamma (B,T) fp32, df) of the fixed-length solve; inputs and ds dense
+    (triton_common.dense)."""
     B, T, D = f.shape
     bl = st.blocks
     dev, odt = f.device, st.s_op.dtype
@@ -215,18 +219,21 @@ def backward_fixed(q_b, k_b, gamma, f, key_mask, st: ForwardState, ds: torch.Ten
     push = torch.zeros(B, T, D, device=dev, dtype=torch.float32)
     df = torch.empty(B, T, D, device=dev, dtype=torch.float32)
     df_op = df if odt == torch.float32 else torch.empty(B, T, D, device=dev, dtype=odt)
-    dpart = torch.empty(B, T, triton.cdiv(D, bl.bd_w), device=dev, dtype=torch.float32)
+    dpart = torch.empty(B, T, cdiv(D, bl.bd_w), device=dev, dtype=torch.float32)
     dgamma = torch.zeros(B, T, device=dev, dtype=torch.float32)
     dk = torch.zeros(B, T, D, device=dev, dtype=torch.float32)
     dq = torch.empty_like(q_b)
     if poison:
         for x in (p, *dls, df, df_op, dpart, dq):
             x.fill_(float("nan"))
-    ds = ds.contiguous()
-    streams, dq_events = SideStream(dev), []
+    streams = Streams(dev, side=True)
+    bufs = (p, dls[0], push, df, df_op, dpart, dgamma, dk, dq)
+    chunk = _chunk_launcher(q_b, k_b, gamma, f, key_mask, st, ds, bufs, streams)
     # The last super-chunk starts at the last multiple of L below T (not at T - L).
+    dq_events: list = []
     for i, A in enumerate(reversed(starts)):
-        bufs = (p, dls[i % 2], push, df, df_op, dpart, dgamma, dk, dq)
-        _launch_chunk(q_b, k_b, gamma, f, key_mask, st, ds, bufs, A, min(bl.L, T - A), streams, dq_events)
+        # the dq of two super-chunks ago read this dl buffer (its event: two side_event calls back, valid)
+        chunk(dls[i % 2], A, min(bl.L, T - A), dq_events[i - 2] if i >= 2 else None)
+        dq_events.append(streams.side_event())
     streams.join()
     return dq, dk.to(k_b.dtype), dgamma, df.to(f.dtype)

@@ -1,4 +1,4 @@
-"""Shared pieces of the Triton feedback-solve kernels: tile configuration, jit helpers, stream helper."""
+"""Shared pieces of the Triton feedback-solve kernels: tile configuration and jit helpers."""
 
 from __future__ import annotations
 
@@ -20,14 +20,16 @@ class Blocks:
 
     L: int
     C: int
-    bm: int  # row tile of the probability / gradient scratches
+    bm: int  # row tile of the probability / gradient scratches (their producers and dq)
     bn: int  # key tile of the scratches (also the K step of the GEMMs that read them)
     bk: int  # D slice of the logit dot products
     bd: int  # D tile of the GEMMs that read the scratches (inter, dq)
     bd_dk: int  # D tile of the dk / push GEMM
-    bt_dk: int  # row (K) step of the dk / push GEMM: a multiple of bm dividing L
-    bm_w: int  # row tile of the products with the intra-chunk inverse W (its K step is C)
+    bt_dk: int  # row (K) step of the dk / push GEMM: a power of two dividing L
+    span: int  # max(bm, bt_dk): the dlogit scratch is written in whole blocks of this many rows
+    bm_w: int  # row tile of the products with the intra-chunk inverse W
     bd_w: int  # D tile of those products
+    bk_w: int  # their K step (dividing bm_w)
     bm_lse: int  # row / key tiles of the log-sum-exp pass
     bn_lse: int
     prec: str  # tl.dot input precision for fp32 operands
@@ -36,16 +38,40 @@ class Blocks:
     rows: int  # scratch rows
     warps: int  # warps of the scratch producers and GEMMs
     warps_w: int  # warps of the products with W
-    stages: int  # software-pipelining depth of the K loops
+    stages: int  # software-pipelining depth of the K loops (step, dlogit, dq + dk, W build)
+    stages_lse: int  # ... of the log-sum-exp pass
+    stages_push: int  # ... of the push GEMM
+    stages_w: int  # ... of the products with W
 
 
-# Tile choices for the GPU (H100, D = 1024), per operand dtype; edit to tune (scripts/tune_feedback.py).
-TUNING = {"bm": 64, "bn": 128, "bk": 64, "bd": 128, "bd_dk": 256, "bt_dk": 64, "bm_w": 64, "bd_w": 64,
-          "bm_lse": 64, "bn_lse": 128, "warps": 8, "warps_w": 4, "stages": 4}
+# Tile choices for the GPU (H100, D = 1024), per operand dtype; chosen with scripts/sweep_kernel_tiles.py
+# (each kernel alone) and scripts/tune_feedback.py (the whole op).
+TUNING = {"bm": 128, "bn": 128, "bk": 64, "bd": 128, "bd_dk": 256, "bt_dk": 64, "bm_w": 128, "bd_w": 64,
+          "bk_w": 64, "bm_lse": 64, "bn_lse": 256, "warps": 8, "warps_w": 8, "stages": 3, "stages_lse": 3,
+          "stages_push": 4, "stages_w": 3}
 TUNING_FP32 = {"bm": 64, "bn": 64, "bk": 32, "bd": 64, "bd_dk": 64, "bt_dk": 64, "bm_w": 64, "bd_w": 64,
-               "bm_lse": 64, "bn_lse": 64, "warps": 4, "warps_w": 4, "stages": 2}
+               "bk_w": 64, "bm_lse": 64, "bn_lse": 64, "warps": 4, "warps_w": 4, "stages": 2, "stages_lse": 2,
+               "stages_push": 2, "stages_w": 2}
 _INTERPRET_TILES = {"bm": 32, "bn": 32, "bk": 32, "bd": 32, "bd_dk": 32, "bt_dk": 64, "bm_w": 32, "bd_w": 32,
-                    "bm_lse": 32, "bn_lse": 32, "warps": 4, "warps_w": 4, "stages": 1}
+                    "bk_w": 16, "bm_lse": 32, "bn_lse": 32, "warps": 4, "warps_w": 4, "stages": 1,
+                    "stages_lse": 1, "stages_push": 1, "stages_w": 1}
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division in plain Python (``triton.cdiv`` is a jit function: slower to call from the host)."""
+    return -(-a // b)
+
+
+def dense(x: torch.Tensor) -> torch.Tensor:
+    """x contiguous with row-major strides on every dim: a contiguous view may keep any stride on a size-1
+    dim (e.g. a slice of a packed batch-1 tensor), and the launchers compare and share strides."""
+    x = x.contiguous()
+    want, acc = [], 1
+    for n in reversed(x.shape):
+        want.append(acc)
+        acc *= n
+    want.reverse()
+    return x if list(x.stride()) == want else x.as_strided(x.shape, want)
 
 
 def op_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -65,9 +91,9 @@ def choose_blocks(
 ) -> Blocks:
     """Pick tile sizes; chunk_size (the super-chunk L) must be a positive multiple of 16."""
     if chunk_size is None:
-        # L = 1024 measured best at T = 16K on an H100 (512: 1.8x slower, 2048: 1.15x slower); shorter
-        # sequences take one super-chunk, since each super-chunk costs ~8 launches of Python overhead.
-        chunk_size = 32 if interpret else min(1024, triton.cdiv(T, 128) * 128)
+        # L = 1024 measured best at T = 16K on an H100 (fwd+bwd 7.26 ms; 512: 8.81, 2048: 7.51); shorter
+        # sequences take one super-chunk, since each super-chunk costs 6 launches on the sequential path.
+        chunk_size = 32 if interpret else min(1024, cdiv(T, 128) * 128)
     if not isinstance(chunk_size, int) or chunk_size < 16 or chunk_size % 16:
         raise ValueError(f"chunk_size (triton backend) must be a positive multiple of 16, got {chunk_size}")
     L = chunk_size
@@ -76,15 +102,18 @@ def choose_blocks(
         raise ValueError(f"sub_block must be 16, 32 or 64 and divide chunk_size={L}, got {C}")
     tn = _INTERPRET_TILES if interpret else (TUNING_FP32 if dtype == torch.float32 else TUNING)
     bm, bn = _pow2_divisor(L, tn["bm"]), _pow2_divisor(L, tn["bn"])
-    bt = max(bm, _pow2_divisor(L, tn["bt_dk"]))  # powers of two dividing L, so bm divides bt
+    bt = _pow2_divisor(L, tn["bt_dk"])
+    span = max(bm, bt)  # powers of two dividing L: each divides span
+    bm_w = _pow2_divisor(L, tn["bm_w"])
     ieee = interpret or dtype == torch.float32
     return Blocks(
-        L=L, C=C, bm=bm, bn=bn, bk=tn["bk"], bd=tn["bd"], bd_dk=tn["bd_dk"], bt_dk=bt,
-        bm_w=_pow2_divisor(L, tn["bm_w"]), bd_w=tn["bd_w"], bm_lse=tn["bm_lse"], bn_lse=tn["bn_lse"],
+        L=L, C=C, bm=bm, bn=bn, bk=tn["bk"], bd=tn["bd"], bd_dk=tn["bd_dk"], bt_dk=bt, span=span,
+        bm_w=bm_w, bd_w=tn["bd_w"], bk_w=min(bm_w, tn["bk_w"]), bm_lse=tn["bm_lse"], bn_lse=tn["bn_lse"],
         prec="ieee" if ieee else "tf32",
-        inv_prec="ieee" if interpret else "tf32x3", T_pad=triton.cdiv(T, 128) * 128,
-        rows=min(L, triton.cdiv(T, bt) * bt), warps=tn["warps"], warps_w=tn["warps_w"],
-        stages=tn["stages"],
+        inv_prec="ieee" if interpret else "tf32x3", T_pad=cdiv(T, 128) * 128,
+        rows=min(L, cdiv(T, span) * span), warps=tn["warps"], warps_w=tn["warps_w"],
+        stages=tn["stages"], stages_lse=tn["stages_lse"], stages_push=tn["stages_push"],
+        stages_w=tn["stages_w"],
     )
 
 
@@ -139,41 +168,3 @@ def _mask_arg(key_mask: torch.Tensor | None, ref: torch.Tensor) -> tuple[torch.T
         return ref, 0  # never read (HAS_MASK=False)
     km = key_mask.contiguous().view(torch.uint8)
     return km, km.stride(0)
-
-
-class SideStream:
-    """Runs independent launches on a second CUDA stream (no-op ordering on CPU / interpreter)."""
-
-    def __init__(self, device: torch.device):
-        self.main = torch.cuda.current_stream(device) if device.type == "cuda" else None
-        self.side = torch.cuda.Stream(device) if device.type == "cuda" else None
-
-    def fork(self) -> None:
-        """The side stream waits for everything queued on the main stream so far."""
-        if self.side is not None:
-            self.side.wait_stream(self.main)
-
-    def context(self):
-        return torch.cuda.stream(self.side) if self.side is not None else _Null()
-
-    def event(self):
-        """An event marking the work queued on the side stream so far."""
-        if self.side is None:
-            return None
-        ev = torch.cuda.Event()
-        ev.record(self.side)
-        return ev
-
-    def join(self, ev=None) -> None:
-        if self.side is not None:
-            self.main.wait_event(ev) if ev is not None else self.main.wait_stream(self.side)
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-

@@ -10,7 +10,7 @@ Two-level blocking: the sequence is cut into *super-chunks* of L rows (``chunk_s
                       and D) and, in the same launch, the next super-chunk's P[rows, 0:a'] =
                       exp2(logit - lse) (``_probs_tile``, into an (L x T) scratch, bf16 for bf16/fp16
                       inputs, double-buffered): P does not depend on s;
-   ``apply_w``        s = W rhs, a tiled GEMM in fp32 (tf32x3).
+   ``w_applier``      s = W rhs, a tiled GEMM in fp32 (tf32x3).
 
 Why materialise P instead of recomputing logits per D-tile: D = 1024 makes a BM x D fp32 accumulator too
 large for registers, so an output row is split into D / BN tiles; recomputing the D-long logits once per
@@ -37,10 +37,12 @@ from sessa.ops.feedback.triton_common import (
     _logits,
     _mask_arg,
     _row_lse,
+    cdiv,
     mma,
     op_dtype,
 )
-from sessa.ops.feedback.triton_tril import apply_w, build_w
+from sessa.ops.feedback.triton_launch import BoundKernel, Streams
+from sessa.ops.feedback.triton_tril import build_w, w_applier
 
 
 # ----------------------------------------------------------------------------------------------- kernels
@@ -155,41 +157,52 @@ class ForwardState:
     blocks: Blocks
 
 
-def _lse(q_b, k_b, key_mask, bl: Blocks) -> torch.Tensor:
+def _lse(q_b, k_b, key_mask, bl: Blocks, streams: Streams) -> torch.Tensor:
     B, T, D = q_b.shape
     km, smb = _mask_arg(key_mask, q_b)
     lse = torch.empty(B, T, device=q_b.device, dtype=torch.float32)
-    _lse_kernel[(triton.cdiv(T, bl.bm_lse), B)](
-        q_b, k_b, km, lse, T, D, q_b.stride(0), q_b.stride(1), k_b.stride(0), k_b.stride(1), smb,
-        lse.stride(0), LOG2E / math.sqrt(D), HAS_MASK=key_mask is not None, BM=bl.bm_lse, BN=bl.bn_lse,
-        BK=bl.bk, PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages,
+    BoundKernel(_lse_kernel, streams, HAS_MASK=key_mask is not None, BM=bl.bm_lse, BN=bl.bn_lse, BK=bl.bk,
+                PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages_lse)(
+        (cdiv(T, bl.bm_lse), B), q_b, k_b, km, lse, T, D, q_b.stride(0), q_b.stride(1), k_b.stride(0),
+        k_b.stride(1), smb, lse.stride(0), LOG2E / math.sqrt(D),
     )
     return lse
 
 
-def launch_step(q_b, k_b, gamma, f, key_mask, lse, s_op, p, pn, rhs, A, L_eff, A_next, L_next, bl: Blocks):
-    """rhs of the super-chunk [A, A + L_eff) (reads P from p) and, when L_next > 0, P of the next one
-    (rows A_next.., keys < A_next) into pn: one launch."""
+def step_launcher(q_b, k_b, gamma, f, key_mask, lse, s_op, rhs, pbuf, bl: Blocks, streams: Streams):
+    """A launcher ``(p, pn, A, L_eff, A_next, L_next) -> None``: the right-hand side of the super-chunk
+    [A, A + L_eff) (reading its P from p) and, when L_next > 0, P of the next one (rows A_next.., keys
+    < A_next) into pn, in one launch; p and pn are buffers of pbuf. The rest is fixed here, once per solve."""
     B, T, D = f.shape
     km, smb = _mask_arg(key_mask, q_b)
-    n_inter = triton.cdiv(L_eff, bl.bm) * triton.cdiv(D, bl.bd)
-    n_probs_m = triton.cdiv(L_next, bl.bm)
-    n_probs = n_probs_m * (A_next // bl.bn)
-    _step_kernel[(n_inter + n_probs, B)](
-        q_b, k_b, km, lse, pn, p, s_op, f, gamma, rhs, A, A_next, T, D, n_inter, max(n_probs_m, 1),
-        q_b.stride(0), q_b.stride(1), k_b.stride(0), k_b.stride(1), smb, lse.stride(0), p.stride(0),
-        p.stride(1), s_op.stride(0), s_op.stride(1), f.stride(0), f.stride(1), gamma.stride(0),
-        gamma.stride(1), rhs.stride(0), rhs.stride(1), LOG2E / math.sqrt(D), HAS_MASK=key_mask is not None,
-        BM=bl.bm, BN=bl.bn, BK=bl.bk, BD=bl.bd, PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages,
-    )
+    kern = BoundKernel(_step_kernel, streams, HAS_MASK=key_mask is not None, BM=bl.bm, BN=bl.bn, BK=bl.bk,
+                       BD=bl.bd, PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages)
+    inputs = (q_b, k_b, km, lse)
+    outputs = (s_op, f, gamma, rhs)
+    qs, ks, os_, fs, gs, rs = (x.stride() for x in (q_b, k_b, s_op, f, gamma, rhs))
+    strides_in = (qs[0], qs[1], ks[0], ks[1], smb, lse.stride(0))
+    strides_out = (os_[0], os_[1], fs[0], fs[1], gs[0], gs[1], rs[0], rs[1], LOG2E / math.sqrt(D))
+    n_d = cdiv(D, bl.bd)
+    ps = pbuf[0].stride()
+    assert all(x.stride() == ps for x in pbuf)
+
+    def launch(p, pn, A: int, L_eff: int, A_next: int, L_next: int) -> None:
+        n_inter = cdiv(L_eff, bl.bm) * n_d
+        n_probs_m = cdiv(L_next, bl.bm)
+        n_probs = n_probs_m * (A_next // bl.bn)
+        kern((n_inter + n_probs, B), *inputs, pn, p, *outputs, A, A_next, T, D, n_inter, max(n_probs_m, 1),
+             *strides_in, ps[0], ps[1], *strides_out)
+
+    return launch
 
 
 def forward_fixed(q_b, k_b, gamma, f, key_mask, blocks: Blocks, poison: bool = False) -> ForwardState:
-    """Fixed-length forward on contiguous (B, T, D) tensors; gamma (B, T, 1)."""
+    """Fixed-length forward on dense (B, T, D) tensors (triton_common.dense); gamma (B, T, 1)."""
     B, T, D = f.shape
     bl = blocks
-    lse = _lse(q_b, k_b, key_mask, bl)
-    w = build_w(q_b, k_b, gamma, key_mask, lse, bl, split=op_dtype(f.dtype) != torch.float32)
+    streams = Streams(f.device)
+    lse = _lse(q_b, k_b, key_mask, bl, streams)
+    w = build_w(q_b, k_b, gamma, key_mask, lse, bl, op_dtype(f.dtype) != torch.float32, streams)
     s = torch.empty(B, T, D, device=f.device, dtype=torch.float32)
     odt = op_dtype(f.dtype)
     s_op = s if odt == torch.float32 else torch.empty(B, T, D, device=f.device, dtype=odt)
@@ -199,11 +212,12 @@ def forward_fixed(q_b, k_b, gamma, f, key_mask, blocks: Blocks, poison: bool = F
     if poison:
         for x in (s, s_op, rhs, *pbuf):
             x.fill_(float("nan"))
+    step = step_launcher(q_b, k_b, gamma, f, key_mask, lse, s_op, rhs, pbuf, bl, streams)
+    solve = w_applier(w, rhs, s, s_op, bl, streams)
     for i, A in enumerate(starts):
         # The next P goes to the other buffer: the one super-chunk i - 1 read, in an earlier launch.
         A_next = starts[i + 1] if i + 1 < len(starts) else T
         L_eff = min(bl.L, T - A)
-        launch_step(q_b, k_b, gamma, f, key_mask, lse, s_op, pbuf[i % 2], pbuf[(i + 1) % len(pbuf)], rhs, A,
-                    L_eff, A_next, min(bl.L, T - A_next), bl)
-        apply_w(w, A, L_eff, rhs, s, s_op, bl)
+        step(pbuf[i % 2], pbuf[(i + 1) % len(pbuf)], A, L_eff, A_next, min(bl.L, T - A_next))
+        solve(A, L_eff)
     return ForwardState(s, s_op, lse, w, bl)

@@ -18,12 +18,14 @@ Products with W and M use fp32 operands ("tf32x3" on the GPU: three tf32 product
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import triton
 import triton.language as tl
 
-from sessa.ops.feedback.triton_common import LOG2E, Blocks, _allowed, _logits, _mask_arg, _row_lse, mma
+from sessa.ops.feedback.triton_common import LOG2E, Blocks, _allowed, _logits, _mask_arg, _row_lse, cdiv, mma
+from sessa.ops.feedback.triton_launch import BoundKernel, Streams
 
 
 @triton.jit
@@ -125,12 +127,14 @@ def _wlevel_kernel(a_ptr, b_ptr, g_ptr, out_ptr, T, L, S, n_tiles, stride_xb, st
 
 @triton.jit
 def _wapply_kernel(w_ptr, wlo_ptr, x_ptr, x2_ptr, out_ptr, outop_ptr, s_ptr, f_ptr, dpart_ptr,
-                   A, T, D, L_eff, x_row0,
-                   stride_wb, stride_wr, stride_xb, stride_xt, stride_ob, stride_ot, stride_pb, stride_pt,
-                   stride_eb,
+                   A, T, D, L_eff, x_row0, chunk,
+                   stride_wb, stride_wc, stride_wr, stride_xb, stride_xt, stride_ob, stride_ot, stride_pb,
+                   stride_pt, stride_eb,
                    TRANS: tl.constexpr, HAS_X2: tl.constexpr, STORE_OP: tl.constexpr, DELTA: tl.constexpr,
-                   SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, INV_PREC: tl.constexpr):
-    """out[A + r] = sum_k W[r, k] x[k] (TRANS: sum_k W[k, r] (x + x2)[k]); W lower triangular, K step BM.
+                   SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                   INV_PREC: tl.constexpr):
+    """out[A + r] = sum_k W[r, k] x[k] (TRANS: sum_k W[k, r] (x + x2)[k]) with W = w[:, chunk] lower
+    triangular, K step BK (dividing BM).
     x rows are x_row0 + k; out, outop, s, f rows are A + r. DELTA: per-D-tile <out_rounded, s - f> row sums.
     SPLIT: W is given as bf16 hi + lo parts and x is split likewise in registers; three bf16 products
     (hi.hi + hi.lo + lo.hi) give ~16 mantissa bits at the bf16 tensor-core rate."""
@@ -141,16 +145,17 @@ def _wapply_kernel(w_ptr, wlo_ptr, x_ptr, x2_ptr, out_ptr, outop_ptr, s_ptr, f_p
     rl = r0 + tl.arange(0, BM)
     dcols = pid_n * BN + tl.arange(0, BN)
     dmask = dcols < D
-    w_ptr += pid_b * stride_wb
-    wlo_ptr += pid_b * stride_wb
+    w_off = pid_b * stride_wb + tl.cast(chunk, tl.int64) * stride_wc  # chunk * L * L may exceed 2^31
+    w_ptr += w_off
+    wlo_ptr += w_off
     x_off = pid_b * stride_xb + dcols[None, :]
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     if TRANS:
         lo, hi = r0, L_eff
     else:
         lo, hi = 0, tl.minimum(r0 + BM, L_eff)
-    for k0 in range(lo, hi, BM):
-        kk = k0 + tl.arange(0, BM)
+    for k0 in range(lo, hi, BK):
+        kk = k0 + tl.arange(0, BK)
         if TRANS:
             w_offs = kk[None, :] * stride_wr + rl[:, None]
         else:
@@ -187,37 +192,37 @@ def _wapply_kernel(w_ptr, wlo_ptr, x_ptr, x2_ptr, out_ptr, outop_ptr, s_ptr, f_p
 
 
 def build_w(
-    q_b, k_b, gamma, key_mask, lse, bl: Blocks, split: bool
+    q_b, k_b, gamma, key_mask, lse, bl: Blocks, split: bool, streams: Streams
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """W: (B, n_chunks, L, L), the inverse of (I - G P) inside each super-chunk (zero above the diagonal):
     fp32 and None, or (split) its bf16 high part and the bf16 remainder."""
     B, T, D = q_b.shape
     scale2 = LOG2E / math.sqrt(D)
     km, smb = _mask_arg(key_mask, q_b)
-    n_chunks, L = triton.cdiv(T, bl.L), bl.L
+    n_chunks, L = cdiv(T, bl.L), bl.L
     w = torch.zeros(B, n_chunks, L, L, device=q_b.device, dtype=torch.float32)
-    _diag_inverse_kernel[(triton.cdiv(T, bl.C), B)](
-        q_b, k_b, km, lse, gamma, w, T, D, L, q_b.stride(0), q_b.stride(1), k_b.stride(0), k_b.stride(1), smb,
-        lse.stride(0), gamma.stride(0), gamma.stride(1), w.stride(0), w.stride(1), scale2,
-        HAS_MASK=key_mask is not None, C=bl.C, BK=bl.bk, LOG2C=int(math.log2(bl.C)), PREC=bl.prec,
-        INV_PREC=bl.inv_prec, num_warps=4,
+    qs, ks, gs, ws = q_b.stride(), k_b.stride(), gamma.stride(), w.stride()
+    has_mask = key_mask is not None
+    BoundKernel(_diag_inverse_kernel, streams, HAS_MASK=has_mask, C=bl.C, BK=bl.bk,
+                LOG2C=int(math.log2(bl.C)), PREC=bl.prec, INV_PREC=bl.inv_prec, num_warps=4)(
+        (cdiv(T, bl.C), B), q_b, k_b, km, lse, gamma, w, T, D, L, qs[0], qs[1], ks[0], ks[1], smb,
+        lse.stride(0), gs[0], gs[1], ws[0], ws[1], scale2,
     )
     pd = torch.empty_like(w)
-    _diag_probs_kernel[(L // bl.bm, L // bl.bn, B * n_chunks)](
-        q_b, k_b, km, lse, pd, T, D, L, n_chunks, q_b.stride(0), q_b.stride(1), k_b.stride(0), k_b.stride(1),
-        smb, lse.stride(0), pd.stride(0), pd.stride(1), scale2, HAS_MASK=key_mask is not None,
-        BM=bl.bm, BN=bl.bn, BK=bl.bk, PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages,
+    BoundKernel(_diag_probs_kernel, streams, HAS_MASK=has_mask, BM=bl.bm, BN=bl.bn, BK=bl.bk, PREC=bl.prec,
+                num_warps=bl.warps, num_stages=bl.stages)(
+        (L // bl.bm, L // bl.bn, B * n_chunks), q_b, k_b, km, lse, pd, T, D, L, n_chunks, qs[0], qs[1], ks[0],
+        ks[1], smb, lse.stride(0), ws[0], ws[1], scale2,
     )
     y = torch.empty_like(w) if L > bl.C else None
     size = bl.C
     while size < L:  # blocks of `size` rows are complete: join neighbouring pairs
         bm = min(size, 64)
         n_tiles = size // bm
-        grid = (n_tiles * n_tiles, triton.cdiv(triton.cdiv(L, size), 2), B * n_chunks)
+        grid = (n_tiles * n_tiles, cdiv(cdiv(L, size), 2), B * n_chunks)
         for second, a, b, out in ((False, pd, w, y), (True, w, y, w)):
-            _wlevel_kernel[grid](
-                a, b, gamma, out, T, L, size, n_tiles, w.stride(0), w.stride(1), gamma.stride(0),
-                gamma.stride(1), SECOND=second, BM=bm, INV_PREC=bl.inv_prec, num_warps=4,
+            BoundKernel(_wlevel_kernel, streams, SECOND=second, BM=bm, INV_PREC=bl.inv_prec, num_warps=4)(
+                grid, a, b, gamma, out, T, L, size, n_tiles, ws[0], ws[1], gs[0], gs[1],
             )
         size *= 2
     del pd, y
@@ -227,23 +232,32 @@ def build_w(
     return w, None
 
 
-def apply_w(w, A, L_eff, x, out, out_op, bl: Blocks, *, x2=None, x_row0=0, trans=False, delta=None, s=None,
-            f=None) -> None:
-    """out[:, A:A+L_eff] = W_chunk x (or W_chunk^T (x + x2)); also the bf16 copy and the Delta partials.
-    w: the pair returned by build_w."""
+def w_applier(w, x, out, out_op, bl: Blocks, streams: Streams, *, x2=None, trans=False, delta=None, s=None,
+              f=None) -> Callable[[int, int], None]:
+    """A launcher ``(A, L_eff) -> None`` of out[:, A:A+L_eff] = W_chunk x (x: the super-chunk's rows, local
+    row 0 = A), or with ``trans`` W_chunk^T (x + x2) (x, x2: full (B, T, D) tensors); it also writes the
+    operand copy out_op (unless it is out) and, with ``delta``, the Delta partials (from s and f).
+    w: the pair returned by build_w. Everything but the super-chunk is fixed here, once per solve."""
     B, T, D = out.shape
-    wc = w[0][:, A // bl.L]
-    wlo = wc if w[1] is None else w[1][:, A // bl.L]
-    nd = triton.cdiv(D, bl.bd_w)
-    assert x2 is None or x2.stride() == x.stride()
+    w_hi = w[0]
+    w_lo = w_hi if w[1] is None else w[1]
+    assert w_lo.stride() == w_hi.stride() and (x2 is None or x2.stride() == x.stride())
     if delta is not None:
-        assert delta.shape[-1] == nd and s.stride() == out.stride() and f.stride() == out.stride()
-    _wapply_kernel[(triton.cdiv(L_eff, bl.bm_w), nd, B)](
-        wc, wlo, x, x if x2 is None else x2, out, out_op, out if s is None else s, out if f is None else f,
-        out if delta is None else delta, A, T, D, L_eff, x_row0, wc.stride(0), wc.stride(1), x.stride(0),
-        x.stride(1), out.stride(0), out.stride(1), out_op.stride(0), out_op.stride(1),
-        0 if delta is None else delta.stride(0), TRANS=trans, HAS_X2=x2 is not None,
-        STORE_OP=out_op is not out, DELTA=delta is not None, SPLIT=w[1] is not None, BM=bl.bm_w, BN=bl.bd_w,
-        INV_PREC=bl.inv_prec,
-        num_warps=bl.warps_w, num_stages=min(bl.stages, 3),
+        assert s.stride() == out.stride() and f.stride() == out.stride()
+    nd = cdiv(D, bl.bd_w)
+    kern = BoundKernel(
+        _wapply_kernel, streams, TRANS=trans, HAS_X2=x2 is not None, STORE_OP=out_op is not out,
+        DELTA=delta is not None, SPLIT=w[1] is not None, BM=bl.bm_w, BN=bl.bd_w, BK=bl.bk_w,
+        INV_PREC=bl.inv_prec, num_warps=bl.warps_w, num_stages=bl.stages_w,
     )
+    tensors = (w_hi, w_lo, x, x if x2 is None else x2, out, out_op, out if s is None else s,
+               out if f is None else f, out if delta is None else delta)
+    ws, xs, os_, ps = w_hi.stride(), x.stride(), out.stride(), out_op.stride()
+    strides = (ws[0], ws[1], ws[2], xs[0], xs[1], os_[0], os_[1], ps[0], ps[1],
+               0 if delta is None else delta.stride(0))
+    L, bm = bl.L, bl.bm_w
+
+    def launch(A: int, L_eff: int) -> None:
+        kern((cdiv(L_eff, bm), nd, B), *tensors, A, T, D, L_eff, A if trans else 0, A // L, *strides)
+
+    return launch

@@ -1,0 +1,154 @@
+"""Kernel launches with less host time than ``kernel[grid](...)``, and the streams of one solve.
+
+The solve makes ~100 launches per forward + backward at T = 16K (L = 1024). Through Triton's JIT entry
+each took ~27 us of host time on an H100 host (it re-derives the specialisation of ~30 arguments and a cache
+key every time); with our own Python around them the host needed ~10 ms per forward + backward against
+~8.3 ms of GPU work, so the GPU waited for launches.
+
+:class:`BoundKernel` keeps the compiled kernels it has launched, keyed by the device, the constexprs and
+launch options, and the specialisation Triton derives from each argument (tensor: dtype and 16-byte
+alignment; int: == 1, divisible by 16, 32- or 64-bit; float: none). A launch whose key it knows goes
+straight to the compiled kernel's C launcher (~7 us); an unknown key goes through the JIT entry once (which
+compiles if needed) and is remembered. The JIT entry is always used under ``TRITON_INTERPRET=1``, while a
+Triton launch hook is set (profilers), for argument types other than tensor / int / float, and when
+``SESSA_TRITON_FAST_LAUNCH=0``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+try:  # Triton >= 3.4 keeps its launch hooks here; older versions take the JIT entry only
+    from triton import knobs as _knobs
+except ImportError:  # pragma: no cover - depends on the installed Triton
+    _knobs = None
+
+_COMPILED: dict[tuple, dict[tuple, tuple]] = {}  # (kernel, consts, device) -> {arg key: launch data}
+LAUNCHES = {"direct": 0, "jit": 0}  # counts of launches by path (for diagnostics)
+
+
+def _fast_enabled(device: torch.device) -> bool:
+    return (
+        device.type == "cuda"
+        and _knobs is not None
+        and os.environ.get("TRITON_INTERPRET", "0") != "1"
+        and os.environ.get("SESSA_TRITON_FAST_LAUNCH", "1") != "0"
+    )
+
+
+def _no_launch_hooks() -> bool:
+    """No launch hook is set (Triton >= 3.5 keeps an always-present, possibly empty, chain of hooks)."""
+    hook = _knobs.runtime.launch_enter_hook
+    return hook is None or getattr(hook, "calls", None) == []
+
+
+def _unknown(arg: Any):
+    raise TypeError(type(arg).__name__)
+
+
+def _arg_key(args: tuple) -> tuple | None:
+    """The specialisation-relevant part of the arguments (None: an argument type this module does not
+    model, so the JIT entry decides). An int is keyed by its divisibility by 16 when it is a 32-bit value
+    other than 1 (the common case), else by (== 1, unsigned 64-bit, divisibility); a tensor by (dtype,
+    16-byte aligned)."""
+    try:
+        return tuple([
+            (a % 16 == 0 if a != 1 and -2147483648 <= a <= 2147483647 else (a == 1, a >= 2**63, a % 16 == 0))
+            if type(a) is int
+            else None if type(a) is float
+            else (a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor)
+            else _unknown(a)
+            for a in args
+        ])
+    except TypeError:
+        return None
+
+
+class Streams:
+    """The current stream of the solve's device and (``side=True``) a second stream for independent
+    launches, with their raw handles for the fast path; on CPU (interpreter) both are None."""
+
+    def __init__(self, device: torch.device, side: bool = False):
+        self.cuda = device.type == "cuda"
+        self.main = torch.cuda.current_stream(device) if self.cuda else None
+        self.side = torch.cuda.Stream(device) if self.cuda and side else None
+        self.device_index = self.main.device_index if self.cuda else -1
+        # raw handles, indexed by `side`
+        self.handle = [s.cuda_stream if s is not None else 0 for s in (self.main, self.side)]
+        # recycled events: a wait takes an event's state when it is queued, so re-recording later is safe
+        self._fork_event = torch.cuda.Event() if self.side is not None else None
+        self._ring = [torch.cuda.Event() for _ in range(4)] if self.side is not None else []
+        self._n_recorded = 0
+
+    def fork(self) -> None:
+        """The side stream waits for everything queued on the main stream so far."""
+        if self.side is not None:
+            self._fork_event.record(self.main)
+            self.side.wait_event(self._fork_event)
+
+    def side_event(self) -> torch.cuda.Event | None:
+        """An event marking the work queued on the side stream so far; it stays valid until three more
+        calls (the events are recycled from a ring of four)."""
+        if self.side is None:
+            return None
+        ev = self._ring[self._n_recorded % len(self._ring)]
+        self._n_recorded += 1
+        ev.record(self.side)
+        return ev
+
+    def join(self, ev: torch.cuda.Event | None = None) -> None:
+        """The main stream waits for ``ev`` (or for all the side stream's work)."""
+        if self.side is not None:
+            self.main.wait_event(ev if ev is not None else self.side_event())
+
+
+class BoundKernel:
+    """A ``@triton.jit`` kernel with its constexprs and launch options fixed (``num_warps``,
+    ``num_stages``): ``bound(grid, *args, side=False)`` launches it on the main stream of ``streams``
+    (or its side stream). ``args``: the kernel's non-constexpr parameters, in order."""
+
+    def __init__(self, kernel: Any, streams: Streams, **consts: Any):
+        self.kernel, self.streams = kernel, streams
+        self.consts = consts
+        self.fast = streams.cuda and _fast_enabled(streams.main.device)
+        if self.fast:
+            ck = (kernel, tuple(sorted(consts.items())), streams.device_index)
+            self._cache = _COMPILED.setdefault(ck, {})
+            names = kernel.arg_names
+            self._tail_names = [n for n in names if n in consts]  # constexprs, in signature order
+            self._n_args = len(names) - len(self._tail_names)
+
+    def __call__(self, grid: tuple[int, ...], *args: Any, side: bool = False) -> None:
+        key = _arg_key(args) if self.fast and _no_launch_hooks() else None
+        hit = self._cache.get(key) if key is not None else None
+        if hit is None:
+            LAUNCHES["jit"] += 1
+            stream = self.streams.side if side else self.streams.main
+            with torch.cuda.stream(stream) if stream is not None else _Null():
+                compiled = self.kernel[grid](*args, **self.consts)
+            if key is not None and len(args) == self._n_args and hasattr(compiled, "packed_metadata"):
+                run = compiled.run  # loads the binary on first use
+                tail = tuple(self.consts[n] for n in self._tail_names)
+                self._cache[key] = (run, compiled.function, compiled.packed_metadata, tail)
+            return
+        LAUNCHES["direct"] += 1
+        run, function, metadata, tail = hit
+        g = (*grid, 1, 1)
+        run(g[0], g[1], g[2], self.streams.handle[side], function, metadata, None, None, None, *args, *tail)
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def on_device(x: torch.Tensor):
+    """A context making x's CUDA device the current one (Triton launches on the current device); a no-op
+    context on CPU."""
+    return torch.cuda.device(x.device) if x.is_cuda else _Null()

@@ -1,0 +1,65 @@
+"""The launch helpers of the Triton solve: the specialisation key of the fast path, the fallback, streams."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from sessa.ops.feedback.triton_launch import Streams, _arg_key, _fast_enabled  # noqa: E402
+
+
+def test_arg_key_separates_every_specialisation_triton_makes():
+    base = torch.zeros(64)
+    # ints: == 1, divisible by 16, 32- vs 64-bit; floats: none
+    keys = {_arg_key((v,)) for v in (1, 16, 17, 2**31, 2**31 + 1)}
+    assert len(keys) == 5
+    assert _arg_key((32,)) == _arg_key((48,)) and _arg_key((3,)) == _arg_key((5,))
+    assert _arg_key((2**63,)) != _arg_key((2**62,))  # Triton: u64 vs i64
+    assert _arg_key((0.5,)) == _arg_key((2.0,))
+    # tensors: dtype and 16-byte alignment (a view 1 fp32 element in is not aligned; 4 elements in is)
+    assert _arg_key((base,)) != _arg_key((base[1:],))
+    assert _arg_key((base,)) == _arg_key((base[4:],))
+    assert _arg_key((base,)) != _arg_key((base.double(),))
+    # an int and a tensor in the same slot never share a key
+    assert _arg_key((16,)) != _arg_key((base,))
+
+
+def test_arg_key_declines_unknown_argument_types():
+    assert _arg_key((torch.zeros(2), None)) is None
+    assert _arg_key((True,)) is None  # bool: Triton gives it its own type, so the JIT entry decides
+    assert _arg_key(("x",)) is None
+
+
+def test_fast_path_off_without_cuda_or_when_disabled(monkeypatch):
+    assert not _fast_enabled(torch.device("cpu"))
+    monkeypatch.setenv("SESSA_TRITON_FAST_LAUNCH", "0")
+    assert not _fast_enabled(torch.device("cuda"))
+
+
+def test_cpu_streams_are_no_ops():
+    st = Streams(torch.device("cpu"), side=True)
+    assert st.side is None and st.side_event() is None
+    st.fork()
+    st.join()
+
+
+def test_launch_hooks_send_launches_through_the_jit_entry():
+    from triton import knobs
+
+    from sessa.ops.feedback.triton_launch import _no_launch_hooks
+
+    hook = knobs.runtime.launch_enter_hook
+    assert _no_launch_hooks()
+    try:
+        if hasattr(hook, "add"):
+            hook.add(print)
+        else:
+            knobs.runtime.launch_enter_hook = print
+        assert not _no_launch_hooks()
+    finally:
+        if hasattr(hook, "remove"):
+            hook.remove(print)
+        knobs.runtime.launch_enter_hook = hook
+    assert _no_launch_hooks()
