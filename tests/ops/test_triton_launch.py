@@ -38,6 +38,19 @@ def test_fast_path_off_without_cuda_or_when_disabled(monkeypatch):
     assert not _fast_enabled(torch.device("cuda"))
 
 
+def test_dense_gives_row_major_strides_without_copying_values():
+    from sessa.ops.feedback.triton_common import dense
+
+    packed = torch.arange(2 * 10 * 4, dtype=torch.float32).reshape(1, 20, 4)
+    view = packed[:, 5:15]  # contiguous, but its batch stride is the packed tensor's
+    assert view.is_contiguous() and view.stride() == (80, 4, 1)
+    out = dense(view)
+    assert out.stride() == (40, 4, 1) and out.data_ptr() == view.data_ptr()
+    assert torch.equal(out, view)
+    strided = packed.transpose(1, 2)  # not contiguous: copied
+    assert dense(strided).stride() == (80, 20, 1) and torch.equal(dense(strided), strided)
+
+
 def test_cpu_streams_are_no_ops():
     st = Streams(torch.device("cpu"), side=True)
     assert st.side is None and st.side_event() is None

@@ -2,7 +2,8 @@
 
 Layers: ``triton_fwd`` / ``triton_bwd`` / ``triton_tril`` (intra-chunk inverses) hold the ``@triton.jit``
 kernels and their launchers (``forward_fixed`` / ``backward_fixed``: allocation, grids; shape checks are
-done here), ``triton_common`` the tile configuration and shared helpers; ``FeedbackSolveTriton``
+done here), ``triton_common`` the tile configuration and shared helpers, ``triton_launch`` the low-overhead
+kernel launches and the streams; ``FeedbackSolveTriton``
 is the ``torch.autograd.Function``; :func:`feedback_solve_triton` is what ``feedback_solve(backend="triton")``
 calls. Importing this module makes no CUDA call. Under ``TRITON_INTERPRET=1`` the kernels also run on CPU
 tensors (slowly; used by the tests).
