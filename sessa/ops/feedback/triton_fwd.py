@@ -181,7 +181,7 @@ def step_launcher(q_b, k_b, gamma, f, key_mask, lse, s_op, rhs, pbuf, bl: Blocks
     outputs = (s_op, f, gamma, rhs)
     qs, ks, os_, fs, gs, rs = (x.stride() for x in (q_b, k_b, s_op, f, gamma, rhs))
     strides_in = (qs[0], qs[1], ks[0], ks[1], smb, lse.stride(0))
-    strides_out = (os_[0], os_[1], fs[0], fs[1], gs[0], gs[1], rs[0], rs[1], LOG2E / math.sqrt(D))
+    strides_out = (os_[0], os_[1], fs[0], fs[1], gs[0], gs[1], rs[0], rs[1], LOG2E / math.sqrt(D))  # + scale
     n_d = cdiv(D, bl.bd)
     ps = pbuf[0].stride()
     assert all(x.stride() == ps for x in pbuf)
