@@ -16,6 +16,7 @@ Triton launch hook is set (profilers), for argument types other than tensor / in
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -127,7 +128,7 @@ class BoundKernel:
         if hit is None:
             LAUNCHES["jit"] += 1
             stream = self.streams.side if side else self.streams.main
-            with torch.cuda.stream(stream) if stream is not None else _Null():
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
                 compiled = self.kernel[grid](*args, **self.consts)
             if key is not None and len(args) == self._n_args and hasattr(compiled, "packed_metadata"):
                 run = compiled.run  # loads the binary on first use
@@ -140,15 +141,7 @@ class BoundKernel:
         run(g[0], g[1], g[2], self.streams.handle[side], function, metadata, None, None, None, *args, *tail)
 
 
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def on_device(x: torch.Tensor):
     """A context making x's CUDA device the current one (Triton launches on the current device); a no-op
     context on CPU."""
-    return torch.cuda.device(x.device) if x.is_cuda else _Null()
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
