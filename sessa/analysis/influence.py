@@ -179,7 +179,7 @@ def routing_influence(
     for name, mixer, bar_a in collect_mixer_inputs(as_stack(model), x):
         with torch.no_grad():
             if isinstance(mixer, SessaMixer) and mixer.use_feedback and view == "column":
-                q_b, k_b, gamma = mixer._feedback_inputs(bar_a)
+                q_b, k_b, gamma = mixer.feedback_inputs(bar_a)
                 profile = sessa_routing(q_b, k_b, gamma, columns=[anchor])[:, anchor:, 0]
             else:
                 profile = lag_profile(mixer_operator(mixer, bar_a).routing, view, anchor)

@@ -77,7 +77,7 @@ def _heads_readout(out_proj: nn.Module, dtype: torch.dtype) -> Callable[[torch.T
 def attention_operator(mixer: AttentionMixer, x: torch.Tensor) -> MixerOperator:
     """AttentionMixer on x: (B, T, D): W_h = alpha_fwd,h, values = v per query head."""
     check_input(x, mixer.d_model)
-    q, k, v = mixer._qkv(x, start=0)
+    q, k, v = mixer.qkv(x, start=0)
     alpha = attention_weights(q, k)
     values = v.repeat_interleave(mixer.n_heads // mixer.n_kv_heads, dim=2)
     return MixerOperator("attention", alpha, values, _heads_readout(mixer.out_proj, x.dtype), alpha)
@@ -129,11 +129,11 @@ def sessa_routing(
 def sessa_operator(mixer: SessaMixer, x: torch.Tensor, method: str = "solve") -> MixerOperator:
     """SessaMixer on x: (B, T, D): W_h = (I - B_fb)^{-1} alpha_fwd,h, values = v per query head."""
     check_input(x, mixer.D)
-    q, k, v = mixer._qkv(x, 0)
+    q, k, v = mixer.qkv(x, 0)
     alpha = attention_weights(q, k)
     B, T = x.shape[:2]
     if mixer.use_feedback:
-        q_b, k_b, gamma = mixer._feedback_inputs(x)
+        q_b, k_b, gamma = mixer.feedback_inputs(x)
         routing = sessa_routing(q_b, k_b, gamma, method=method).to(alpha.dtype)
     else:
         routing = torch.eye(T, dtype=alpha.dtype, device=x.device).expand(B, T, T)

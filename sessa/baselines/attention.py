@@ -84,7 +84,7 @@ class AttentionMixer(nn.Module):
         check_input(x, self.d_model)
         B, T, _ = x.shape
         mask = key_mask(attention_mask, B, T)
-        q, k, v = self._qkv(x, start=0)
+        q, k, v = self.qkv(x, start=0)
         out = causal_attention(q, k, v, key_mask=mask, backend=self.backend)
         return self.out_proj(out.reshape(B, T, self.d_model))
 
@@ -115,7 +115,7 @@ class AttentionMixer(nn.Module):
         if end > max_len:
             raise ValueError(f"state is full: {t} tokens cached + {T_new} new > max_len={max_len}")
         mask = self._update_key_mask(state, key_mask(attention_mask, B, end), t, end)
-        q, k, v = self._qkv(x, start=t)
+        q, k, v = self.qkv(x, start=t)
         state["k"][:, t:end] = k
         state["v"][:, t:end] = v
         out = causal_attention(
@@ -141,7 +141,7 @@ class AttentionMixer(nn.Module):
             state["key_mask"][:, :end] = mask
         return state["key_mask"][:, :end]
 
-    def _qkv(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def qkv(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Project x (B, T, D) to q (B, T, H, hd) and k, v (B, T, Hkv, hd); RoPE at positions start.."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)

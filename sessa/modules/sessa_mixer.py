@@ -100,7 +100,8 @@ class SessaMixer(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- pieces shared by the parallel and the incremental paths ------------------------------------
-    def _qkv(self, a: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def qkv(self, a: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward-branch q (B, T, H, hd), k, v (B, T, Hkv, hd) of a: (B, T, D) at positions start.., after RoPE."""
         B, T, _ = a.shape
         q = self.q_proj(a).view(B, T, self.n_heads, self.head_dim)
         k = self.k_proj(a).view(B, T, self.n_kv_heads, self.head_dim)
@@ -118,7 +119,8 @@ class SessaMixer(nn.Module):
         f = causal_attention(q, k, v, key_mask=mask, backend=self.attention_backend)
         return self.out_proj(f.reshape(q.shape[0], q.shape[1], self.D))
 
-    def _feedback_inputs(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def feedback_inputs(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Feedback q_b, k_b (B, T, D) and gain gamma (B, T, 1) of a: (B, T, D) (needs use_feedback)."""
         q_b, k_b = self.proj_fb(a).split(self.D, dim=-1)
         gamma = self.gamma_max * torch.tanh(self.gamma_bias + self.gamma_ctx(a))  # (B, T, 1)
         return q_b, k_b, gamma
@@ -128,10 +130,10 @@ class SessaMixer(nn.Module):
         """bar_a: (B, T, D) -> s: (B, T, D). attention_mask: optional (B, T), 0 marks (left) padding."""
         check_input(bar_a, self.D, "bar_a")
         mask = _as_key_mask(attention_mask, bar_a.shape[:2], bar_a.device)
-        f = self._attend(*self._qkv(bar_a, 0), mask)
+        f = self._attend(*self.qkv(bar_a, 0), mask)
         if not self.use_feedback:
             return f
-        q_b, k_b, gamma = self._feedback_inputs(bar_a)
+        q_b, k_b, gamma = self.feedback_inputs(bar_a)
         return feedback_solve(
             q_b, k_b, gamma, f, backend=self.feedback_backend, chunk_size=self.chunk_size, key_mask=mask
         )
@@ -197,13 +199,13 @@ class SessaMixer(nn.Module):
         if t + n > capacity:
             raise ValueError(f"cache is full: {t} cached + {n} new tokens > max_len {capacity}")
         mask = _update_mask(cache, attention_mask, B, t, n, bar_a.device)
-        q, k, v = self._qkv(bar_a, t)
+        q, k, v = self.qkv(bar_a, t)
         cache["k_f"][:, t : t + n] = k.to(cache["k_f"].dtype)
         cache["v_f"][:, t : t + n] = v.to(cache["v_f"].dtype)
         keys, values = cache["k_f"][:, : t + n].to(q.dtype), cache["v_f"][:, : t + n].to(q.dtype)
         f = self._attend(q, keys, values, mask)
         if self.use_feedback:
-            q_b, k_b, gamma = self._feedback_inputs(bar_a)
+            q_b, k_b, gamma = self.feedback_inputs(bar_a)
             cache["k_b"][:, t : t + n] = k_b.to(cache["k_b"].dtype)
             k_all = cache["k_b"][:, : t + n].to(k_b.dtype)
             f = feedback_continue(q_b, k_all, gamma, f, cache["s"][:, :t], key_mask=mask)

@@ -203,14 +203,14 @@ def test_gamma_near_gamma_max_finite_at_T4096(sign):
 def test_rope_angles_in_float32_for_bf16():
     torch.manual_seed(0)
     layer = SessaLayer(32, n_heads=2)
-    q32, k32, _ = layer.mixer._qkv(torch.randn(1, 4, 32), 5000)
+    q32, k32, _ = layer.mixer.qkv(torch.randn(1, 4, 32), 5000)
     layer_bf = SessaLayer(32, n_heads=2)
     layer_bf.load_state_dict(layer.state_dict())
     layer_bf = layer_bf.bfloat16()
     torch.manual_seed(0)
     a = torch.randn(1, 4, 32)
-    q32, _, _ = layer.mixer._qkv(a, 5000)
-    qbf, _, _ = layer_bf.mixer._qkv(a.bfloat16(), 5000)
+    q32, _, _ = layer.mixer.qkv(a, 5000)
+    qbf, _, _ = layer_bf.mixer.qkv(a.bfloat16(), 5000)
     # bf16 angles at position 5000 would be off by up to 16 rad; float32 angles keep bf16-level error only.
     assert (qbf.float() - q32).abs().max() < 0.1 * q32.abs().max()
 
