@@ -101,7 +101,7 @@ class SessaMixer(nn.Module):
 
     # -- pieces shared by the parallel and the incremental paths ------------------------------------
     def qkv(self, a: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Forward-branch q (B, T, H, hd), k, v (B, T, Hkv, hd) of a: (B, T, D) at positions start.., after RoPE."""
+        """q (B, T, H, hd), k, v (B, T, Hkv, hd) of a: (B, T, D) at positions start.. (RoPE applied)."""
         B, T, _ = a.shape
         q = self.q_proj(a).view(B, T, self.n_heads, self.head_dim)
         k = self.k_proj(a).view(B, T, self.n_kv_heads, self.head_dim)
