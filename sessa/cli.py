@@ -48,25 +48,31 @@ def parse_kv(items: list[str] | None, what: str) -> dict[str, Any]:
 
 
 def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: set[str]) -> None:
-    """One --option per dataclass field, typed from the annotation, defaulting to the dataclass default."""
+    """One --option per dataclass field, typed from the annotation; the help shows the dataclass default.
+
+    Options the user does not give are absent from the parsed namespace (``argparse.SUPPRESS``), so a
+    command can tell explicit options from defaults (``sessa train --config run.json --lr 1e-4``)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
-        kind = hints[f.name]
+        kind = _unwrap_optional(hints[f.name])
+        common = {"default": argparse.SUPPRESS, "help": f"(default: {default})"}
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
         elif typing.get_origin(kind) is tuple:
-            parser.add_argument(flag, type=float, nargs=2, default=default)
+            parser.add_argument(flag, type=float, nargs=2, **common)
         else:
-            parser.add_argument(
-                flag,
-                type=kind if kind in (int, float, str) else str,
-                default=default,
-                choices=CHOICES.get(f.name),
-            )
+            kind = kind if kind in (int, float, str) else str
+            parser.add_argument(flag, type=kind, choices=CHOICES.get(f.name), **common)
+
+
+def _unwrap_optional(kind: Any) -> Any:
+    """``float | None`` -> float; anything else unchanged."""
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    return args[0] if len(args) == 1 and type(None) in typing.get_args(kind) else kind
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,6 +123,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--resume", action="store_true", help="continue exactly from the latest checkpoint in --out-dir"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the run files in a non-empty --out-dir"
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read every training option from a JSON file (a run's config.json); options given here win",
+    )
+
+    p = sub.add_parser(
+        "sweep", help="pick each model's learning rate on validation data; test mean ± std over seeds"
+    )
+    p.add_argument("--task", default="mqar", help="task name (default: mqar)")
+    p.add_argument("--models", nargs="+", default=None, choices=MODELS, metavar="MODEL",
+                   help=f"default: sessa attention mamba2 sessa_nofb; valid: {', '.join(MODELS)}")
+    p.add_argument("--lrs", nargs="+", type=float, default=None,
+                   help="peak learning rates (default: 1e-4 2e-4 3e-4 5e-4 1e-3)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--suite", default="quick", choices=["quick", "paper"],
+                   help="where steps, batch size, warm-up and task options come from")
+    p.add_argument("--preset", default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--parallel", type=int, default=1,
+                   help="runs at a time, as subprocesses sharing the device (default 1: in this process)")
+    p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                   help="start no new run after this many seconds; unstarted runs are reported")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", default="auto", choices=AMP_CHOICES)
+    p.add_argument("--out-dir", default="runs/sweep")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="any other training option, repeatable"
     )
 
     p = sub.add_parser("eval", help="evaluate a checkpoint or Hugging Face directory on a task")
@@ -178,16 +217,63 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from sessa.train.sweep import DEFAULT_LRS, DEFAULT_MODELS, SweepConfig, sweep
+
+    cfg = SweepConfig(
+        task=args.task,
+        models=args.models or list(DEFAULT_MODELS),
+        lrs=args.lrs or list(DEFAULT_LRS),
+        seeds=args.seeds,
+        suite=args.suite,
+        preset=args.preset,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        device=args.device,
+        amp=args.amp,
+        parallel=args.parallel,
+        time_limit_s=args.time_limit,
+        out_dir=args.out_dir,
+        train_overrides=parse_kv(args.set, "--set"),
+    )
+    from sessa.tasks import get_task
+
+    get_task(cfg.task, **cfg.plan()[0].task_options)  # validate before the first long run
+    print("resolved configuration:\n" + json.dumps(dataclasses.asdict(cfg), indent=2))
+    sweep(cfg)
+    print(f"results: {Path(cfg.out_dir) / 'results.md'}, {Path(cfg.out_dir) / 'results.json'}")
+    return 0
+
+
+def train_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """TrainConfig fields: those of --config FILE, then every option given on the command line."""
+    fields: dict[str, Any] = {}
+    if args.config:
+        try:
+            fields = json.loads(Path(args.config).read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read --config {args.config}: {exc}") from exc
+        if not isinstance(fields, dict):
+            raise ValueError(f"--config {args.config} must hold a JSON object of training options")
+    given = [f.name for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)]
+    fields.update({name: getattr(args, name) for name in given})
+    for name, items, flag in (
+        ("task_options", args.task_option, "--task-option"),
+        ("model_options", args.model_option, "--model-option"),
+    ):
+        if items:
+            fields[name] = {**fields.get(name, {}), **parse_kv(items, flag)}
+    if "betas" in fields:
+        fields["betas"] = tuple(fields["betas"])
+    return fields
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from sessa.train.trainer import train
 
-    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
-    fields["task_options"] = parse_kv(args.task_option, "--task-option")
-    fields["model_options"] = parse_kv(args.model_option, "--model-option")
-    fields["betas"] = tuple(fields["betas"])
-    cfg = TrainConfig(**fields)
+    cfg = TrainConfig.from_dict(train_fields(args))
     print("resolved configuration:\n" + json.dumps(cfg.to_dict(), indent=2, default=str))
-    summary = train(cfg, resume=args.resume)
+    summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
     print(
         json.dumps(
             {
@@ -211,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         "compare": cmd_compare,
         "train": cmd_train,
+        "sweep": cmd_sweep,
         "eval": _lazy("cmd_eval"),
         "generate": _lazy("cmd_generate"),
     }

@@ -71,7 +71,8 @@ class ByteTokenizer:
 class Corpus:
     """Documents split into train and validation, with a fingerprint of exactly what is included.
 
-    train, valid: lists of (document id, raw bytes), in a fixed order (sorted by id for files)
+    train, valid, test: lists of (document id, raw bytes), in a fixed order (sorted by id for files); test
+    is empty unless a test fraction was asked for
     """
 
     name: str
@@ -79,10 +80,12 @@ class Corpus:
     valid: list[tuple[str, bytes]]
     fingerprint: str
     info: dict[str, object] = field(default_factory=dict)
+    test: list[tuple[str, bytes]] = field(default_factory=list)
 
     @property
     def n_bytes(self) -> dict[str, int]:
-        return {"train": sum(len(d) for _, d in self.train), "valid": sum(len(d) for _, d in self.valid)}
+        sizes = {"train": self.train, "valid": self.valid, **({"test": self.test} if self.test else {})}
+        return {name: sum(len(d) for _, d in docs) for name, docs in sizes.items()}
 
 
 def _hash_unit(key: str, salt: str) -> float:
@@ -101,16 +104,32 @@ def fingerprint(documents: Sequence[tuple[str, bytes]]) -> str:
     return h.hexdigest()
 
 
-def _check_fraction(valid_fraction: float) -> None:
+def _check_fraction(valid_fraction: float, test_fraction: float = 0.0) -> None:
     if not 0.0 < valid_fraction < 1.0:
         raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction!r}")
+    if not 0.0 <= test_fraction < 1.0 - valid_fraction:
+        raise ValueError(
+            f"test_fraction must be in [0, 1 - valid_fraction = {1 - valid_fraction:g}), "
+            f"got {test_fraction!r}"
+        )
+
+
+def _split_of(key: str, valid_fraction: float, test_fraction: float) -> str:
+    """"valid", "test" or "train" for a document, by a hash of its id (stable as documents come and go)."""
+    u = _hash_unit(key, "split")
+    return "valid" if u < valid_fraction else "test" if u < valid_fraction + test_fraction else "train"
 
 
 def _files_corpus(
-    name: str, root: Path, rel_paths: list[str], valid_fraction: float, max_bytes: int | None
+    name: str,
+    root: Path,
+    rel_paths: list[str],
+    valid_fraction: float,
+    max_bytes: int | None,
+    test_fraction: float = 0.0,
 ) -> Corpus:
     """Split files by a hash of their relative path, capping the total size; read only what is used."""
-    _check_fraction(valid_fraction)
+    _check_fraction(valid_fraction, test_fraction)
     if max_bytes is not None and max_bytes <= 0:
         raise ValueError(f"max_bytes must be None or > 0, got {max_bytes!r}")
     chosen = sorted(rel_paths)
@@ -122,24 +141,30 @@ def _files_corpus(
                 chosen.append(rel)
                 total += size
         chosen.sort()
-    if len(chosen) < 2:
+    need = 3 if test_fraction > 0 else 2
+    if len(chosen) < need:
         raise ValueError(
-            f"{name!r}: need at least 2 files to split by file, got {len(chosen)} (max_bytes={max_bytes!r})"
+            f"{name!r}: need at least {need} files to split by file, got {len(chosen)} "
+            f"(max_bytes={max_bytes!r})"
         )
-    is_valid = {rel: _hash_unit(rel, "split") < valid_fraction for rel in chosen}
-    if not any(is_valid.values()):  # keep both splits non-empty
-        is_valid[min(chosen, key=lambda r: _hash_unit(r, "split"))] = True
-    if all(is_valid.values()):
-        is_valid[max(chosen, key=lambda r: _hash_unit(r, "split"))] = False
+    split = {rel: _split_of(rel, valid_fraction, test_fraction) for rel in chosen}
+    by_hash = sorted(chosen, key=lambda r: _hash_unit(r, "split"))
+    for wanted, rel in (("valid", by_hash[0]), ("train", by_hash[-1])):  # keep the splits non-empty
+        if wanted not in split.values():
+            split[rel] = wanted
+    if test_fraction > 0 and "test" not in split.values():
+        split[by_hash[1]] = "test"
     docs = [(rel, (root / rel).read_bytes()) for rel in chosen]
-    train = [d for d in docs if not is_valid[d[0]]]
-    valid = [d for d in docs if is_valid[d[0]]]
-    info = {"root": str(root), "n_train_files": len(train), "n_valid_files": len(valid)}
-    return Corpus(name=name, train=train, valid=valid, fingerprint=fingerprint(docs), info=info)
+    parts = {name: [d for d in docs if split[d[0]] == name] for name in ("train", "valid", "test")}
+    info = {"root": str(root), **{f"n_{k}_files": len(v) for k, v in parts.items() if v}}
+    return Corpus(name, parts["train"], parts["valid"], fingerprint(docs), info, parts["test"])
 
 
 def stdlib_corpus(
-    max_bytes: int | None = 4_000_000, valid_fraction: float = 0.05, include_tests: bool = False
+    max_bytes: int | None = 4_000_000,
+    valid_fraction: float = 0.05,
+    include_tests: bool = False,
+    test_fraction: float = 0.0,
 ) -> Corpus:
     """The ``*.py`` files of this interpreter's standard library (no site-packages).
 
@@ -157,32 +182,38 @@ def stdlib_corpus(
             continue
         if path.is_file():
             rel_paths.append(path.relative_to(root).as_posix())
-    corpus = _files_corpus("stdlib", root, rel_paths, valid_fraction, max_bytes)
+    corpus = _files_corpus("stdlib", root, rel_paths, valid_fraction, max_bytes, test_fraction)
     corpus.info["python"] = sys.version.split()[0]
     return corpus
 
 
 def text_corpus(
-    path: str | Path, valid_fraction: float = 0.05, pattern: str = "*", max_bytes: int | None = None
+    path: str | Path,
+    valid_fraction: float = 0.05,
+    pattern: str = "*",
+    max_bytes: int | None = None,
+    test_fraction: float = 0.0,
 ) -> Corpus:
     """A local text file or folder as a corpus.
 
-    A file: its first ``max_bytes`` bytes, the last ``valid_fraction`` of them held out for validation.
-    A folder: files matching ``pattern`` anywhere below it (hidden ones skipped), split by file; needs 2+.
+    A file: its first ``max_bytes`` bytes, the last ``valid_fraction`` of them held out for validation
+    (and the ``test_fraction`` before those for test). A folder: files matching ``pattern`` anywhere below
+    it (hidden ones skipped), split by file; needs 2+ (3+ with a test split).
     """
     root = Path(path).expanduser()
     if not root.exists():
         raise ValueError(f"path {str(path)!r} does not exist")
     if root.is_file():
-        _check_fraction(valid_fraction)
+        _check_fraction(valid_fraction, test_fraction)
         data = root.read_bytes()[:max_bytes]
         if not data:
             raise ValueError(f"file {str(path)!r} is empty")
         cut = int(len(data) * (1 - valid_fraction))
-        train, valid = [(root.name, data[:cut])], [(f"{root.name}#tail", data[cut:])]
-        return Corpus(
-            root.name, train, valid, fingerprint([(root.name, data)]), {"root": str(root.resolve())}
-        )
+        cut_test = int(len(data) * (1 - valid_fraction - test_fraction))
+        train, valid = [(root.name, data[:cut_test])], [(f"{root.name}#tail", data[cut:])]
+        test = [(f"{root.name}#test", data[cut_test:cut])] if test_fraction > 0 else []
+        info = {"root": str(root.resolve())}
+        return Corpus(root.name, train, valid, fingerprint([(root.name, data)]), info, test)
     rel_paths = [
         p.relative_to(root).as_posix()
         for p in root.rglob(pattern)
@@ -190,7 +221,7 @@ def text_corpus(
     ]
     if not rel_paths:
         raise ValueError(f"folder {str(path)!r} has no file matching pattern {pattern!r}")
-    return _files_corpus(root.name, root.resolve(), rel_paths, valid_fraction, max_bytes)
+    return _files_corpus(root.name, root.resolve(), rel_paths, valid_fraction, max_bytes, test_fraction)
 
 
 def hf_corpus(
@@ -199,12 +230,13 @@ def hf_corpus(
     text_field: str = "text",
     max_bytes: int | None = 4_000_000,
     valid_fraction: float = 0.05,
+    test_fraction: float = 0.0,
 ) -> Corpus:
     """Rows of a Hugging Face dataset's "train" split as documents (needs ``datasets`` and the hub).
 
-    Rows are taken in order until ``max_bytes``; each row goes to validation by a hash of its index.
+    Rows are taken in order until ``max_bytes``; each row goes to validation (or test) by a hash of its index.
     """
-    _check_fraction(valid_fraction)
+    _check_fraction(valid_fraction, test_fraction)
     try:
         import datasets  # noqa: PLC0415  (optional dependency)
     except ImportError as err:
@@ -225,24 +257,28 @@ def hf_corpus(
             break
         docs.append((f"train/{i}", data))
         total += len(data)
-    train = [d for d in docs if _hash_unit(d[0], "split") >= valid_fraction]
-    valid = [d for d in docs if _hash_unit(d[0], "split") < valid_fraction]
+    parts = {k: [d for d in docs if _split_of(d[0], valid_fraction, test_fraction) == k]
+             for k in ("train", "valid", "test")}
     label = f"hf:{name}" + (f":{config}" if config else "")
-    return Corpus(
-        name=label, train=train, valid=valid, fingerprint=fingerprint(docs), info={"rows": len(docs)}
-    )
+    info = {"rows": len(docs)}
+    return Corpus(label, parts["train"], parts["valid"], fingerprint(docs), info, parts["test"])
 
 
 def load_corpus(
-    source: str, max_bytes: int | None, valid_fraction: float, include_tests: bool = False
+    source: str,
+    max_bytes: int | None,
+    valid_fraction: float,
+    include_tests: bool = False,
+    test_fraction: float = 0.0,
 ) -> Corpus:
     """``"stdlib"``, ``"hf:<name>"`` / ``"hf:<name>:<config>"``, or a local file or folder path."""
+    fractions = {"valid_fraction": valid_fraction, "test_fraction": test_fraction, "max_bytes": max_bytes}
     if source == "stdlib":
-        return stdlib_corpus(max_bytes=max_bytes, valid_fraction=valid_fraction, include_tests=include_tests)
+        return stdlib_corpus(include_tests=include_tests, **fractions)
     if source.startswith("hf:"):
         name, _, config = source[3:].partition(":")
-        return hf_corpus(name, config or None, max_bytes=max_bytes, valid_fraction=valid_fraction)
-    return text_corpus(source, valid_fraction=valid_fraction, max_bytes=max_bytes)
+        return hf_corpus(name, config or None, **fractions)
+    return text_corpus(source, **fractions)
 
 
 def byte_windows(documents: list[tuple[str, bytes]], seq_len: int) -> TaskSplit:
@@ -291,6 +327,7 @@ class ByteLMTask(TaskConfig):
     seq_len: int = 256  # tokens per window
     max_bytes: int | None = 4_000_000  # cap on the corpus size (None = everything)
     valid_fraction: float = 0.05  # share of files (or of a single file's tail) held out for validation
+    test_fraction: float = 0.05  # share held out for a test split (0: none); lrs are picked on valid
     include_tests: bool = False  # stdlib only: also use the test-suite folders
 
     def __post_init__(self) -> None:
@@ -300,15 +337,19 @@ class ByteLMTask(TaskConfig):
             raise ValueError(f"seq_len must be an int >= 1, got {self.seq_len!r}")
         if self.max_bytes is not None and (not isinstance(self.max_bytes, int) or self.max_bytes < 1):
             raise ValueError(f"max_bytes must be None or an int >= 1, got {self.max_bytes!r}")
-        _check_fraction(self.valid_fraction)
+        _check_fraction(self.valid_fraction, self.test_fraction)
 
     def _build(self, seed: int) -> TaskData:
-        corpus = load_corpus(self.corpus, self.max_bytes, self.valid_fraction, self.include_tests)
+        corpus = load_corpus(
+            self.corpus, self.max_bytes, self.valid_fraction, self.include_tests, self.test_fraction
+        )
         tok = ByteTokenizer()
         splits = {
             "train": byte_windows(corpus.train, self.seq_len),
             "valid": byte_windows(corpus.valid, self.seq_len),
         }
+        if corpus.test:
+            splits["test"] = byte_windows(corpus.test, self.seq_len)
         sizes = {f"{split}_bytes": n for split, n in corpus.n_bytes.items()}
         info = {"corpus": corpus.name, "fingerprint": corpus.fingerprint, **sizes, **corpus.info}
         return TaskData(

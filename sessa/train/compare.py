@@ -81,26 +81,55 @@ class CompareConfig:
             raise ValueError("tasks, models and seeds must each name at least one entry")
 
     def run_config(self, task: str, model: str, seed: int) -> TrainConfig:
-        preset, table = SUITES[self.suite]
-        settings = dict(table.get(task, {}))
-        fields = {
-            "task": task,
-            "model": model,
-            "seed": seed,
-            "preset": self.preset or preset,
-            "device": self.device,
-            "amp": self.amp,
-            "out_dir": str(Path(self.out_dir) / task / f"{model}-seed{seed}"),
-            "log_every": 100,
-            "eval_examples": 400,
-            **settings,
-            **self.train_overrides,
-        }
+        overrides = dict(self.train_overrides)
         for name in ("steps", "batch_size", "lr"):
             if getattr(self, name) is not None:
-                fields[name] = getattr(self, name)
-        fields.setdefault("eval_every", max(1, fields.get("steps", 200) // 5))
-        return TrainConfig(**fields)
+                overrides[name] = getattr(self, name)
+        return suite_run_config(
+            self.suite, task, model, seed, preset=self.preset, device=self.device, amp=self.amp,
+            out_dir=str(Path(self.out_dir) / task / f"{model}-seed{seed}"), overrides=overrides,
+        )
+
+
+def suite_run_config(
+    suite: str,
+    task: str,
+    model: str,
+    seed: int,
+    *,
+    preset: str | None,
+    device: str,
+    amp: str,
+    out_dir: str,
+    overrides: dict[str, Any],
+) -> TrainConfig:
+    """The TrainConfig of one run of a suite: the suite's settings for the task (its lr may be a per-model
+    table), then ``overrides`` (any TrainConfig field)."""
+    default_preset, table = SUITES[suite]
+    settings = dict(table.get(task, {}))
+    lr = settings.get("lr")
+    if isinstance(lr, dict):
+        if model not in lr and "lr" not in overrides:
+            raise ValueError(
+                f"the {suite!r} suite has no selected lr for model {model!r} on {task!r} (it has "
+                f"{sorted(lr)}); pass --lr"
+            )
+        settings["lr"] = lr.get(model)
+    fields = {
+        "task": task,
+        "model": model,
+        "seed": seed,
+        "preset": preset or default_preset,
+        "device": device,
+        "amp": amp,
+        "out_dir": out_dir,
+        "log_every": 100,
+        "eval_examples": 400,
+        **settings,
+        **overrides,
+    }
+    fields.setdefault("eval_every", max(1, fields.get("steps", 200) // 5))
+    return TrainConfig(**fields)
 
 
 def compare(cfg: CompareConfig, *, log=print) -> dict[str, Any]:  # noqa: ANN001
@@ -116,7 +145,7 @@ def compare(cfg: CompareConfig, *, log=print) -> dict[str, Any]:  # noqa: ANN001
                 run_cfg = cfg.run_config(task, model, seed)
                 log(f"== {task} | {model} | seed {seed} ==")
                 t0 = time.perf_counter()
-                summary = train(run_cfg)
+                summary = train(run_cfg, overwrite=True)
                 summary["wall_time_s"] = time.perf_counter() - t0
                 runs.append(summary)
     table = aggregate(runs)

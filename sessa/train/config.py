@@ -29,6 +29,7 @@ class TrainConfig:
     lr: float = 3e-3  # peak learning rate (AdamW)
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 20  # linear warm-up steps
+    warmup_fraction: float | None = None  # if set, warm-up = this fraction of `steps` (replaces warmup_steps)
     weight_decay: float = 0.1  # AdamW decay on matrices (not on biases, norms, embeddings' bias)
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0  # max global grad norm; 0 disables
@@ -38,6 +39,7 @@ class TrainConfig:
     ckpt_every: int = 0  # steps between checkpoints (0: only at the end)
     keep_ckpts: int = 2  # newest checkpoints kept
     log_every: int = 10
+    health: bool = True  # per-layer activation statistics every log step, with a divergence alarm
     seed: int = 0  # model init and data order
     data_seed: int = 0  # task generation
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
@@ -57,6 +59,8 @@ class TrainConfig:
         for name in ("eval_every", "ckpt_every", "warmup_steps", "keep_ckpts"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.warmup_fraction is not None and not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"warmup_fraction must be in [0, 1) or None, got {self.warmup_fraction!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -66,6 +70,13 @@ class TrainConfig:
                 f"grad_clip and weight_decay must be >= 0, got {self.grad_clip}, {self.weight_decay}"
             )
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+
+    @property
+    def warmup(self) -> int:
+        """Warm-up steps in effect: ``round(warmup_fraction * steps)`` when the fraction is set."""
+        if self.warmup_fraction is not None:
+            return round(self.warmup_fraction * self.steps)
+        return self.warmup_steps
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

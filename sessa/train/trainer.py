@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,9 @@ from sessa.train.build import build_model
 from sessa.train.config import TrainConfig
 from sessa.train.data import Batches
 from sessa.train.evaluate import autocast_for, evaluate, logits_of, primary_metric
+from sessa.train.health import HealthMonitor
+
+PROBE_ROWS, PROBE_LEN = 4, 1024  # the health monitor's fixed batch: first rows of the first eval split
 
 
 class TrainingDiverged(RuntimeError):
@@ -30,10 +34,12 @@ class TrainingDiverged(RuntimeError):
 
 
 def lr_lambda(cfg: TrainConfig):
+    warmup = cfg.warmup
+
     def factor(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, cfg.steps - warmup)
         cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine
 
@@ -60,7 +66,9 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
 class Trainer:
     """Builds everything from a TrainConfig; ``run()`` trains and returns the summary dict."""
 
-    def __init__(self, cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> None:
+    def __init__(
+        self, cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False
+    ) -> None:
         self.cfg, self.quiet = cfg, quiet
         self.out = Path(cfg.out_dir)
         self.dist = D.setup(cfg.distributed, cfg.device)
@@ -68,6 +76,7 @@ class Trainer:
         self.amp = amp_dtype(cfg, self.device)
         if self.dist.is_main:
             _check_writable(self.out)
+            _guard_out_dir(self.out, resume, overwrite)
         self.data: TaskData = get_task(cfg.task, **cfg.task_options).build(cfg.data_seed)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
@@ -88,6 +97,8 @@ class Trainer:
         )
         self.step, self.history, self.tokens_seen, self.train_time = 0, [], 0, 0.0
         self.eval_splits = [name for name in self.data.splits if name != "train"]
+        self.health = self._health_monitor() if cfg.health else None
+        self.last_health: dict[str, float] = {}
         if resume_from is not None:
             self._load_training_state(resume_from)
 
@@ -107,6 +118,8 @@ class Trainer:
         ckpt.set_rng_state(state["rng"])
         self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
         self.train_time, self.history = float(state["train_time"]), json.loads(state["history"])
+        if self.health is not None and state.get("health"):
+            self.health.load_state_dict(json.loads(state["health"]))
         self._log(f"resumed from {path} at step {self.step}")
 
     def _save(self) -> None:
@@ -121,6 +134,7 @@ class Trainer:
             "data": self.batches.state_dict(),
             "rng": ckpt.rng_state(),
             "history": json.dumps(self.history),
+            "health": json.dumps(self.health.state_dict() if self.health is not None else {}),
         }
         if self.dist.is_main:
             ckpt.save_checkpoint(
@@ -170,6 +184,30 @@ class Trainer:
         tokens = sum(x.numel() for x, _ in micro) * self.dist.world_size
         return mean_loss, tokens
 
+    # -- training health ------------------------------------------------------------------------------
+    def _health_monitor(self) -> HealthMonitor:
+        split = self.data.splits[self.eval_splits[0] if self.eval_splits else "train"]
+        rows = torch.arange(min(PROBE_ROWS, len(split)))
+        width = min(int(split.lengths[rows].max()), PROBE_LEN)
+        probe, lengths = split.inputs[rows, :width], split.lengths[rows].clamp(max=width)
+        return HealthMonitor(self.raw_model, probe, lengths, self.device, self.amp)
+
+    def _health_check(self, writer) -> None:  # noqa: ANN001
+        """Measure the health statistics (every rank: FSDP forwards are collective), log them, warn once."""
+        stats, warnings = self.health.check(self.step)
+        self.last_health = stats
+        rows = [{"step": self.step, "split": "health", "metric": k, "value": v} for k, v in stats.items()]
+        self._write_csv(rows)
+        for key, value in stats.items() if writer else ():
+            writer.add_scalar(f"health/{key}", value, self.step)
+        for w in warnings:
+            self._log(f"[warn] training health at step {w.step}: {w.message}")
+
+    @property
+    def status(self) -> str:
+        """"ok", or "unhealthy" once the health monitor raised an alarm (a NaN loss gives "diverged")."""
+        return "unhealthy" if self.health is not None and self.health.state.warnings else "ok"
+
     # -- evaluation and logging -----------------------------------------------------------------------
     def evaluate(self, limit: int | None) -> dict[str, dict[str, Any]]:
         return {
@@ -192,6 +230,10 @@ class Trainer:
 
     def _record(self, row: dict[str, Any]) -> None:
         self.history.append(row)
+        self._write_csv([row])
+
+    def _write_csv(self, rows: list[dict[str, Any]]) -> None:
+        """Append rows to metrics.csv (long format: training rows have a loss, eval/health rows a metric)."""
         if not self.dist.is_main:
             return
         path = self.out / "metrics.csv"
@@ -201,7 +243,7 @@ class Trainer:
             writer = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
             if new:
                 writer.writeheader()
-            writer.writerow(row)
+            writer.writerows(rows)
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -214,6 +256,22 @@ class Trainer:
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
             _truncate_metrics(self.out / "metrics.csv", self.step)
         writer = _tensorboard(self.out, cfg.tensorboard and self.dist.is_main, self._log)
+        try:
+            self._loop(writer)
+        except TrainingDiverged:
+            self._summary({}, status="diverged")
+            raise
+        final = self.evaluate(None)
+        self._periodic_eval(final, writer)
+        self._save()
+        if writer:
+            writer.close()
+        return self._summary(final, self.status)
+
+    def _loop(self, writer) -> None:  # noqa: ANN001
+        cfg = self.cfg
+        if self.health is not None and self.step == 0:
+            self._health_check(writer)  # the baseline the divergence alarm compares with
         window_tokens, window_time = 0, 0.0
         while self.step < cfg.steps:
             start = time.perf_counter()
@@ -233,17 +291,13 @@ class Trainer:
                 if writer:
                     writer.add_scalar("train/loss", loss, self.step)
                     writer.add_scalar("train/tokens_per_s", tps, self.step)
+                if self.health is not None:
+                    self._health_check(writer)
                 window_tokens, window_time = 0, 0.0
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                 self._periodic_eval(self.evaluate(cfg.eval_examples), writer)
             if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < cfg.steps:
                 self._save()
-        final = self.evaluate(None)
-        self._periodic_eval(final, writer)
-        self._save()
-        if writer:
-            writer.close()
-        return self._summary(final)
 
     def _periodic_eval(self, results: dict[str, dict[str, Any]], writer) -> None:  # noqa: ANN001
         for split, res in results.items():
@@ -253,9 +307,11 @@ class Trainer:
             if writer:
                 writer.add_scalar(f"eval/{split}/{name}", value, self.step)
 
-    def _summary(self, final: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def _summary(self, final: dict[str, dict[str, Any]], status: str) -> dict[str, Any]:
+        """The run's record (summary.json). status: "ok", "unhealthy" (health alarm) or "diverged" (NaN)."""
         summary = {
             "model": self.cfg.model,
+            "status": status,
             "task": self.cfg.task,
             "seed": self.cfg.seed,
             "params": self.n_params,
@@ -267,6 +323,10 @@ class Trainer:
             "final": final,
             "history": self.history,
             "task_info": {k: str(v) for k, v in self.data.info.items()},
+            "health": {
+                "warnings": self.health.state.warnings if self.health is not None else [],
+                "last": self.last_health,
+            },
             "config": self.cfg.to_dict(),
         }
         if self.dist.is_main:
@@ -277,8 +337,12 @@ class Trainer:
         D.teardown(self.dist)
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
-    trainer = Trainer(cfg, resume=resume, quiet=quiet)
+def train(
+    cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False
+) -> dict[str, Any]:
+    """Train one run. A non-empty ``cfg.out_dir`` needs ``resume`` (continue its latest checkpoint) or
+    ``overwrite`` (replace the run files it holds; other files are left alone)."""
+    trainer = Trainer(cfg, resume=resume, overwrite=overwrite, quiet=quiet)
     try:
         return trainer.run()
     finally:
@@ -293,6 +357,28 @@ def _check_writable(out: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise ValueError(f"output directory {out} is not writable: {exc}") from exc
+
+
+RUN_FILES = ("config.json", "metrics.csv", "summary.json", "checkpoints", "tensorboard")  # what a run owns
+
+
+def _guard_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Never replace an earlier run silently: a non-empty folder needs --resume or --overwrite."""
+    entries = sorted(p.name for p in out.iterdir() if not p.name.startswith(".write-test-"))
+    if not entries or resume:
+        return
+    if not overwrite:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise ValueError(
+            f"output directory {out} is not empty ({shown}): pass --resume to continue the run in it, "
+            "--overwrite to replace it, or choose another --out-dir"
+        )
+    for name in RUN_FILES:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

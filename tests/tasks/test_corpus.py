@@ -101,16 +101,20 @@ def test_single_text_file_holds_out_its_tail(tmp_path):
     corpus = text_corpus(path, valid_fraction=0.1)
     assert corpus.train[0][1] + corpus.valid[0][1] == path.read_bytes()
     assert len(corpus.valid[0][1]) == 1024
+    three = text_corpus(path, valid_fraction=0.1, test_fraction=0.2)
+    assert three.train[0][1] + three.test[0][1] + three.valid[0][1] == path.read_bytes()
+    assert len(three.test[0][1]) == 2048 and three.valid == corpus.valid
     with pytest.raises(ValueError, match="does not exist"):
         text_corpus(tmp_path / "missing.txt")
 
 
 def test_bytelm_windows_are_the_joined_stream_shifted(folder):
-    data = ByteLMTask(corpus=str(folder), seq_len=16, valid_fraction=0.2).build(seed=0)
+    data = ByteLMTask(corpus=str(folder), seq_len=16, valid_fraction=0.2, test_fraction=0.2).build(seed=0)
     assert data.metric == "bpb" and data.vocab_size == 259 and data.pad_id == 256
-    corpus = text_corpus(folder, valid_fraction=0.2)
+    corpus = text_corpus(folder, valid_fraction=0.2, test_fraction=0.2)
     assert data.info["fingerprint"] == corpus.fingerprint
-    for name, docs in (("train", corpus.train), ("valid", corpus.valid)):
+    assert corpus.test and not {d for d, _ in corpus.test} & {d for d, _ in corpus.train + corpus.valid}
+    for name, docs in (("train", corpus.train), ("valid", corpus.valid), ("test", corpus.test)):
         split = data.splits[name]
         stream = []
         for _, doc in docs:
@@ -126,7 +130,9 @@ def test_bytelm_windows_are_the_joined_stream_shifted(folder):
 
 def test_bytelm_default_corpus_via_registry():
     data = get_task("bytelm", max_bytes=200_000, seq_len=64).build(seed=0)
-    assert data.info["corpus"] == "stdlib" and data.info["train_bytes"] + data.info["valid_bytes"] <= 200_000
+    sizes = data.info["train_bytes"] + data.info["valid_bytes"] + data.info["test_bytes"]
+    assert data.info["corpus"] == "stdlib" and sizes <= 200_000
+    assert set(data.splits) == {"train", "valid", "test"}
     train = data.splits["train"]
     assert train.inputs.shape[1] == 64 and (train.targets != IGNORE_INDEX).float().mean() > 0.99
 
@@ -136,6 +142,8 @@ def test_bad_options_raise(tmp_path):
         ByteLMTask(seq_len=0)
     with pytest.raises(ValueError, match="valid_fraction"):
         ByteLMTask(valid_fraction=0.0)
+    with pytest.raises(ValueError, match="test_fraction"):
+        ByteLMTask(valid_fraction=0.5, test_fraction=0.5)
     with pytest.raises(ValueError, match="max_bytes"):
         ByteLMTask(max_bytes=0)
     with pytest.raises(ValueError, match="does not exist"):

@@ -1,0 +1,352 @@
+"""`sessa sweep`: pick each model's learning rate on validation data; report test as mean ± std over seeds.
+
+For one task, every (model, lr, seed) is a full `sessa train` run with the suite's settings (the same
+settings `sessa compare` uses). Each model's lr is the one with the best mean *validation* metric over
+seeds among the lrs whose runs all stayed healthy; its *test* metric (mean ± std over seeds) is reported.
+A run whose loss became NaN/inf ("diverged") or whose training-health alarm fired ("unhealthy",
+:mod:`sessa.train.health`) is reported as diverged and never selected.
+
+Runs go one after another in this process, or ``parallel`` at a time as subprocesses (small models are
+launch-bound, so several share one GPU well). A finished run (its summary.json, made with the same
+settings) is reused on a re-run, so an interrupted sweep continues where it stopped.
+
+Outputs in ``out_dir``: ``results.json`` (one row per run), ``results.md``, ``<task>_valid_vs_lr.png``
+and one folder per run (``<model>/lr<lr>-seed<seed>``) with its metrics.csv, summary.json and log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sessa.train.compare import SUITES, suite_run_config
+from sessa.train.config import MODELS, TrainConfig
+from sessa.train.evaluate import primary_metric
+
+DEFAULT_LRS = [1e-4, 2e-4, 3e-4, 5e-4, 1e-3]
+DEFAULT_MODELS = ["sessa", "attention", "mamba2", "sessa_nofb"]
+
+
+@dataclass
+class SweepConfig:
+    """What `sessa sweep` runs: models x lrs x seeds on one task, each a full training run."""
+
+    task: str = "mqar"  # a task of the suite (or any task, with the suite's defaults)
+    models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
+    lrs: list[float] = field(default_factory=lambda: list(DEFAULT_LRS))
+    seeds: list[int] = field(default_factory=lambda: [0])
+    suite: str = "quick"  # where steps, batch size, warm-up and task options come from
+    preset: str | None = None  # model preset; default from the suite
+    steps: int | None = None
+    batch_size: int | None = None
+    device: str = "auto"
+    amp: str = "auto"
+    parallel: int = 1  # runs at a time; > 1 runs each as a subprocess (they share the device)
+    time_limit_s: float | None = None  # start no new run after this many seconds (the rest: "skipped")
+    out_dir: str = "runs/sweep"
+    train_overrides: dict[str, Any] = field(default_factory=dict)  # any other TrainConfig field
+
+    def __post_init__(self) -> None:
+        if self.suite not in SUITES:
+            raise ValueError(f"suite must be one of {sorted(SUITES)}, got {self.suite!r}")
+        bad = [m for m in self.models if m not in MODELS]
+        if bad:
+            raise ValueError(f"unknown model(s) {bad}; valid models: {', '.join(MODELS)}")
+        if not self.models or not self.lrs or not self.seeds:
+            raise ValueError("models, lrs and seeds must each name at least one entry")
+        for lr in self.lrs:
+            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+                raise ValueError(f"every lr must be a finite number > 0, got {lr!r}")
+        if len(set(self.lrs)) != len(self.lrs) or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"lrs and seeds must not repeat, got lrs {self.lrs}, seeds {self.seeds}")
+        if isinstance(self.parallel, bool) or not isinstance(self.parallel, int) or self.parallel < 1:
+            raise ValueError(f"parallel must be an int >= 1, got {self.parallel!r}")
+        if self.time_limit_s is not None and not self.time_limit_s > 0:
+            raise ValueError(f"time_limit_s must be > 0 or None, got {self.time_limit_s!r}")
+        if "lr" in self.train_overrides or "seed" in self.train_overrides:
+            raise ValueError("lr and seed are swept: give them with --lrs / --seeds, not as overrides")
+
+    def run_config(self, model: str, lr: float, seed: int) -> TrainConfig:
+        out = Path(self.out_dir) / self.task / model / f"lr{lr:g}-seed{seed}"
+        overrides = {**self.train_overrides, "lr": lr}
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) is not None:
+                overrides[name] = getattr(self, name)
+        return suite_run_config(
+            self.suite, self.task, model, seed, preset=self.preset, device=self.device, amp=self.amp,
+            out_dir=str(out), overrides=overrides,
+        )
+
+    def plan(self) -> list[TrainConfig]:
+        """Every run, seeds outermost: with a time limit, the first seed of every (model, lr) comes first."""
+        return [self.run_config(m, lr, s) for s in self.seeds for m in self.models for lr in self.lrs]
+
+
+def sweep(cfg: SweepConfig, *, log=print) -> dict[str, Any]:  # noqa: ANN001
+    """Run (or reuse) every planned run, select each model's lr, write results.json/results.md/plot."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    plan = cfg.plan()
+    start = time.perf_counter()
+    summaries = _execute(plan, cfg, log)
+    runs = [run_row(c, summaries.get(c.out_dir)) for c in plan]
+    result = {
+        "config": dataclasses.asdict(cfg),
+        "runs": runs,
+        "selected": select(runs),
+        "total_wall_time_s": time.perf_counter() - start,
+    }
+    (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
+    markdown = render_markdown(result)
+    (out / "results.md").write_text(markdown)
+    plot = plot_valid_vs_lr(runs, out / f"{cfg.task}_valid_vs_lr.png")
+    log(markdown)
+    if plot:
+        log(f"plot: {plot}")
+    return result
+
+
+# -- running ------------------------------------------------------------------------------------------
+def finished_summary(run: TrainConfig) -> dict[str, Any] | None:
+    """The summary.json of a run already made with exactly these settings, else None."""
+    path = Path(run.out_dir) / "summary.json"
+    if not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    same = json.loads(json.dumps(summary.get("config"), default=str)) == json.loads(
+        json.dumps(run.to_dict(), default=str)
+    )
+    return summary if same else None
+
+
+def _execute(plan: list[TrainConfig], cfg: SweepConfig, log) -> dict[str, dict[str, Any] | None]:  # noqa: ANN001
+    results: dict[str, dict[str, Any] | None] = {}
+    todo = []
+    for run in plan:
+        summary = finished_summary(run)
+        if summary is not None:
+            results[run.out_dir] = summary
+        else:
+            todo.append(run)
+    if len(todo) < len(plan):
+        log(f"reusing {len(plan) - len(todo)} finished run(s) from {cfg.out_dir}")
+    deadline = None if cfg.time_limit_s is None else time.monotonic() + cfg.time_limit_s
+    if cfg.parallel == 1:
+        _run_inline(todo, results, deadline, log)
+    else:
+        _run_subprocesses(todo, results, cfg.parallel, deadline, log)
+    return results
+
+
+def _describe(run: TrainConfig) -> str:
+    return f"{run.task} {run.model} lr={run.lr:g} seed={run.seed}"
+
+
+def _run_inline(todo: list[TrainConfig], results: dict, deadline: float | None, log) -> None:  # noqa: ANN001
+    from sessa.train.trainer import TrainingDiverged, train
+
+    for i, run in enumerate(todo, 1):
+        if deadline is not None and time.monotonic() > deadline:
+            log(f"time limit reached: {len(todo) - i + 1} run(s) not started")
+            return
+        t0 = time.perf_counter()
+        try:
+            results[run.out_dir] = train(run, quiet=True)
+        except TrainingDiverged:
+            results[run.out_dir] = _read_summary(run)
+        log(f"[{i}/{len(todo)}] {_describe(run)}: {_outcome(results[run.out_dir])} "
+            f"({time.perf_counter() - t0:.0f} s)")
+
+
+def _run_subprocesses(  # noqa: ANN001
+    todo: list[TrainConfig], results: dict, parallel: int, deadline: float | None, log
+) -> None:
+    queue, running, done = list(todo), [], 0
+    while queue or running:
+        while queue and len(running) < parallel and (deadline is None or time.monotonic() < deadline):
+            run = queue.pop(0)
+            folder = Path(run.out_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            request = folder / "request.json"
+            request.write_text(json.dumps(run.to_dict(), indent=2, default=str))
+            with (folder / "log.txt").open("w") as fh:
+                cmd = [sys.executable, "-m", "sessa", "train", "--config", str(request), "--overwrite"]
+                proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+            running.append((proc, run, time.perf_counter()))
+        if queue and not running:  # the deadline passed with nothing in flight
+            log(f"time limit reached: {len(queue)} run(s) not started")
+            return
+        time.sleep(0.5)
+        for item in [r for r in running if r[0].poll() is not None]:
+            proc, run, t0 = item
+            running.remove(item)
+            done += 1
+            results[run.out_dir] = _read_summary(run)
+            log(f"[{done}/{len(todo)}] {_describe(run)}: {_outcome(results[run.out_dir])} "
+                f"({time.perf_counter() - t0:.0f} s, exit {proc.returncode})")
+
+
+def _read_summary(run: TrainConfig) -> dict[str, Any] | None:
+    path = Path(run.out_dir) / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _outcome(summary: dict[str, Any] | None) -> str:
+    if summary is None:
+        return "failed (no summary; see its log.txt)"
+    row = run_row(TrainConfig(**summary["config"]), summary)
+    if row["status"] == "diverged":
+        return "diverged (non-finite loss)"
+    return f"{row['status']}, valid {row['valid']:.4f}" + (
+        f", test {row['test']:.4f}" if row["test"] is not None else ""
+    )
+
+
+# -- selection and reporting --------------------------------------------------------------------------
+def run_row(run: TrainConfig, summary: dict[str, Any] | None) -> dict[str, Any]:
+    """One row of results.json: the run's settings, its valid/test metric and whether it diverged."""
+    row: dict[str, Any] = {
+        "task": run.task,
+        "model": run.model,
+        "seed": run.seed,
+        "lr": run.lr,
+        "warmup": run.warmup,
+        "steps": run.steps,
+        "batch_size": run.batch_size,
+        "out_dir": run.out_dir,
+    }
+    if summary is None:
+        return {**row, "status": "not run", "diverged": None, "params": None, "valid": None, "test": None}
+    final = summary.get("final") or {}
+    metrics = {}
+    for split in ("valid", "test"):
+        if split in final:
+            name, value, higher = primary_metric(summary["metric"], final[split])
+            metrics[split] = value
+            row.update(metric=name, higher_is_better=higher)
+    status = summary.get("status", "ok")
+    return {
+        **row,
+        "status": status,
+        "diverged": status != "ok",
+        "params": summary.get("params"),
+        "valid": metrics.get("valid"),
+        "test": metrics.get("test"),
+        "tokens_per_s": summary.get("tokens_per_s"),
+        "train_time_s": summary.get("train_time_s"),
+        "health_warnings": [w["message"] for w in summary.get("health", {}).get("warnings", [])],
+    }
+
+
+def select(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per model: the lr with the best mean validation metric among lrs whose every seed ran healthily."""
+    picks: dict[str, dict[str, Any]] = {}
+    for model in dict.fromkeys(r["model"] for r in runs):
+        by_lr: dict[float, list[dict[str, Any]]] = {}
+        for r in runs:
+            if r["model"] == model:
+                by_lr.setdefault(r["lr"], []).append(r)
+        eligible = {
+            lr: rows for lr, rows in by_lr.items()
+            if all(r["status"] == "ok" and r["valid"] is not None for r in rows)
+        }
+        if not eligible:
+            statuses = sorted({r["status"] for rows in by_lr.values() for r in rows})
+            picks[model] = {"lr": None, "reason": f"no lr ran healthily on every seed (statuses: {statuses})"}
+            continue
+        higher = next(iter(eligible.values()))[0]["higher_is_better"]
+        score = {lr: statistics.fmean(r["valid"] for r in rows) for lr, rows in eligible.items()}
+        lr = (max if higher else min)(score, key=lambda k: score[k])
+        rows = eligible[lr]
+        tests = [r["test"] for r in rows if r["test"] is not None]
+        picks[model] = {
+            "lr": lr,
+            "metric": rows[0]["metric"],
+            "higher_is_better": higher,
+            "valid_mean": score[lr],
+            "test_mean": statistics.fmean(tests) if tests else None,
+            "test_std": statistics.stdev(tests) if len(tests) > 1 else 0.0 if tests else None,
+            "seeds": len(rows),
+            "params": rows[0]["params"],
+            "tokens_per_s": statistics.fmean(r["tokens_per_s"] for r in rows),
+        }
+    return picks
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    picks, runs = result["selected"], result["runs"]
+    task = result["config"]["task"]
+    lines = [
+        f"## {task}: lr picked on validation, test at that lr (mean ± std over seeds)",
+        "",
+        "| model | picked lr | valid | test | seeds | params | tokens/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for model, p in picks.items():
+        if p["lr"] is None:
+            lines.append(f"| {model} | none | – | – | – | – | – ({p['reason']}) |")
+            continue
+        test = "–" if p["test_mean"] is None else f"{p['test_mean']:.4f} ± {p['test_std']:.4f}"
+        lines.append(
+            f"| {model} | {p['lr']:g} | {p['valid_mean']:.4f} | {test} | {p['seeds']} | {p['params']:,} | "
+            f"{p['tokens_per_s']:,.0f} |"
+        )
+    lines += ["", "Every run (valid / test; diverged and unhealthy runs are never picked):", "",
+              "| model | lr | seed | valid | test | status |", "|---|---|---|---|---|---|"]
+    for r in runs:
+        lines.append(f"| {r['model']} | {r['lr']:g} | {r['seed']} | {_fmt(r['valid'])} | {_fmt(r['test'])} | "
+                     f"{r['status']} |")
+    lines.append(f"\nTotal wall time: {result['total_wall_time_s'] / 60:.1f} min.")
+    return "\n".join(lines) + "\n"
+
+
+def plot_valid_vs_lr(runs: list[dict[str, Any]], path: Path) -> Path | None:
+    """Validation metric vs lr per model (mean over seeds, bars = min..max); diverged lrs marked with x."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    metric = next((r["metric"] for r in runs if r.get("metric")), "metric")
+    for model in dict.fromkeys(r["model"] for r in runs):
+        rows = [r for r in runs if r["model"] == model]
+        lrs = sorted({r["lr"] for r in rows})
+        healthy = [r for r in rows if r["status"] == "ok" and r["valid"] is not None]
+        ok = {lr: [r["valid"] for r in healthy if r["lr"] == lr] for lr in lrs}
+        xs = [lr for lr in lrs if ok[lr]]
+        means = [statistics.fmean(ok[lr]) for lr in xs]
+        low = [m - min(ok[lr]) for m, lr in zip(means, xs, strict=True)]
+        high = [max(ok[lr]) - m for m, lr in zip(means, xs, strict=True)]
+        line = ax.errorbar(xs, means, yerr=[low, high], marker="o", capsize=3, label=model)
+        bad = sorted({r["lr"] for r in rows if r["status"] in ("diverged", "unhealthy")})
+        if bad:
+            bottom = min((v for r in runs for v in [r["valid"]] if v is not None), default=0.0)
+            ax.scatter(bad, [bottom] * len(bad), marker="x", s=60, color=line[0].get_color())
+    ax.set_xscale("log")
+    title = "lr sweep (x: diverged / unhealthy runs)"
+    ax.set(xlabel="peak learning rate", ylabel=f"validation {metric}", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
