@@ -141,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"default: sessa attention mamba2 sessa_nofb; valid: {', '.join(MODELS)}")
     p.add_argument("--lrs", nargs="+", type=float, default=None,
                    help="peak learning rates (default: 1e-4 2e-4 3e-4 5e-4 1e-3)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds the lr is selected on")
+    p.add_argument("--final-seeds", nargs="+", type=int, default=[],
+                   help="more seeds, run only at each model's selected lr (test mean ± std over all)")
     p.add_argument("--suite", default="quick", choices=["quick", "paper"],
                    help="where steps, batch size, warm-up and task options come from")
     p.add_argument("--preset", default=None)
@@ -225,6 +227,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         models=args.models or list(DEFAULT_MODELS),
         lrs=args.lrs or list(DEFAULT_LRS),
         seeds=args.seeds,
+        final_seeds=args.final_seeds,
         suite=args.suite,
         preset=args.preset,
         steps=args.steps,
@@ -241,7 +244,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     get_task(cfg.task, **cfg.plan()[0].task_options)  # validate before the first long run
     print("resolved configuration:\n" + json.dumps(dataclasses.asdict(cfg), indent=2))
     sweep(cfg)
-    print(f"results: {Path(cfg.out_dir) / 'results.md'}, {Path(cfg.out_dir) / 'results.json'}")
+    out = Path(cfg.out_dir) / cfg.task
+    print(f"results: {out / 'results.md'}, {out / 'results.json'}")
     return 0
 
 

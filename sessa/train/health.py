@@ -9,15 +9,24 @@ Measured every log step with one extra no-grad forward of the probe (a few rows 
   with |γ| > 0.95) and ``L{i}.fb_entropy`` (mean over rows t >= 2 of the feedback softmax's entropy divided
   by log t: 1 = uniform routing, 0 = one-hot).
 
-The divergence signature seen on SymbolSoup at lr 1e-3 (benchmarks/RESULTS.md): the residual RMS grows from
-~0.1 to 13-2,200 within a few hundred steps; in Sessa, γ saturates at ±1 and the feedback softmax turns
-one-hot (tanh' ≈ 0 and a one-hot softmax pass almost no gradient, so the run never recovers). The alarm fires
-when a layer's residual RMS exceeds ``resid_growth`` × its value at the first measurement, or when at least
-half of the Sessa layers are saturated (``gamma_sat`` > 0.5) with near-zero entropy (< 0.1), or on NaN/inf.
+The divergence signature seen on SymbolSoup at lr 1e-3 with a 20-step warm-up (benchmarks/RESULTS.md): the
+residual RMS grows from ~0.1 to 13-2,200 within a few hundred steps while the loss stays at chance; in Sessa,
+γ saturates at ±1 and the feedback softmax turns one-hot (tanh' ≈ 0 and a one-hot softmax pass almost no
+gradient, so the run never recovers). Growth alone is not the signature: in the paper-suite lr sweep
+(docs/paper/) attention at lr 2e-3 learned best while its residual RMS grew 160x. The alarm fires on
+
+* ``resid_explosion``: a layer's residual RMS above ``explosion`` (1000) x its first measurement;
+* ``stalled_growth``: the training loss no lower than 98% of its first logged value while a layer's
+  residual RMS grew more than ``stall_growth`` (20) x (the run is not learning and its activations drift);
+* ``feedback_saturated``: at least half of the Sessa layers with ``gamma_sat`` > 0.5 and ``fb_entropy`` < 0.1;
+* ``non_finite``: NaN/inf statistics.
+
+:func:`replay` runs the same rule over a finished run's metrics.csv.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,7 +75,7 @@ def feedback_stats(
 @dataclass
 class HealthWarning:
     step: int
-    kind: str  # "resid_growth", "feedback_saturated" or "non_finite"
+    kind: str  # "resid_explosion", "stalled_growth", "feedback_saturated" or "non_finite"
     layer: int | None
     message: str
 
@@ -81,41 +90,78 @@ class HealthState:
     start: dict[str, float] = field(default_factory=dict)  # the first measurement (the growth baseline)
     start_step: int = 0
     warnings: list[dict[str, Any]] = field(default_factory=list)
+    first_loss: float | None = None  # the first training loss seen (the "has it learned" baseline)
+    first_loss_step: int = 0
+    active: list[str] = field(default_factory=list)  # alarm kinds whose condition held at the last check
 
 
 def diagnose(
-    stats: dict[str, float], state: HealthState, step: int, resid_growth: float = 50.0
+    stats: dict[str, float],
+    state: HealthState,
+    step: int,
+    loss: float | None = None,
+    explosion: float = 1000.0,
+    stall_growth: float = 20.0,
 ) -> list[HealthWarning]:
-    """The warnings that ``stats`` (one measurement, keys ``L{i}.<stat>``) raises at ``step``.
-
-    A kind that already fired (in ``state.warnings``) does not fire again."""
-    fired = {w["kind"] for w in state.warnings}
+    """The alarm conditions that hold for ``stats`` (one measurement, keys ``L{i}.<stat>``) and the training
+    ``loss`` at ``step`` (the first loss seen is kept in ``state`` as the baseline)."""
     found: list[HealthWarning] = []
+    if loss is not None and state.first_loss is None and math.isfinite(loss):
+        state.first_loss, state.first_loss_step = loss, step
     bad = sorted(k for k, v in stats.items() if not math.isfinite(v))
-    if bad and "non_finite" not in fired:
+    if bad:
         message = f"non-finite activations ({', '.join(bad[:4])}): the run has diverged; {FIX}"
         found.append(HealthWarning(step, "non_finite", _layer_of(bad[0]), message))
-    growth = []
-    for key, value in stats.items():
-        if key.endswith(".resid_rms") and state.start.get(key, 0.0) > 0 and math.isfinite(value):
-            growth.append((value / state.start[key], key))
-    if growth and "resid_growth" not in fired:
-        ratio, key = max(growth)
-        if ratio > resid_growth:
-            found.append(HealthWarning(
-                step, "resid_growth", _layer_of(key),
-                f"residual RMS after layer {_layer_of(key)} grew {ratio:.0f}x since step {state.start_step} "
-                f"({state.start[key]:.3g} -> {stats[key]:.3g}); the run is diverging: {FIX}",
-            ))
+    growth = [(v / state.start[k], k) for k, v in stats.items()
+              if k.endswith(".resid_rms") and state.start.get(k, 0.0) > 0 and math.isfinite(v)]
+    ratio, key = max(growth) if growth else (0.0, "")
+    grew = f"the residual RMS after layer {_layer_of(key) if key else '?'} grew {ratio:.0f}x since step " + (
+        f"{state.start_step} ({state.start[key]:.3g} -> {stats[key]:.3g})" if key else "")
+    if ratio > explosion:
+        message = f"{grew}: the run is diverging; {FIX}"
+        found.append(HealthWarning(step, "resid_explosion", _layer_of(key), message))
+    first = state.first_loss
+    stalled = loss is not None and first is not None and step > state.first_loss_step and loss >= 0.98 * first
+    if stalled and stall_growth < ratio <= explosion:
+        found.append(HealthWarning(
+            step, "stalled_growth", _layer_of(key),
+            f"the training loss has not fallen since step {state.first_loss_step} ({state.first_loss:.3f} -> "
+            f"{loss:.3f}) while {grew}; {FIX}",
+        ))
     layers = sorted({_layer_of(k) for k in stats if k.endswith(".gamma_sat")})
     stuck = [i for i in layers if stats[f"L{i}.gamma_sat"] > 0.5 and stats[f"L{i}.fb_entropy"] < 0.1]
-    if layers and 2 * len(stuck) >= len(layers) and "feedback_saturated" not in fired:
+    if layers and 2 * len(stuck) >= len(layers):
         found.append(HealthWarning(
             step, "feedback_saturated", stuck[0],
             f"feedback saturated in Sessa layers {stuck} of {layers} (|gamma| > {SAT_LEVEL} and a one-hot "
             f"feedback softmax): these layers pass almost no gradient and rarely recover; {FIX}",
         ))
     return found
+
+
+def update(state: HealthState, stats: dict[str, float], step: int, loss: float | None) -> list[HealthWarning]:
+    """Diagnose one measurement into ``state`` (baseline on the first call, the conditions active now);
+    returns the warnings of kinds that had not fired before (each kind is announced once)."""
+    if not state.start:
+        state.start, state.start_step = dict(stats), step
+    active = diagnose(stats, state, step, loss)
+    state.active = [w.kind for w in active]
+    fired = {w["kind"] for w in state.warnings}
+    new = [w for w in active if w.kind not in fired]
+    state.warnings += [w.to_dict() for w in new]
+    return new
+
+
+def replay(rows: list[dict[str, str]]) -> HealthState:
+    """The monitor's final state from a finished run's metrics.csv rows (its health rows and train losses):
+    ``warnings`` (each kind when it first fired) and ``active`` (the conditions at the last measurement)."""
+    state = HealthState()
+    losses = {int(r["step"]): float(r["loss"]) for r in rows if r.get("loss")}
+    for step in sorted({int(r["step"]) for r in rows if r.get("split") == "health"}):
+        stats = {r["metric"]: float(r["value"]) for r in rows
+                 if r.get("split") == "health" and int(r["step"]) == step}
+        update(state, stats, step, losses.get(step))
+    return state
 
 
 def _layer_of(key: str) -> int:
@@ -136,9 +182,8 @@ class HealthMonitor:
         lengths: torch.Tensor,
         device: torch.device,
         amp_dtype: torch.dtype | None = None,
-        resid_growth: float = 50.0,
     ) -> None:
-        self.model, self.device, self.amp, self.resid_growth = model, device, amp_dtype, resid_growth
+        self.model, self.device, self.amp = model, device, amp_dtype
         self.probe = probe.to(device)
         self.real = (torch.arange(probe.shape[1])[None] < lengths[:, None]).to(device)
         self.state = HealthState()
@@ -183,18 +228,14 @@ class HealthMonitor:
 
         return hook
 
-    def check(self, step: int) -> tuple[dict[str, float], list[HealthWarning]]:
-        """Measure at ``step``; the first call sets the growth baseline. Returns (stats, new warnings)."""
+    def check(self, step: int, loss: float | None = None) -> tuple[dict[str, float], list[HealthWarning]]:
+        """Measure at ``step`` (``loss``: the training loss logged there, if any); the first call sets the
+        growth baseline. Returns (stats, new warnings)."""
         stats = self.measure()
-        if not self.state.start:
-            self.state.start, self.state.start_step = dict(stats), step
-        warnings = diagnose(stats, self.state, step, self.resid_growth)
-        self.state.warnings += [w.to_dict() for w in warnings]
-        return stats, warnings
+        return stats, update(self.state, stats, step, loss)
 
     def state_dict(self) -> dict[str, Any]:
-        state = self.state
-        return {"start": state.start, "start_step": state.start_step, "warnings": state.warnings}
+        return dataclasses.asdict(self.state)
 
     def load_state_dict(self, data: dict[str, Any]) -> None:
-        self.state = HealthState(dict(data["start"]), int(data["start_step"]), list(data["warnings"]))
+        self.state = HealthState(**data)

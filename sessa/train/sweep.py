@@ -10,15 +10,18 @@ Runs go one after another in this process, or ``parallel`` at a time as subproce
 launch-bound, so several share one GPU well). A finished run (its summary.json, made with the same
 settings) is reused on a re-run, so an interrupted sweep continues where it stopped.
 
-Outputs in ``out_dir``: ``results.json`` (one row per run), ``results.md``, ``<task>_valid_vs_lr.png``
-and one folder per run (``<model>/lr<lr>-seed<seed>``) with its metrics.csv, summary.json and log.
+Outputs in ``out_dir/<task>``: ``results.json`` (one row per run), ``results.md``, ``valid_vs_lr.png``,
+``curves.png`` (learning curves at each selected lr) and one folder per run (``<model>/lr<lr>-seed<seed>``)
+with its metrics.csv, summary.json and log.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -42,7 +45,8 @@ class SweepConfig:
     task: str = "mqar"  # a task of the suite (or any task, with the suite's defaults)
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     lrs: list[float] = field(default_factory=lambda: list(DEFAULT_LRS))
-    seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int] = field(default_factory=lambda: [0])  # the lr is selected on these seeds
+    final_seeds: list[int] = field(default_factory=list)  # more seeds run at each model's selected lr only
     suite: str = "quick"  # where steps, batch size, warm-up and task options come from
     preset: str | None = None  # model preset; default from the suite
     steps: int | None = None
@@ -65,8 +69,12 @@ class SweepConfig:
         for lr in self.lrs:
             if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
                 raise ValueError(f"every lr must be a finite number > 0, got {lr!r}")
-        if len(set(self.lrs)) != len(self.lrs) or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"lrs and seeds must not repeat, got lrs {self.lrs}, seeds {self.seeds}")
+        all_seeds = [*self.seeds, *self.final_seeds]
+        if len(set(self.lrs)) != len(self.lrs) or len(set(all_seeds)) != len(all_seeds):
+            raise ValueError(
+                f"lrs and seeds must not repeat, got lrs {self.lrs}, seeds {self.seeds}, "
+                f"final seeds {self.final_seeds}"
+            )
         if isinstance(self.parallel, bool) or not isinstance(self.parallel, int) or self.parallel < 1:
             raise ValueError(f"parallel must be an int >= 1, got {self.parallel!r}")
         if self.time_limit_s is not None and not self.time_limit_s > 0:
@@ -89,29 +97,41 @@ class SweepConfig:
         """Every run, seeds outermost: with a time limit, the first seed of every (model, lr) comes first."""
         return [self.run_config(m, lr, s) for s in self.seeds for m in self.models for lr in self.lrs]
 
+    def final_plan(self, picks: dict[str, dict[str, Any]]) -> list[TrainConfig]:
+        """The final seeds of every model that has a selected lr, at that lr."""
+        chosen = [(m, p["lr"]) for m, p in picks.items() if p["lr"] is not None]
+        return [self.run_config(m, lr, s) for s in self.final_seeds for m, lr in chosen]
+
 
 def sweep(cfg: SweepConfig, *, log=print) -> dict[str, Any]:  # noqa: ANN001
     """Run (or reuse) every planned run, select each model's lr, write results.json/results.md/plot."""
-    out = Path(cfg.out_dir)
+    out = Path(cfg.out_dir) / cfg.task
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     plan = cfg.plan()
     start = time.perf_counter()
-    summaries = _execute(plan, cfg, log)
+    deadline = None if cfg.time_limit_s is None else time.monotonic() + cfg.time_limit_s
+    summaries = _execute(plan, cfg, deadline, log)
     runs = [run_row(c, summaries.get(c.out_dir)) for c in plan]
+    picks = select(runs)
+    if cfg.final_seeds:
+        finals = cfg.final_plan(picks)
+        summaries = _execute(finals, cfg, deadline, log)
+        runs += [{**run_row(c, summaries.get(c.out_dir)), "final": True} for c in finals]
+        picks = confirm(picks, runs)
     result = {
         "config": dataclasses.asdict(cfg),
         "runs": runs,
-        "selected": select(runs),
+        "selected": picks,
         "total_wall_time_s": time.perf_counter() - start,
     }
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
     markdown = render_markdown(result)
     (out / "results.md").write_text(markdown)
-    plot = plot_valid_vs_lr(runs, out / f"{cfg.task}_valid_vs_lr.png")
+    plots = [plot_valid_vs_lr(runs, out / "valid_vs_lr.png"), plot_curves(runs, picks, out / "curves.png")]
     log(markdown)
-    if plot:
-        log(f"plot: {plot}")
+    if any(plots):
+        log("plots: " + ", ".join(str(p) for p in plots if p))
     return result
 
 
@@ -131,7 +151,9 @@ def finished_summary(run: TrainConfig) -> dict[str, Any] | None:
     return summary if same else None
 
 
-def _execute(plan: list[TrainConfig], cfg: SweepConfig, log) -> dict[str, dict[str, Any] | None]:  # noqa: ANN001
+def _execute(  # noqa: ANN001
+    plan: list[TrainConfig], cfg: SweepConfig, deadline: float | None, log
+) -> dict[str, dict[str, Any] | None]:
     results: dict[str, dict[str, Any] | None] = {}
     todo = []
     for run in plan:
@@ -142,7 +164,6 @@ def _execute(plan: list[TrainConfig], cfg: SweepConfig, log) -> dict[str, dict[s
             todo.append(run)
     if len(todo) < len(plan):
         log(f"reusing {len(plan) - len(todo)} finished run(s) from {cfg.out_dir}")
-    deadline = None if cfg.time_limit_s is None else time.monotonic() + cfg.time_limit_s
     if cfg.parallel == 1:
         _run_inline(todo, results, deadline, log)
     else:
@@ -174,6 +195,8 @@ def _run_subprocesses(  # noqa: ANN001
     todo: list[TrainConfig], results: dict, parallel: int, deadline: float | None, log
 ) -> None:
     queue, running, done = list(todo), [], 0
+    env = {**os.environ}
+    env.setdefault("OMP_NUM_THREADS", "1")  # parallel runs: one CPU thread each, or they oversubscribe
     while queue or running:
         while queue and len(running) < parallel and (deadline is None or time.monotonic() < deadline):
             run = queue.pop(0)
@@ -183,7 +206,7 @@ def _run_subprocesses(  # noqa: ANN001
             request.write_text(json.dumps(run.to_dict(), indent=2, default=str))
             with (folder / "log.txt").open("w") as fh:
                 cmd = [sys.executable, "-m", "sessa", "train", "--config", str(request), "--overwrite"]
-                proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+                proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
             running.append((proc, run, time.perf_counter()))
         if queue and not running:  # the deadline passed with nothing in flight
             log(f"time limit reached: {len(queue)} run(s) not started")
@@ -285,6 +308,28 @@ def select(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return picks
 
 
+def confirm(picks: dict[str, dict[str, Any]], runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Test statistics at each selected lr over every seed run there (selection seeds + final seeds).
+
+    Runs of a final seed that diverged are counted in ``unhealthy_seeds``, never dropped silently."""
+    out = {}
+    for model, pick in picks.items():
+        if pick["lr"] is None:
+            out[model] = pick
+            continue
+        rows = [r for r in runs if r["model"] == model and r["lr"] == pick["lr"]]
+        tests = [r["test"] for r in rows if r["status"] == "ok" and r["test"] is not None]
+        out[model] = {
+            **pick,
+            "test_mean": statistics.fmean(tests) if tests else None,
+            "test_std": statistics.stdev(tests) if len(tests) > 1 else 0.0 if tests else None,
+            "seeds": len(tests),
+            "unhealthy_seeds": sum(r["status"] != "ok" for r in rows),
+            "tokens_per_s": statistics.fmean(r["tokens_per_s"] for r in rows if r.get("tokens_per_s")),
+        }
+    return out
+
+
 def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
 
@@ -346,6 +391,46 @@ def plot_valid_vs_lr(runs: list[dict[str, Any]], path: Path) -> Path | None:
     ax.set(xlabel="peak learning rate", ylabel=f"validation {metric}", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _eval_curve(run_dir: str, split: str) -> dict[int, float]:
+    """{step: metric} of the periodic evaluations of ``split`` in a run's metrics.csv."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.exists():
+        return {}
+    with path.open() as fh:
+        return {int(r["step"]): float(r["value"]) for r in csv.DictReader(fh) if r.get("split") == split}
+
+
+def plot_curves(runs: list[dict[str, Any]], picks: dict[str, dict[str, Any]], path: Path) -> Path | None:
+    """Validation and test metric vs step at each model's selected lr (mean over seeds, band = min..max)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, split in zip(axes, ("valid", "test"), strict=True):
+        for model, pick in picks.items():
+            curves = [_eval_curve(r["out_dir"], split) for r in runs
+                      if r["model"] == model and r["lr"] == pick.get("lr") and r["status"] == "ok"]
+            steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+            if not steps:
+                continue
+            values = [[c[s] for c in curves] for s in steps]
+            label = f"{model} (lr {pick['lr']:g})"
+            ax.plot(steps, [statistics.fmean(v) for v in values], marker="o", label=label)
+            ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.2)
+        metric = next((r["metric"] for r in runs if r.get("metric")), "metric")
+        ax.set(xlabel="training step", ylabel=metric, title=f"{split} (mean over seeds; band min..max)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -192,9 +192,9 @@ class Trainer:
         probe, lengths = split.inputs[rows, :width], split.lengths[rows].clamp(max=width)
         return HealthMonitor(self.raw_model, probe, lengths, self.device, self.amp)
 
-    def _health_check(self, writer) -> None:  # noqa: ANN001
+    def _health_check(self, writer, loss: float | None = None) -> None:  # noqa: ANN001
         """Measure the health statistics (every rank: FSDP forwards are collective), log them, warn once."""
-        stats, warnings = self.health.check(self.step)
+        stats, warnings = self.health.check(self.step, loss)
         self.last_health = stats
         rows = [{"step": self.step, "split": "health", "metric": k, "value": v} for k, v in stats.items()]
         self._write_csv(rows)
@@ -205,8 +205,8 @@ class Trainer:
 
     @property
     def status(self) -> str:
-        """"ok", or "unhealthy" once the health monitor raised an alarm (a NaN loss gives "diverged")."""
-        return "unhealthy" if self.health is not None and self.health.state.warnings else "ok"
+        """"ok", or "unhealthy" when an alarm held at the last health check (a NaN loss: "diverged")."""
+        return "unhealthy" if self.health is not None and self.health.state.active else "ok"
 
     # -- evaluation and logging -----------------------------------------------------------------------
     def evaluate(self, limit: int | None) -> dict[str, dict[str, Any]]:
@@ -292,7 +292,7 @@ class Trainer:
                     writer.add_scalar("train/loss", loss, self.step)
                     writer.add_scalar("train/tokens_per_s", tps, self.step)
                 if self.health is not None:
-                    self._health_check(writer)
+                    self._health_check(writer, loss)
                 window_tokens, window_time = 0, 0.0
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                 self._periodic_eval(self.evaluate(cfg.eval_examples), writer)
@@ -325,6 +325,7 @@ class Trainer:
             "task_info": {k: str(v) for k, v in self.data.info.items()},
             "health": {
                 "warnings": self.health.state.warnings if self.health is not None else [],
+                "active": self.health.state.active if self.health is not None else [],
                 "last": self.last_health,
             },
             "config": self.cfg.to_dict(),

@@ -8,7 +8,15 @@ import torch
 pytest.importorskip("transformers")
 
 from sessa.models import SessaConfig, SessaForCausalLM  # noqa: E402
-from sessa.train.health import HealthMonitor, HealthState, diagnose, feedback_stats, masked_rms  # noqa: E402
+from sessa.train.health import (  # noqa: E402
+    HealthMonitor,
+    HealthState,
+    diagnose,
+    feedback_stats,
+    masked_rms,
+    replay,
+    update,
+)
 
 
 def test_masked_rms_ignores_padding():
@@ -67,7 +75,7 @@ def healthy_stats(n_layers=4, scale=1.0):
 
 def test_diagnose_quiet_on_healthy_and_fires_on_saturation():
     state = HealthState(start=healthy_stats(), start_step=0)
-    assert diagnose(healthy_stats(scale=5.0), state, 100) == []
+    assert diagnose(healthy_stats(scale=5.0), state, 100, loss=3.0) == []
     sick = healthy_stats()
     for i in (1, 3):  # half of the Sessa layers saturated with one-hot routing
         sick[f"L{i}.gamma_sat"], sick[f"L{i}.fb_entropy"] = 0.9, 0.02
@@ -79,18 +87,42 @@ def test_diagnose_quiet_on_healthy_and_fires_on_saturation():
     assert diagnose(one, state, 500) == []
 
 
-def test_diagnose_fires_on_residual_growth_naming_the_layer_once():
-    state = HealthState(start=healthy_stats(), start_step=10)
+def test_growth_alone_is_not_an_alarm_but_explosion_and_stalled_growth_are():
+    state = HealthState()
+    assert update(state, healthy_stats(), 0, None) == [] and state.start_step == 0
     grown = healthy_stats()
-    grown["L2.resid_rms"] = 0.1 * 80
-    warnings = diagnose(grown, state, 300)
-    assert [(w.kind, w.layer) for w in warnings] == [("resid_growth", 2)]
-    assert "80x since step 10" in warnings[0].message
-    state.warnings.append(warnings[0].to_dict())
-    assert diagnose(grown, state, 400) == []  # each kind fires once
+    grown["L2.resid_rms"] = 0.1 * 160  # attention at lr 2e-3 grew 160x and learned best (docs/paper)
+    assert update(state, grown, 100, loss=2.7) == [] and state.first_loss == 2.7
+    assert update(state, grown, 200, loss=1.9) == [] and state.active == []  # learning: no alarm
+    stalled = HealthState()
+    update(stalled, healthy_stats(), 0, None)
+    update(stalled, grown, 100, loss=3.0)
+    warnings = update(stalled, grown, 200, loss=2.995)  # loss at chance, activations drifting
+    assert [(w.kind, w.layer) for w in warnings] == [("stalled_growth", 2)]
+    assert "has not fallen since step 100 (3.000 -> 2.995)" in warnings[0].message
+    assert update(stalled, grown, 300, loss=2.99) == [] and stalled.active == ["stalled_growth"]  # once
+    assert update(stalled, healthy_stats(), 400, loss=2.0) == [] and stalled.active == []  # recovered
+    exploded = healthy_stats()
+    exploded["L3.resid_rms"] = 0.1 * 5000
+    warnings = diagnose(exploded, HealthState(start=healthy_stats(), start_step=10), 300, loss=1.0)
+    assert [(w.kind, w.layer) for w in warnings] == [("resid_explosion", 3)]
+    assert "5000x since step 10" in warnings[0].message
     nan = healthy_stats()
     nan["L3.mixer_rms"] = float("nan")
-    assert [w.kind for w in diagnose(nan, state, 500)] == ["non_finite"]
+    assert [w.kind for w in diagnose(nan, HealthState(start=healthy_stats()), 500)] == ["non_finite"]
+
+
+def test_replay_of_a_metrics_file_matches_the_live_rule():
+    def health_rows(step, stats):
+        return [{"step": str(step), "split": "health", "metric": k, "value": str(v)} for k, v in stats.items()]
+
+    rows = health_rows(0, healthy_stats())
+    for step, loss, scale in ((100, 3.0, 300.0), (200, 2.999, 300.0)):
+        rows.append({"step": str(step), "loss": str(loss), "split": "", "metric": "", "value": ""})
+        rows += health_rows(step, healthy_stats(scale=scale))
+    state = replay(rows)
+    assert [w["kind"] for w in state.warnings] == ["stalled_growth"] and state.active == ["stalled_growth"]
+    assert state.warnings[0]["step"] == 200
 
 
 def tiny_model():

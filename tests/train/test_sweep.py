@@ -66,7 +66,7 @@ def test_cli_sweep_end_to_end_tiny(tmp_path):
             "--set", "log_every=2"]
     res = run_cli(*args)
     assert res.returncode == 0, res.stderr[-3000:]
-    result = json.loads((out / "results.json").read_text())
+    result = json.loads((out / "mqar" / "results.json").read_text())
     assert len(result["runs"]) == 4
     for r in result["runs"]:
         assert RUN_KEYS <= set(r), RUN_KEYS - set(r)
@@ -78,9 +78,42 @@ def test_cli_sweep_end_to_end_tiny(tmp_path):
     pick = result["selected"]["sessa"]
     assert pick["lr"] == 3e-3 and pick["seeds"] == 2
     assert pick["valid_mean"] == pytest.approx(sum(r["valid"] for r in good) / 2)
-    md = (out / "results.md").read_text()
+    md = (out / "mqar" / "results.md").read_text()
     assert "| sessa | 0.003 |" in md and ("diverged" in md or "unhealthy" in md)
-    assert (out / "mqar_valid_vs_lr.png").exists()
+    assert (out / "mqar" / "valid_vs_lr.png").exists()
     again = run_cli(*args)  # every run finished: nothing is retrained
     assert again.returncode == 0 and "reusing 4 finished run(s)" in again.stdout
-    assert json.loads((out / "results.json").read_text())["runs"] == result["runs"]
+    assert json.loads((out / "mqar" / "results.json").read_text())["runs"] == result["runs"]
+    final = run_cli(*args, "--final-seeds", "2")  # one more seed at the selected lr only
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert "reusing 4 finished run(s)" in final.stdout
+    confirmed = json.loads((out / "mqar" / "results.json").read_text())
+    extra = [r for r in confirmed["runs"] if r.get("final")]
+    assert [(r["lr"], r["seed"]) for r in extra] == [(3e-3, 2)]
+    pick = confirmed["selected"]["sessa"]
+    assert pick["lr"] == 3e-3 and pick["seeds"] == 3
+    tests = [r["test"] for r in confirmed["runs"] if r["lr"] == 3e-3]
+    assert pick["test_mean"] == pytest.approx(sum(tests) / 3)
+
+
+def test_paper_suite_resolves_to_the_lrs_the_sweep_selected():
+    """The `paper` suite's lrs are the picks recorded in docs/paper/<task>/results.json (no training)."""
+    from pathlib import Path
+
+    from sessa.train.compare import PAPER_LRS, CompareConfig
+
+    root = Path(__file__).resolve().parents[2] / "docs" / "paper"
+    for task in ("symbolsoup", "diffuse_mqar"):
+        recorded = json.loads((root / task / "results.json").read_text())
+        picks = {m: p["lr"] for m, p in recorded["selected"].items()}
+        assert picks == PAPER_LRS[task]
+        cfg = CompareConfig(suite="paper", tasks=[task], models=list(picks))
+        for model, lr in picks.items():
+            run = cfg.run_config(task, model, 0)
+            assert run.lr == lr and run.warmup == round(0.1 * run.steps) and run.preset == "small"
+            sweep_run = next(r for r in recorded["runs"] if r["model"] == model and r["lr"] == lr)
+            assert (run.steps, run.batch_size, run.warmup) == (
+                sweep_run["steps"], sweep_run["batch_size"], sweep_run["warmup"])
+    with pytest.raises(ValueError, match="no selected lr for model 'mamba'"):
+        paper = CompareConfig(suite="paper", tasks=["symbolsoup"], models=["mamba"])
+        paper.run_config("symbolsoup", "mamba", 0)

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The paper tables on one GPU (docs/paper/, README "Paper tables"). Each stage fits one 10-minute command;
+# 16 runs share the GPU (8 per task, one CPU thread each). Run folders go to runs/paper (relative, so a later
+# stage on a fresh machine reuses earlier runs: carry runs/paper back and forth, without checkpoints).
+#   STAGE=sweep  Table 1 lr sweep: SymbolSoup and diffuse MQAR, 4 models x 4 lrs, seed 0
+#   STAGE=final  Table 1 final seeds 1 2 at each model's selected lr
+#   STAGE=lm     byte-level LM: 3 lrs at seed 0, then seeds 1 2 at each model's selected lr
+# Usage (GPU machine, repo root): STAGE=sweep OUT=/some/dir bash scripts/paper_tables.sh
+set -u
+source scripts/gpu_env.sh
+export OMP_NUM_THREADS=1
+OUT=${OUT:-paper_out}; mkdir -p "$OUT" runs/paper
+LIMIT=${LIMIT:-320}   # start no new run after this many seconds
+T1_LRS="2.5e-4 5e-4 1e-3 2e-3"
+LM_LRS="5e-4 1e-3 2e-3"
+MODELS="sessa attention mamba2 sessa_nofb"
+S=(python3 -m sessa sweep --suite paper --models $MODELS --device cuda --out-dir runs/paper --seeds 0)
+case "${STAGE:-sweep}" in
+  sweep)
+    for t in symbolsoup diffuse_mqar; do
+      timeout 585 "${S[@]}" --task $t --lrs $T1_LRS --parallel 8 --time-limit $LIMIT > "$OUT/$t.log" 2>&1 &
+    done ;;
+  final)  # the three models whose sweep finished start their final seeds at once; sessa_nofb first completes
+           # its SymbolSoup sweep (it ran out of time in the sweep stage)
+    for t in symbolsoup diffuse_mqar; do
+      timeout 585 "${S[@]}" --task $t --lrs $T1_LRS --final-seeds 1 2 --parallel 6 --time-limit $LIMIT \
+        --models sessa attention mamba2 > "$OUT/$t.log" 2>&1 &
+    done
+    timeout 585 "${S[@]}" --task symbolsoup --lrs $T1_LRS --final-seeds 1 2 --parallel 3 --time-limit $LIMIT \
+      --models sessa_nofb > "$OUT/symbolsoup_nofb.log" 2>&1 &
+    timeout 585 "${S[@]}" --task diffuse_mqar --lrs $T1_LRS --final-seeds 1 2 --parallel 2 --time-limit $LIMIT \
+      --models sessa_nofb > "$OUT/diffuse_mqar_nofb.log" 2>&1 & ;;
+  lm)      # the Table 2 analogue: byte-level LM, 3 lrs at seed 0, then seeds 1 2 at each model's selected lr
+    timeout 585 "${S[@]}" --task bytelm --lrs $LM_LRS --final-seeds 1 2 --parallel 12 --time-limit $LIMIT \
+      > "$OUT/bytelm.log" 2>&1 & ;;
+esac
+wait
+for f in "$OUT"/*.log; do echo "== $f"; grep -E "^\[|^\| |time limit|rror" "$f" | tail -n 40; done
+tar czf "$OUT/paper_runs.tgz" --exclude=checkpoints --exclude=tensorboard runs/paper
