@@ -26,7 +26,8 @@ def main(folders: list[str]) -> None:
             state = replay(list(csv.DictReader(metrics.open())))
             old = summary.get("status")
             summary["status"] = "unhealthy" if state.active else "ok"
-            summary["health"] = {**summary.get("health", {}), "warnings": state.warnings, "active": state.active}
+            health = {"warnings": state.warnings, "active": state.active}
+            summary["health"] = {**summary.get("health", {}), **health}
             path.write_text(json.dumps(summary, indent=2, default=str))
             if old != summary["status"]:
                 print(f"{path.parent}: {old} -> {summary['status']}")

@@ -114,7 +114,8 @@ def test_growth_alone_is_not_an_alarm_but_explosion_and_stalled_growth_are():
 
 def test_replay_of_a_metrics_file_matches_the_live_rule():
     def health_rows(step, stats):
-        return [{"step": str(step), "split": "health", "metric": k, "value": str(v)} for k, v in stats.items()]
+        return [{"step": str(step), "split": "health", "metric": k, "value": str(v)}
+                for k, v in stats.items()]
 
     rows = health_rows(0, healthy_stats())
     for step, loss, scale in ((100, 3.0, 300.0), (200, 2.999, 300.0)):
