@@ -5,6 +5,9 @@ Per channel c and state index k, with Δ_t = softplus(dt_proj(dt_low_t)) and A =
 
     h_t[c, k] = exp(Δ_t[c] A[c, k]) h_{t-1}[c, k] + Δ_t[c] B_t[k] u_t[c]
     y_t[c]    = Σ_k C_t[k] h_t[c, k] + D[c] u_t[c]
+
+There is no fla (Triton) path for Mamba-1: fla-core has no selective scan, and its decay exp(Δ[c] A[c, k])
+varies over both state axes, which no simple-GLA / GLA kernel expresses.
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ class MambaMixer(RecurrentMixer):
     the S4D-real values A[c, k] = -(k + 1), dt_proj's bias at softplus^{-1} of log-uniform dt.
 
     Left padding (``attention_mask`` 0): the conv input is zeroed and Δ = 0 at padded steps, so the state
-    stays exactly zero through the padding. backend: "chunked" (:func:`selective_scan`) or "reference"
-    (:func:`selective_scan_ref`). Incremental state: ``conv`` (B, d_inner, d_conv-1), ``ssm``
+    stays exactly zero through the padding. backend: "chunked" (:func:`selective_scan`), "reference"
+    (:func:`selective_scan_ref`) or "auto" (= "chunked": Mamba-1 has no fla path, so a config shared with
+    Mamba-2 layers may say "auto"). Incremental state: ``conv`` (B, d_inner, d_conv-1), ``ssm``
     (B, d_inner, d_state) in float32 (float64 for float64), ``t``; ``max_len`` is ignored.
     """
 
@@ -78,7 +82,12 @@ class MambaMixer(RecurrentMixer):
         check_dt_range(dt_min, dt_max, dt_init_floor)
         check_choice("dt_init", dt_init, ("random", "constant"))
         check_positive_float("dt_scale", dt_scale)
-        self.backend = check_choice("backend", backend, ("chunked", "reference"))
+        if backend == "fla":
+            raise ValueError(
+                "backend='fla' is not available for Mamba-1 (fla-core has no selective scan); "
+                "use 'auto', 'chunked' or 'reference'"
+            )
+        self.backend = check_choice("backend", backend, ("chunked", "reference", "auto"))
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
         self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, bias=conv_bias)

@@ -1,9 +1,14 @@
-"""Mamba-2 (SSD, Dao & Gu 2024) as a sequence mixer; the SSD scan lives in :mod:`sessa.ops.ssd`.
+"""Mamba-2 (SSD, Dao & Gu 2024) as a sequence mixer; the SSD scan lives in :mod:`sessa.ops.ssd` (PyTorch)
+and :mod:`sessa.ops.ssd_fla` (fla-core's Triton kernels).
 
 Per head h (scalar decay), with dt_t = softplus(dt_raw_t + dt_bias_h) and A_h = -exp(A_log_h) < 0:
 
     S_t = exp(dt_t A_h) S_{t-1} + dt_t x_t B_tᵀ        S: (headdim, d_state)
     y_t = S_t C_t + D_h x_t
+
+The short causal conv stays :func:`~sessa.baselines.common.causal_conv` for every backend: fla's Triton
+conv caches the last d_conv inputs as (B, C, d_conv) where the mixer state keeps (B, C, d_conv - 1), so it
+would need a layout shim on every call, and the conv is a small part of the block's cost.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from sessa.baselines.common import (
     check_positive_float,
     init_dt_bias,
 )
+from sessa.ops import ssd_fla
 from sessa.ops.precision import work_dtype
 from sessa.ops.ssd import segsum, ssd_chunked, ssd_minimal_ref, ssd_sequential_ref, ssd_step
 
@@ -67,8 +73,11 @@ class Mamba2Mixer(RecurrentMixer):
     Heads: ``headdim`` (default 32) or ``n_heads``; d_inner = expand * d_model = n_heads * headdim.
     Left padding (``attention_mask`` 0): the conv input is zeroed and dt = 0 at padded steps, so the state
     stays exactly zero through the padding and real tokens see what an unpadded row sees.
-    backend: "chunked" (:func:`~sessa.ops.ssd.ssd_chunked`) or "reference"
-    (:func:`~sessa.ops.ssd.ssd_sequential_ref`).
+    backend: "chunked" (:func:`~sessa.ops.ssd.ssd_chunked`, PyTorch), "reference"
+    (:func:`~sessa.ops.ssd.ssd_sequential_ref`), "fla" (:func:`~sessa.ops.ssd_fla.ssd_fla`, fla-core's Triton
+    kernels, CUDA only) or "auto" ("fla" for CUDA inputs when fla-core is installed and the dtype is not
+    float64, else "chunked"). Decoding one token with a state uses :func:`~sessa.ops.ssd.ssd_step` except
+    under "reference".
     Incremental state: ``conv`` (B, conv_dim, d_conv-1) last conv inputs, ``ssm`` (B, h, headdim, d_state)
     in float32 (float64 for float64), ``t``; ``max_len`` is ignored.
     """
@@ -112,7 +121,7 @@ class Mamba2Mixer(RecurrentMixer):
         check_dt_range(dt_min, dt_max, dt_init_floor)
         a_lo, a_hi = _check_A_range(A_init_range)
         check_positive_float("norm_eps", norm_eps)
-        self.backend = check_choice("backend", backend, ("chunked", "reference"))
+        self.backend = check_choice("backend", backend, ("chunked", "reference", "fla", "auto"))
 
         self.conv_dim = self.d_inner + 2 * ngroups * d_state
         self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + self.n_heads, bias=bias)
@@ -156,11 +165,16 @@ class Mamba2Mixer(RecurrentMixer):
         A = -torch.exp(self.A_log.to(work))
         xs = xs.reshape(b, T, self.n_heads, self.headdim)
         Bm, Cm = (m.reshape(b, T, self.ngroups, self.d_state) for m in (Bm, Cm))
-        if self.backend == "reference":
+        backend = self.backend
+        if backend == "auto":
+            backend = "fla" if ssd_fla.fla_usable(xs) else "chunked"
+        if backend == "reference":
             y, ssm_state = ssd_sequential_ref(xs, dt, A, Bm, Cm, self.D, ssm_state)
         elif T == 1 and ssm_state is not None:
             y, ssm_state = ssd_step(ssm_state, xs[:, 0], dt[:, 0], A, Bm[:, 0], Cm[:, 0], self.D)
             y = y[:, None]
+        elif backend == "fla":
+            y, ssm_state = ssd_fla.ssd_fla(xs, dt, A, Bm, Cm, self.D, ssm_state)
         else:
             y, ssm_state = ssd_chunked(xs, dt, A, Bm, Cm, self.chunk_size, self.D, ssm_state)
         y = self.norm(y.reshape(b, T, self.d_inner), z)

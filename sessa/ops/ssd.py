@@ -12,7 +12,8 @@ Three ways to compute the same thing (SPEC §5, M = L ∘ (C Bᵀ) block-wise):
 * :func:`ssd_minimal_ref` — the paper's minimal listing (four einsum steps), readable.
 * :func:`ssd_sequential_ref` — the plain recurrence above, one token at a time.
 
-:func:`ssd_step` is one decoding step.
+:func:`ssd_step` is one decoding step; :mod:`sessa.ops.ssd_fla` runs the same scan on fla-core's Triton
+kernels (CUDA).
 
 Shapes: b batch, T length, h heads, p head width (headdim), g groups (h % g == 0, head i reads
 group i // (h / g)), n state size (d_state), c chunks, l/s positions inside a chunk.

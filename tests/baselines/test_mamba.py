@@ -120,6 +120,7 @@ def test_parameter_count():
         (dict(dt_init_floor=-1.0), ValueError, "dt_init_floor"),
         (dict(chunk_size=-2), ValueError, "chunk_size"),
         (dict(backend="cuda"), ValueError, "backend"),
+        (dict(backend="fla"), ValueError, "no selective scan"),
     ],
 )
 def test_bad_options(options, error, match):
@@ -129,3 +130,9 @@ def test_bad_options(options, error, match):
 
 def test_empty_sequence():
     assert make_mixer()(randn(2, 0, 16)).shape == (2, 0, 16)
+
+
+def test_auto_backend_is_the_chunked_scan():
+    """Mamba-1 has no fla path: "auto" (a config's ssm_backend shared with Mamba-2 layers) means "chunked"."""
+    x = randn(2, 21, 16)
+    assert torch.equal(make_mixer(backend="auto")(x), make_mixer()(x))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from sessa.baselines import BASELINE_MIXERS, Mamba2Mixer
 from sessa.modules.contract import Mixer
+from sessa.ops import ssd_fla
 from tests.baselines.mixer_checks import (
     assert_same,
     check_bad_inputs,
@@ -18,6 +21,7 @@ from tests.baselines.mixer_checks import (
     randn,
 )
 from tests.helpers import assert_close_to_ref
+from tests.ops.test_ssd_fla import simple_gla_recurrence
 
 
 def make_mixer(**options) -> Mamba2Mixer:
@@ -140,3 +144,33 @@ def test_bad_options(options, error, match):
 
 def test_empty_sequence():
     assert make_mixer()(randn(2, 0, 16)).shape == (2, 0, 16)
+
+
+@pytest.fixture
+def fla_on_cpu(monkeypatch):
+    """Route the "fla" backend to the SSD -> simple-GLA glue over fla's recurrence written in Python."""
+    fake = functools.partial(ssd_fla.ssd_via_simple_gla, simple_gla_recurrence)
+    monkeypatch.setattr(ssd_fla, "ssd_fla", fake)
+    monkeypatch.setattr(ssd_fla, "fla_usable", lambda x: True)
+
+
+@pytest.mark.parametrize("backend", ["fla", "auto"])
+def test_fla_backend_wiring(fla_on_cpu, backend):
+    """The mixer's fla branch: same outputs, decode / chunked prefill, left padding and causality."""
+    x = randn(2, 21, 16)
+    mixer = make_mixer(backend=backend)
+    y = mixer(x)
+    assert_same(y, make_mixer(backend="reference")(x), f"{backend} vs reference backend")
+    check_decode_matches_forward(mixer, x, split=13)
+    check_left_padding(mixer, 16)
+    check_causal(mixer, x, t0=9)
+
+
+def test_auto_backend_on_cpu_is_the_chunked_scan():
+    x = randn(2, 21, 16)
+    assert torch.equal(make_mixer(backend="auto")(x), make_mixer()(x))
+
+
+def test_fla_backend_on_cpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="CUDA tensors only"):
+        make_mixer(backend="fla")(randn(2, 5, 16))
