@@ -25,10 +25,11 @@ from torch import nn
 
 from sessa.baselines.attention import AttentionMixer
 from sessa.baselines.common import causal_conv
-from sessa.baselines.mamba2 import Mamba2Mixer, segsum
+from sessa.baselines.mamba2 import Mamba2Mixer
 from sessa.modules.contract import check_input
 from sessa.modules.sessa_mixer import SessaMixer
 from sessa.ops.feedback import feedback_solve, feedback_weights_ref
+from sessa.ops.ssd import segsum
 
 
 @dataclass

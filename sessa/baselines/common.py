@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sessa.modules.contract import MixerState, check_input, reorder_state_tensors
+from sessa.ops.precision import work_dtype  # also re-exported: attention.py imports it from here
 
 
 def check_int(name: str, value: object, minimum: int = 1) -> int:
@@ -103,25 +104,6 @@ def causal_conv(
     full = torch.cat([history.to(xt.dtype), xt], dim=-1)
     y = F.conv1d(full, weight.to(xt.dtype), None if bias is None else bias.to(xt.dtype), groups=xt.shape[1])
     return y.transpose(1, 2), full[..., full.shape[-1] - (K - 1) :].clone()
-
-
-def work_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Precision of scans and states: float64 for float64 models, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def chain_chunk_states(
-    local_end: torch.Tensor, chunk_decay: torch.Tensor, initial_state: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inter-chunk state passing of the chunked scans: the states entering each chunk (b, c, ...) and the
-    final state, from each chunk's own end state ``local_end`` (b, c, ...) and its total decay
-    ``chunk_decay`` (broadcastable to local_end)."""
-    state = torch.zeros_like(local_end[:, 0]) if initial_state is None else initial_state.to(local_end.dtype)
-    starts = []
-    for i in range(local_end.shape[1]):
-        starts.append(state)
-        state = chunk_decay[:, i] * state + local_end[:, i]
-    return torch.stack(starts, dim=1), state
 
 
 class RecurrentMixer(nn.Module):

@@ -28,7 +28,7 @@ MIXER_NAMES: tuple[str, ...] = ("sessa", "attention", "mamba2", "mamba")
 BLOCK_NAMES: tuple[str, ...] = ("gated", "prenorm")
 FEEDBACK_BACKENDS: tuple[str, ...] = ("auto", "reference", "chunked", "triton")
 ATTENTION_BACKENDS: tuple[str, ...] = ("sdpa", "reference")
-SSM_BACKENDS: tuple[str, ...] = ("chunked", "reference")
+SSM_BACKENDS: tuple[str, ...] = ("chunked", "reference", "fla", "auto")
 MIXERS_WITH_HEADS: tuple[str, ...] = ("sessa", "attention")
 DEFAULT_D_STATE: dict[str, int] = {"mamba2": 64, "mamba": 16}  # the mixers' own defaults
 DEFAULT_HEADDIM = 32  # Mamba-2 head width when ``headdim`` is None (the mixer's default)
@@ -88,7 +88,7 @@ class SessaConfig(PretrainedConfig):
     expand: int = 2  # inner width = expand * d_model
     headdim: int | None = None  # Mamba-2 head width; None = 32
     dt_rank: int | str = "auto"  # Mamba dt projection rank; "auto" = ceil(d_model / 16)
-    ssm_backend: str = "chunked"  # "chunked" or "reference" scan
+    ssm_backend: str = "chunked"  # "chunked" | "reference" | "fla" (Mamba-2, fla-core, CUDA) | "auto"
     # shared
     ln_eps: float = 1e-5  # epsilon of every LayerNorm / RMSNorm
     tie_word_embeddings: bool = True  # LM head shares the token embedding matrix

@@ -22,9 +22,10 @@ from sessa.analysis import (
 )
 from sessa.analysis.cli import operators_main, tail_main
 from sessa.baselines.attention import AttentionMixer
-from sessa.baselines.mamba2 import Mamba2Mixer, ssd_sequential_ref
+from sessa.baselines.mamba2 import Mamba2Mixer
 from sessa.modules.sessa_mixer import SessaMixer
 from sessa.ops.feedback import feedback_solve_ref
+from sessa.ops.ssd import ssd_sequential_ref
 
 D, T = 16, 37  # T not a multiple of any chunk size
 

@@ -156,6 +156,12 @@ def test_mixer_options_map_config_fields() -> None:
     }
 
 
+@pytest.mark.parametrize("backend", ["fla", "auto"])
+def test_ssm_backend_reaches_the_mamba2_mixer(backend: str) -> None:
+    config = SessaConfig.from_preset("tiny-mamba2", ssm_backend=backend)
+    assert config.mixer_options("mamba2")["backend"] == backend
+
+
 def test_save_and_load_through_auto_config(tmp_path) -> None:
     config = SessaConfig.from_preset(
         "tiny", n_layers=4, layer_mixers=SessaConfig.hybrid_pattern(4, 2, "mamba")
