@@ -7,7 +7,7 @@
 * :mod:`~sessa.analysis.influence`: fixed-routing and end-to-end (Jacobian) influence by lag, the diffuse
   regime initialisation.
 * :mod:`~sessa.analysis.loading`: tiny random stacks of each mixer, trained checkpoints, random inputs.
-* :mod:`~sessa.analysis.cli`: ``sessa tail`` and ``sessa operators``.
+* :mod:`~sessa.analysis.commands`: ``sessa tail`` and ``sessa operators``.
 """
 
 from sessa.analysis.influence import (

@@ -1,7 +1,7 @@
 """The measurements behind ``sessa tail`` and ``sessa operators``, as rows of plain numbers.
 
 Each function returns JSON-ready rows (dicts) and, for the tail, curves sampled at log-spaced lags; the CLI
-(:mod:`sessa.analysis.cli`) only parses options, prints and saves.
+(:mod:`sessa.analysis.commands`) only parses options, prints and saves.
 """
 
 from __future__ import annotations

@@ -10,12 +10,13 @@ torch.cuda.max_memory_allocated during forward+backward minus what was allocated
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -187,12 +188,17 @@ def ratio_table(record: list[dict]) -> list[dict]:
         cases = {r["name"]: r for r in record if (r["B"], r["T"]) == key and "fwdbwd_ms" in r}
         sdpa, ref = cases.get("sdpa/16x64"), cases.get("feedback/reference")
         for name, r in cases.items():
-            rows.append({
-                "name": name, "B": key[0], "T": key[1], "fwdbwd_ms": r["fwdbwd_ms"],
-                "peak_mib": r["peak_mib"],
-                "vs_sdpa": r["fwdbwd_ms"] / sdpa["fwdbwd_ms"] if sdpa else None,
-                "ref_speedup": ref["fwdbwd_ms"] / r["fwdbwd_ms"] if ref else None,
-            })
+            rows.append(
+                {
+                    "name": name,
+                    "B": key[0],
+                    "T": key[1],
+                    "fwdbwd_ms": r["fwdbwd_ms"],
+                    "peak_mib": r["peak_mib"],
+                    "vs_sdpa": r["fwdbwd_ms"] / sdpa["fwdbwd_ms"] if sdpa else None,
+                    "ref_speedup": ref["fwdbwd_ms"] / r["fwdbwd_ms"] if ref else None,
+                }
+            )
     return rows
 
 
@@ -200,56 +206,86 @@ def _fmt(v: float | None, width: int, digits: int) -> str:
     return f"{v:{width}.{digits}f}" if v is not None else "-".rjust(width)
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="sessa bench", description="feedback-solve and layer kernel benchmarks")
-    ap.add_argument("--device", default="auto", help="auto | cuda | cpu")
-    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    ap.add_argument("--B", type=int, default=1)
-    ap.add_argument("--D", type=int, default=None, help="model width (default 1024 on CUDA, 64 on CPU)")
-    ap.add_argument("--T", type=int, nargs="+", default=None, help="lengths (default 1K..64K on CUDA)")
-    ap.add_argument("--tokens", type=int, default=None, help="also B = tokens // T per T (fixed B*T)")
-    ap.add_argument("--backends", nargs="+", default=["triton", "chunked", "reference"])
-    ap.add_argument("--chunk-size", type=int, default=None)
-    ap.add_argument("--ref-max-gib", type=float, default=8.0, help="skip the dense reference above this")
-    ap.add_argument("--chunked-max-t", type=int, default=16384)
-    ap.add_argument("--layer", action=argparse.BooleanOptionalAction, default=True)
-    ap.add_argument("--layer-max-t", type=int, default=1 << 30)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--out", default=None, help="write the JSON results here")
-    return ap
+@dataclass
+class BenchConfig:
+    """What ``sessa bench`` measures."""
+
+    device: str = "auto"  # auto, cuda or cpu
+    dtype: str = "bfloat16"  # bfloat16, float16 or float32
+    B: int = 1  # batch size
+    D: int | None = None  # model width (default 1024 on CUDA, 64 on CPU)
+    T: list[int] | None = None  # sequence lengths (default 1K..64K on CUDA, 64 128 on CPU)
+    tokens: int | None = None  # also B = tokens // T for every T (fixed B * T)
+    backends: list[str] = field(default_factory=lambda: ["triton", "chunked", "reference"])  # solves to time
+    chunk_size: int | None = None  # feedback solve chunk (default: the backend's)
+    ref_max_gib: float = 8.0  # skip the dense reference above this much T x T memory
+    chunked_max_t: int = 16384  # skip the chunked backend above this length
+    layer: bool = True  # also time a full SessaLayer
+    layer_max_t: int = 1 << 30  # skip the layer above this length
+    warmup: int = 2  # untimed runs first
+    repeats: int = 5  # timed runs (median)
+    out: str | None = None  # write the JSON results here
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        bad = [b for b in self.backends if b not in ("triton", "chunked", "reference")]
+        if bad:
+            raise ValueError(f"unknown backend(s) {bad}; valid: triton, chunked, reference")
+        if any(t < 1 for t in self.T or [1]) or self.B < 1 or (self.D is not None and self.D < 1):
+            raise ValueError(f"--T, --B and --D must be positive, got T={self.T} B={self.B} D={self.D}")
+        if self.warmup < 0 or self.repeats < 1:
+            raise ValueError(f"need --warmup >= 0 and --repeats >= 1, got {self.warmup}, {self.repeats}")
 
 
-def bench_main(argv: list[str] | None = None) -> int:
-    """Entry point of ``sessa bench``; returns a process exit code."""
-    args = _parser().parse_args(argv)
-    dev_name = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    device = torch.device(dev_name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was given but CUDA is not available")
-    dtype = getattr(torch, args.dtype)
-    args.D = args.D or (1024 if device.type == "cuda" else 64)
-    args.T = args.T or ([1024 * 2**i for i in range(7)] if device.type == "cuda" else [64, 128])
-    if any(t < 1 for t in args.T) or args.B < 1 or args.D < 1:
-        raise ValueError(f"--T, --B and --D must be positive, got T={args.T} B={args.B} D={args.D}")
+DTYPES = ("bfloat16", "float16", "float32")
+
+
+def run_bench(cfg: BenchConfig) -> dict:
+    """Run the benchmark, print the ratio table, write ``cfg.out``; returns the JSON record."""
+    from sessa.train.distributed import resolve_device
+
+    device = resolve_device(cfg.device)
+    dtype = getattr(torch, cfg.dtype)
+    args = dataclasses.replace(
+        cfg,
+        D=cfg.D or (1024 if device.type == "cuda" else 64),
+        T=cfg.T or ([1024 * 2**i for i in range(7)] if device.type == "cuda" else [64, 128]),
+    )
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {name}  dtype {args.dtype}  D {args.D}  torch {torch.__version__}", flush=True)
     timer = Timer(device, args.warmup, args.repeats)
     record = run_sweep(args, device, dtype, timer)
     ratios = ratio_table(record)
-    print(f"\n{'case':22s} {'B':>3s} {'T':>7s} {'fwd+bwd ms':>11s} {'peak MiB':>9s} "
-          f"{'x SDPA':>7s} {'ref/x':>7s}")
+    print(
+        f"\n{'case':22s} {'B':>3s} {'T':>7s} {'fwd+bwd ms':>11s} {'peak MiB':>9s} "
+        f"{'x SDPA':>7s} {'ref/x':>7s}"
+    )
     for r in ratios:
-        print(f"{r['name']:22s} {r['B']:3d} {r['T']:7d} {r['fwdbwd_ms']:11.3f} {_fmt(r['peak_mib'], 9, 0)} "
-              f"{_fmt(r['vs_sdpa'], 7, 2)} {_fmt(r['ref_speedup'], 7, 2)}")
+        print(
+            f"{r['name']:22s} {r['B']:3d} {r['T']:7d} {r['fwdbwd_ms']:11.3f} {_fmt(r['peak_mib'], 9, 0)} "
+            f"{_fmt(r['vs_sdpa'], 7, 2)} {_fmt(r['ref_speedup'], 7, 2)}"
+        )
     result = {
-        "device": name, "dtype": args.dtype, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
-        "config": {k: v for k, v in vars(args).items()}, "results": record, "ratios": ratios,
+        "device": name,
+        "dtype": args.dtype,
+        "date": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
+        "config": dataclasses.asdict(args),
+        "results": record,
+        "ratios": ratios,
     }
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(result, fh, indent=1, default=str)
-    return 0
+    return result
+
+
+def bench_main(argv: list[str] | None = None) -> int:
+    """``sessa bench`` with these arguments; returns its exit code."""
+    from sessa.cli import main
+
+    return main(["bench", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sessa.progress import Progress
 from sessa.train.config import MODELS, TrainConfig
 from sessa.train.evaluate import primary_metric
+from sessa.train.runs import finished_summary, guard_folder, start_mode
 from sessa.train.trainer import train
 
 # Built-in CPU defaults: small task variants that separate the models within minutes on a 2-core CPU.
@@ -64,6 +66,12 @@ PAPER_TASKS: dict[str, dict[str, Any]] = {
 for _task, _settings in PAPER_TASKS.items():
     _settings["lr"] = PAPER_LRS[_task]
 SUITES = {"quick": ("tiny", QUICK_TASKS), "paper": ("small", PAPER_TASKS)}
+PAPER_TABLE1 = ["symbolsoup", "diffuse_mqar"]
+
+
+def default_tasks(suite: str) -> list[str]:
+    """The tasks `sessa compare` runs by default: the quick suite's, or the paper's Table 1."""
+    return list(QUICK_TASKS) if suite == "quick" else list(PAPER_TABLE1)
 
 
 @dataclass
@@ -92,14 +100,25 @@ class CompareConfig:
         if not self.models or not self.tasks or not self.seeds:
             raise ValueError("tasks, models and seeds must each name at least one entry")
 
+    def plan(self) -> list[TrainConfig]:
+        """Every run, in order: task, then model, then seed."""
+        return [self.run_config(t, m, s) for t in self.tasks for m in self.models for s in self.seeds]
+
     def run_config(self, task: str, model: str, seed: int) -> TrainConfig:
         overrides = dict(self.train_overrides)
         for name in ("steps", "batch_size", "lr"):
             if getattr(self, name) is not None:
                 overrides[name] = getattr(self, name)
         return suite_run_config(
-            self.suite, task, model, seed, preset=self.preset, device=self.device, amp=self.amp,
-            out_dir=str(Path(self.out_dir) / task / f"{model}-seed{seed}"), overrides=overrides,
+            self.suite,
+            task,
+            model,
+            seed,
+            preset=self.preset,
+            device=self.device,
+            amp=self.amp,
+            out_dir=str(Path(self.out_dir) / task / f"{model}-seed{seed}"),
+            overrides=overrides,
         )
 
 
@@ -144,36 +163,70 @@ def suite_run_config(
     return TrainConfig(**fields)
 
 
-def compare(cfg: CompareConfig, *, log=print) -> dict[str, Any]:  # noqa: ANN001
-    """Run every (task, model, seed); write results.json, results.md and plots into cfg.out_dir."""
+def compare(
+    cfg: CompareConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    log=print,  # noqa: ANN001
+) -> dict[str, Any]:
+    """Run every (task, model, seed); write results.json, results.md and plots into cfg.out_dir.
+
+    Partial results are written after every finished run. A non-empty ``out_dir`` needs ``resume`` (finished
+    runs are reused, an interrupted one resumes from its checkpoint) or ``overwrite`` (compare's own runs and
+    results are deleted first; nothing else in the folder is touched)."""
     out = Path(cfg.out_dir)
+    plan = cfg.plan()
+    owned = (
+        [out / n for n in ("compare_config.json", "results.json", "results.md")]
+        + [Path(r.out_dir) for r in plan]
+        + list(out.glob("*_metric_vs_step.png"))
+        + list(out.glob("*_accuracy_vs_*.png"))
+    )
+    guard_folder(out, owned, resume, overwrite, "a comparison")
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     runs: list[dict[str, Any]] = []
     start = time.perf_counter()
-    for task in cfg.tasks:
-        for model in cfg.models:
-            for seed in cfg.seeds:
-                run_cfg = cfg.run_config(task, model, seed)
-                log(f"== {task} | {model} | seed {seed} ==")
-                t0 = time.perf_counter()
-                summary = train(run_cfg, overwrite=True)
-                summary["wall_time_s"] = time.perf_counter() - t0
-                runs.append(summary)
+    progress = Progress(len(plan), "compare")
+    for i, run_cfg in enumerate(plan, 1):
+        progress.write(
+            f"== [{i}/{len(plan)}] {run_cfg.task} | {run_cfg.model} | seed {run_cfg.seed} "
+            f"({progress.eta_text()} for the comparison) =="
+        )
+        summary = finished_summary(run_cfg)
+        if summary is None:
+            t0, mode = time.perf_counter(), start_mode(run_cfg)
+            summary = train(run_cfg, resume=mode == "resume", overwrite=mode == "fresh")
+            summary["wall_time_s"] = time.perf_counter() - t0
+        else:
+            log(f"   finished earlier: reusing {run_cfg.out_dir}")
+            summary.setdefault("wall_time_s", summary.get("train_time_s", 0.0))
+        runs.append(summary)
+        progress.update(1)
+        _write_results(cfg, runs, out, time.perf_counter() - start, complete=i == len(plan))
+    progress.close()
+    result = _write_results(cfg, runs, out, time.perf_counter() - start, complete=True)
+    plots = write_plots(runs, out)
+    log(render_markdown(result["table"], result["total_wall_time_s"]))
+    if plots:
+        log("plots: " + ", ".join(str(p) for p in plots))
+    return result
+
+
+def _write_results(
+    cfg: CompareConfig, runs: list[dict[str, Any]], out: Path, seconds: float, complete: bool
+) -> dict[str, Any]:
     table = aggregate(runs)
     result = {
         "config": dataclasses.asdict(cfg),
+        "complete": complete,
         "table": table,
         "runs": runs,
-        "total_wall_time_s": time.perf_counter() - start,
+        "total_wall_time_s": seconds,
     }
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
-    markdown = render_markdown(table, result["total_wall_time_s"])
-    (out / "results.md").write_text(markdown)
-    plots = write_plots(runs, out)
-    log(markdown)
-    if plots:
-        log("plots: " + ", ".join(str(p) for p in plots))
+    (out / "results.md").write_text(render_markdown(table, seconds))
     return result
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 MODELS = ("sessa", "sessa_nofb", "attention", "mamba2", "mamba")
+# what `--resume --allow-change FIELD` may change (applied from the checkpoint on); see sessa.train.resume
+RESUME_CHANGEABLE = frozenset({"lr", "min_lr_ratio", "weight_decay", "grad_clip"})
 AMP_CHOICES = ("auto", "bf16", "fp16", "none")
 DISTRIBUTED = ("none", "ddp", "fsdp")
 
@@ -36,7 +39,8 @@ class TrainConfig:
     eval_every: int = 100  # steps between evaluations (0: only at the end)
     eval_examples: int = 256  # rows per evaluation split during training (the final evaluation uses all)
     eval_batch_size: int = 64
-    ckpt_every: int = 0  # steps between checkpoints (0: only at the end)
+    ckpt_every: int = 0  # steps between checkpoints (0: none by step count)
+    ckpt_minutes: float = 10.0  # also checkpoint when this many minutes passed since the last one (0: never)
     keep_ckpts: int = 2  # newest checkpoints kept
     log_every: int = 10
     health: bool = True  # per-layer activation statistics every log step, with a divergence alarm
@@ -61,8 +65,14 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.warmup_fraction is not None and not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup_fraction must be in [0, 1) or None, got {self.warmup_fraction!r}")
+        for name in ("lr", "min_lr_ratio", "weight_decay", "grad_clip", "ckpt_minutes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.ckpt_minutes < 0:
+            raise ValueError(f"ckpt_minutes must be >= 0, got {self.ckpt_minutes!r}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
         if self.grad_clip < 0 or self.weight_decay < 0:

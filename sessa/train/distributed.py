@@ -27,12 +27,25 @@ class DistInfo:
         return self.world_size > 1
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """ "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:N", "mps" -> a torch.device."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"device must be auto or one of {', '.join(DEVICE_TYPES)} (cuda:N), got {name!r}"
+        ) from exc
+    if device.type not in DEVICE_TYPES:
+        raise ValueError(f"device must be auto or one of {', '.join(DEVICE_TYPES)} (cuda:N), got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{local_rank}")
     return device
@@ -40,6 +53,11 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 def setup(strategy: str, device_name: str) -> DistInfo:
     """Initialise the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    if strategy != "none" and "WORLD_SIZE" not in os.environ:
+        raise ValueError(
+            f"--distributed {strategy} needs a torchrun launch (torchrun --nproc_per_node=N -m sessa "
+            "train ...); without torchrun use --distributed none"
+        )
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return DistInfo(device=resolve_device(device_name))
@@ -112,6 +130,12 @@ def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
 def all_reduce_sum(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
         dist.all_reduce(x)
+    return x
+
+
+def all_reduce_max(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.enabled:
+        dist.all_reduce(x, op=dist.ReduceOp.MAX)
     return x
 
 

@@ -8,6 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from sessa.progress import Progress
 from sessa.tasks.base import IGNORE_INDEX, TaskSplit
 from sessa.train.data import eval_batches
 
@@ -35,12 +36,14 @@ def evaluate(
     limit: int | None = None,
     rank: int = 0,
     world_size: int = 1,
+    progress: str | None = None,
 ) -> dict[str, object]:
     """Evaluate on the first ``limit`` rows (all by default); sharded over ranks and summed when distributed.
 
     Returns loss (mean over scored positions, nats), bpb (loss / ln 2), accuracy (scored positions predicted
     exactly), sequence_accuracy (examples with every scored position right), n (examples) and, for each
     per-example label in ``split.meta``, ``by_<name>``: {value: accuracy of those examples}.
+    ``progress``: a label to show a progress bar with ETA under (on a terminal).
     """
     device = torch.device(device)
     n = len(split) if limit is None else min(limit, len(split))
@@ -48,7 +51,9 @@ def evaluate(
     stats = torch.zeros(n, 3, dtype=torch.float64, device=device)
     was_training = model.training
     model.eval()
-    for rows in eval_batches(split, batch_size, rank, world_size, limit=n):
+    batches = list(eval_batches(split, batch_size, rank, world_size, limit=n))
+    bar = Progress(len(batches), progress) if progress else None
+    for rows in batches:
         width = int(split.lengths[rows].max())
         inputs, targets = split.inputs[rows, :width].to(device), split.targets[rows, :width].to(device)
         with autocast_for(device, amp_dtype):
@@ -60,6 +65,10 @@ def evaluate(
         stats[rows.to(device)] = torch.stack(
             [loss.sum(1).double(), scored.sum(1).double(), correct.sum(1).double()], dim=1
         )
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     model.train(was_training)
     if world_size > 1:
         torch.distributed.all_reduce(stats)

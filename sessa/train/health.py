@@ -112,30 +112,44 @@ def diagnose(
     if bad:
         message = f"non-finite activations ({', '.join(bad[:4])}): the run has diverged; {FIX}"
         found.append(HealthWarning(step, "non_finite", _layer_of(bad[0]), message))
-    growth = [(v / state.start[k], k) for k, v in stats.items()
-              if k.endswith(".resid_rms") and state.start.get(k, 0.0) > 0 and math.isfinite(v)]
+    growth = [
+        (v / state.start[k], k)
+        for k, v in stats.items()
+        if k.endswith(".resid_rms") and state.start.get(k, 0.0) > 0 and math.isfinite(v)
+    ]
     ratio, key = max(growth) if growth else (0.0, "")
     grew = f"the residual RMS after layer {_layer_of(key) if key else '?'} grew {ratio:.0f}x since step " + (
-        f"{state.start_step} ({state.start[key]:.3g} -> {stats[key]:.3g})" if key else "")
+        f"{state.start_step} ({state.start[key]:.3g} -> {stats[key]:.3g})" if key else ""
+    )
     if ratio > explosion:
         message = f"{grew}: the run is diverging; {FIX}"
         found.append(HealthWarning(step, "resid_explosion", _layer_of(key), message))
     first = state.first_loss
     stalled = loss is not None and first is not None and step > state.first_loss_step and loss >= 0.98 * first
     if stalled and stall_growth < ratio <= explosion:
-        found.append(HealthWarning(
-            step, "stalled_growth", _layer_of(key),
-            f"the training loss has not fallen since step {state.first_loss_step} ({state.first_loss:.3f} -> "
-            f"{loss:.3f}) while {grew}; {FIX}",
-        ))
+        found.append(
+            HealthWarning(
+                step,
+                "stalled_growth",
+                _layer_of(key),
+                f"the training loss has not fallen since step {state.first_loss_step} "
+                f"({state.first_loss:.3f} -> "
+                f"{loss:.3f}) while {grew}; {FIX}",
+            )
+        )
     layers = sorted({_layer_of(k) for k in stats if k.endswith(".gamma_sat")})
     stuck = [i for i in layers if stats[f"L{i}.gamma_sat"] > 0.5 and stats[f"L{i}.fb_entropy"] < 0.1]
     if layers and 2 * len(stuck) >= len(layers):
-        found.append(HealthWarning(
-            step, "feedback_saturated", stuck[0],
-            f"feedback saturated in Sessa layers {stuck} of {layers} (|gamma| > {SAT_LEVEL} and a one-hot "
-            f"feedback softmax): these layers pass almost no gradient and rarely recover; {FIX}",
-        ))
+        found.append(
+            HealthWarning(
+                step,
+                "feedback_saturated",
+                stuck[0],
+                f"feedback saturated in Sessa layers {stuck} of {layers} (|gamma| > {SAT_LEVEL} and a "
+                "one-hot "
+                f"feedback softmax): these layers pass almost no gradient and rarely recover; {FIX}",
+            )
+        )
     return found
 
 
@@ -158,8 +172,11 @@ def replay(rows: list[dict[str, str]]) -> HealthState:
     state = HealthState()
     losses = {int(r["step"]): float(r["loss"]) for r in rows if r.get("loss")}
     for step in sorted({int(r["step"]) for r in rows if r.get("split") == "health"}):
-        stats = {r["metric"]: float(r["value"]) for r in rows
-                 if r.get("split") == "health" and int(r["step"]) == step}
+        stats = {
+            r["metric"]: float(r["value"])
+            for r in rows
+            if r.get("split") == "health" and int(r["step"]) == step
+        }
         update(state, stats, step, losses.get(step))
     return state
 

@@ -30,9 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sessa.progress import Progress
 from sessa.train.compare import SUITES, suite_run_config
 from sessa.train.config import MODELS, TrainConfig
 from sessa.train.evaluate import primary_metric
+from sessa.train.runs import finished_summary, guard_folder, start_mode
 
 DEFAULT_LRS = [1e-4, 2e-4, 3e-4, 5e-4, 1e-3]
 DEFAULT_MODELS = ["sessa", "attention", "mamba2", "sessa_nofb"]
@@ -89,8 +91,15 @@ class SweepConfig:
             if getattr(self, name) is not None:
                 overrides[name] = getattr(self, name)
         return suite_run_config(
-            self.suite, self.task, model, seed, preset=self.preset, device=self.device, amp=self.amp,
-            out_dir=str(out), overrides=overrides,
+            self.suite,
+            self.task,
+            model,
+            seed,
+            preset=self.preset,
+            device=self.device,
+            amp=self.amp,
+            out_dir=str(out),
+            overrides=overrides,
         )
 
     def plan(self) -> list[TrainConfig]:
@@ -103,56 +112,57 @@ class SweepConfig:
         return [self.run_config(m, lr, s) for s in self.final_seeds for m, lr in chosen]
 
 
-def sweep(cfg: SweepConfig, *, log=print) -> dict[str, Any]:  # noqa: ANN001
-    """Run (or reuse) every planned run, select each model's lr, write results.json/results.md/plot."""
+def sweep(cfg: SweepConfig, *, resume: bool = False, overwrite: bool = False, log=print) -> dict[str, Any]:  # noqa: ANN001
+    """Run every planned run, select each model's lr, write results.json/results.md/plots.
+
+    A non-empty ``out_dir/<task>`` needs ``resume`` (finished runs are reused, interrupted ones resumed from
+    their checkpoints) or ``overwrite`` (the sweep's own runs and results are deleted first)."""
     out = Path(cfg.out_dir) / cfg.task
+    owned = [
+        out / name
+        for name in ("results.json", "results.md", "sweep_config.json", "valid_vs_lr.png", "curves.png")
+    ] + [out / m for m in cfg.models]
+    guard_folder(out, owned, resume, overwrite, "a sweep")
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     plan = cfg.plan()
     start = time.perf_counter()
     deadline = None if cfg.time_limit_s is None else time.monotonic() + cfg.time_limit_s
-    summaries = _execute(plan, cfg, deadline, log)
+
+    def write(runs: list[dict[str, Any]], picks: dict[str, Any], final: bool) -> dict[str, Any]:
+        result = {
+            "config": dataclasses.asdict(cfg),
+            "complete": final,
+            "runs": runs,
+            "selected": picks,
+            "total_wall_time_s": time.perf_counter() - start,
+        }
+        (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
+        (out / "results.md").write_text(render_markdown(result))
+        return result
+
+    def partial(done: dict[str, dict[str, Any] | None]) -> None:
+        runs = [run_row(c, done.get(c.out_dir)) for c in plan]
+        write(runs, select(runs), final=False)
+
+    summaries = _execute(plan, cfg, deadline, log, partial)
     runs = [run_row(c, summaries.get(c.out_dir)) for c in plan]
     picks = select(runs)
     if cfg.final_seeds:
         finals = cfg.final_plan(picks)
-        summaries = _execute(finals, cfg, deadline, log)
+        summaries = _execute(finals, cfg, deadline, log, lambda done: None)
         runs += [{**run_row(c, summaries.get(c.out_dir)), "final": True} for c in finals]
         picks = confirm(picks, runs)
-    result = {
-        "config": dataclasses.asdict(cfg),
-        "runs": runs,
-        "selected": picks,
-        "total_wall_time_s": time.perf_counter() - start,
-    }
-    (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
-    markdown = render_markdown(result)
-    (out / "results.md").write_text(markdown)
+    result = write(runs, picks, final=True)
     plots = [plot_valid_vs_lr(runs, out / "valid_vs_lr.png"), plot_curves(runs, picks, out / "curves.png")]
-    log(markdown)
+    log(render_markdown(result))
     if any(plots):
         log("plots: " + ", ".join(str(p) for p in plots if p))
     return result
 
 
-# -- running ------------------------------------------------------------------------------------------
-def finished_summary(run: TrainConfig) -> dict[str, Any] | None:
-    """The summary.json of a run already made with exactly these settings, else None."""
-    path = Path(run.out_dir) / "summary.json"
-    if not path.exists():
-        return None
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    same = json.loads(json.dumps(summary.get("config"), default=str)) == json.loads(
-        json.dumps(run.to_dict(), default=str)
-    )
-    return summary if same else None
-
-
 def _execute(  # noqa: ANN001
-    plan: list[TrainConfig], cfg: SweepConfig, deadline: float | None, log
+    plan: list[TrainConfig], cfg: SweepConfig, deadline: float | None, log, on_done
 ) -> dict[str, dict[str, Any] | None]:
     results: dict[str, dict[str, Any] | None] = {}
     todo = []
@@ -164,10 +174,12 @@ def _execute(  # noqa: ANN001
             todo.append(run)
     if len(todo) < len(plan):
         log(f"reusing {len(plan) - len(todo)} finished run(s) from {cfg.out_dir}")
-    if cfg.parallel == 1:
-        _run_inline(todo, results, deadline, log)
-    else:
-        _run_subprocesses(todo, results, cfg.parallel, deadline, log)
+    progress = Progress(len(todo), f"sweep {cfg.task}")
+    runner = _run_inline if cfg.parallel == 1 else _run_subprocesses
+    try:
+        runner(todo, results, cfg.parallel, deadline, progress, log, on_done)
+    finally:
+        progress.close()
     return results
 
 
@@ -175,50 +187,65 @@ def _describe(run: TrainConfig) -> str:
     return f"{run.task} {run.model} lr={run.lr:g} seed={run.seed}"
 
 
-def _run_inline(todo: list[TrainConfig], results: dict, deadline: float | None, log) -> None:  # noqa: ANN001
+def _finished(  # noqa: ANN001
+    run: TrainConfig, results: dict, progress: Progress, t0: float, log, on_done, extra: str = ""
+) -> None:
+    results[run.out_dir] = _read_summary(run)
+    progress.update(1)
+    log(
+        f"[{progress.done}/{progress.total}] {_describe(run)}: {_outcome(results[run.out_dir])} "
+        f"({time.perf_counter() - t0:.0f} s{extra}; {progress.eta_text()})"
+    )
+    on_done(results)
+
+
+def _run_inline(todo, results, parallel, deadline, progress, log, on_done) -> None:  # noqa: ANN001
     from sessa.train.trainer import TrainingDiverged, train
 
-    for i, run in enumerate(todo, 1):
+    for i, run in enumerate(todo):
         if deadline is not None and time.monotonic() > deadline:
-            log(f"time limit reached: {len(todo) - i + 1} run(s) not started")
+            log(f"time limit reached: {len(todo) - i} run(s) not started")
             return
-        t0 = time.perf_counter()
+        t0, mode = time.perf_counter(), start_mode(run)
         try:
-            results[run.out_dir] = train(run, quiet=True)
+            train(run, quiet=True, resume=mode == "resume", overwrite=mode == "fresh")
         except TrainingDiverged:
-            results[run.out_dir] = _read_summary(run)
-        log(f"[{i}/{len(todo)}] {_describe(run)}: {_outcome(results[run.out_dir])} "
-            f"({time.perf_counter() - t0:.0f} s)")
+            pass  # its summary.json says "diverged"
+        _finished(run, results, progress, t0, log, on_done)
 
 
-def _run_subprocesses(  # noqa: ANN001
-    todo: list[TrainConfig], results: dict, parallel: int, deadline: float | None, log
-) -> None:
-    queue, running, done = list(todo), [], 0
+def _run_subprocesses(todo, results, parallel, deadline, progress, log, on_done) -> None:  # noqa: ANN001
+    queue, running = list(todo), []
     env = {**os.environ}
     env.setdefault("OMP_NUM_THREADS", "1")  # parallel runs: one CPU thread each, or they oversubscribe
-    while queue or running:
-        while queue and len(running) < parallel and (deadline is None or time.monotonic() < deadline):
-            run = queue.pop(0)
-            folder = Path(run.out_dir)
-            folder.mkdir(parents=True, exist_ok=True)
-            request = folder / "request.json"
-            request.write_text(json.dumps(run.to_dict(), indent=2, default=str))
-            with (folder / "log.txt").open("w") as fh:
-                cmd = [sys.executable, "-m", "sessa", "train", "--config", str(request), "--overwrite"]
-                proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-            running.append((proc, run, time.perf_counter()))
-        if queue and not running:  # the deadline passed with nothing in flight
-            log(f"time limit reached: {len(queue)} run(s) not started")
-            return
-        time.sleep(0.5)
-        for item in [r for r in running if r[0].poll() is not None]:
-            proc, run, t0 = item
-            running.remove(item)
-            done += 1
-            results[run.out_dir] = _read_summary(run)
-            log(f"[{done}/{len(todo)}] {_describe(run)}: {_outcome(results[run.out_dir])} "
-                f"({time.perf_counter() - t0:.0f} s, exit {proc.returncode})")
+    try:
+        while queue or running:
+            while queue and len(running) < parallel and (deadline is None or time.monotonic() < deadline):
+                run = queue.pop(0)
+                running.append((_launch(run, env), run, time.perf_counter()))
+            if queue and not running:  # the deadline passed with nothing in flight
+                log(f"time limit reached: {len(queue)} run(s) not started")
+                return
+            time.sleep(0.5)
+            for item in [r for r in running if r[0].poll() is not None]:
+                running.remove(item)
+                proc, run, t0 = item
+                _finished(run, results, progress, t0, log, on_done, f", exit {proc.returncode}")
+    except KeyboardInterrupt:  # the runs got the signal too: let them save their checkpoints
+        for proc, _, _ in running:
+            proc.wait()
+        raise
+
+
+def _launch(run: TrainConfig, env: dict[str, str]) -> subprocess.Popen:
+    folder = Path(run.out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    request = folder / "request.json"
+    request.write_text(json.dumps(run.to_dict(), indent=2, default=str))
+    mode = "--resume" if start_mode(run) == "resume" else "--overwrite"
+    with (folder / "log.txt").open("a") as fh:
+        cmd = [sys.executable, "-m", "sessa", "train", "--config", str(request), mode]
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
 
 
 def _read_summary(run: TrainConfig) -> dict[str, Any] | None:
@@ -282,7 +309,8 @@ def select(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             if r["model"] == model:
                 by_lr.setdefault(r["lr"], []).append(r)
         eligible = {
-            lr: rows for lr, rows in by_lr.items()
+            lr: rows
+            for lr, rows in by_lr.items()
             if all(r["status"] == "ok" and r["valid"] is not None for r in rows)
         }
         if not eligible:
@@ -352,11 +380,18 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"| {model} | {p['lr']:g} | {p['valid_mean']:.4f} | {test} | {p['seeds']} | {p['params']:,} | "
             f"{p['tokens_per_s']:,.0f} |"
         )
-    lines += ["", "Every run (valid / test; diverged and unhealthy runs are never picked):", "",
-              "| model | lr | seed | valid | test | status |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Every run (valid / test; diverged and unhealthy runs are never picked):",
+        "",
+        "| model | lr | seed | valid | test | status |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in runs:
-        lines.append(f"| {r['model']} | {r['lr']:g} | {r['seed']} | {_fmt(r['valid'])} | {_fmt(r['test'])} | "
-                     f"{r['status']} |")
+        lines.append(
+            f"| {r['model']} | {r['lr']:g} | {r['seed']} | {_fmt(r['valid'])} | {_fmt(r['test'])} | "
+            f"{r['status']} |"
+        )
     lines.append(f"\nTotal wall time: {result['total_wall_time_s'] / 60:.1f} min.")
     return "\n".join(lines) + "\n"
 
@@ -418,8 +453,11 @@ def plot_curves(runs: list[dict[str, Any]], picks: dict[str, dict[str, Any]], pa
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, split in zip(axes, ("valid", "test"), strict=True):
         for model, pick in picks.items():
-            curves = [_eval_curve(r["out_dir"], split) for r in runs
-                      if r["model"] == model and r["lr"] == pick.get("lr") and r["status"] == "ok"]
+            curves = [
+                _eval_curve(r["out_dir"], split)
+                for r in runs
+                if r["model"] == model and r["lr"] == pick.get("lr") and r["status"] == "ok"
+            ]
             steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
             if not steps:
                 continue

@@ -9,7 +9,9 @@ import json
 import math
 import random
 import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from sessa.progress import Progress
 from sessa.tasks import IGNORE_INDEX, TaskData, get_task
 from sessa.train import checkpoint as ckpt
 from sessa.train import distributed as D
@@ -25,6 +28,7 @@ from sessa.train.config import TrainConfig
 from sessa.train.data import Batches
 from sessa.train.evaluate import autocast_for, evaluate, logits_of, primary_metric
 from sessa.train.health import HealthMonitor
+from sessa.train.resume import check_resume, saved_config
 
 PROBE_ROWS, PROBE_LEN = 4, 1024  # the health monitor's fixed batch: first rows of the first eval split
 
@@ -33,15 +37,33 @@ class TrainingDiverged(RuntimeError):
     """Raised when the loss becomes NaN or infinite; the last good checkpoint is left untouched."""
 
 
-def lr_lambda(cfg: TrainConfig):
+class TrainingInterrupted(RuntimeError):
+    """Raised after SIGINT/SIGTERM once the current step finished and a checkpoint was saved."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def lr_lambda(cfg: TrainConfig, anchor: tuple[int, float] | None = None):
+    """The lr factor of each step: linear warm-up, then a cosine to ``min_lr_ratio`` at ``cfg.steps``.
+
+    ``anchor = (step, factor)`` (a run extended on resume, see sessa.train.resume): from that step on, a
+    cosine from that factor down to ``min_lr_ratio`` at ``cfg.steps``."""
     warmup = cfg.warmup
 
+    def cosine(start: int, value: float, step: int) -> float:
+        progress = (step - start) / max(1, cfg.steps - start)
+        return cfg.min_lr_ratio + (value - cfg.min_lr_ratio) * 0.5 * (
+            1 + math.cos(math.pi * min(1.0, progress))
+        )
+
     def factor(step: int) -> float:
+        if anchor is not None and step >= anchor[0]:
+            return cosine(anchor[0], anchor[1], step)
         if step < warmup:
             return (step + 1) / warmup
-        progress = (step - warmup) / max(1, cfg.steps - warmup)
-        cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine
+        return cosine(warmup, 1.0, step)
 
     return factor
 
@@ -67,7 +89,13 @@ class Trainer:
     """Builds everything from a TrainConfig; ``run()`` trains and returns the summary dict."""
 
     def __init__(
-        self, cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False
+        self,
+        cfg: TrainConfig,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        allow_change: list[str] | tuple[str, ...] = (),
+        quiet: bool = False,
     ) -> None:
         self.cfg, self.quiet = cfg, quiet
         self.out = Path(cfg.out_dir)
@@ -77,6 +105,14 @@ class Trainer:
         if self.dist.is_main:
             _check_writable(self.out)
             _guard_out_dir(self.out, resume, overwrite)
+            _remove_stale_temporaries(self.out / "checkpoints")
+        resume_from = self._checkpoint_to_resume() if resume else None
+        self.resume_state = ckpt.load_training_state(resume_from) if resume_from is not None else None
+        if resume_from is not None:  # before any data is built: a changed setting fails at once
+            saved = saved_config(resume_from)
+            worlds = (self.dist.world_size, int(self.resume_state.get("world_size", self.dist.world_size)))
+            for note in check_resume(cfg, saved, int(self.resume_state["step"]), set(allow_change), worlds):
+                self._log(f"resume: {note}")
         self.data: TaskData = get_task(cfg.task, **cfg.task_options).build(cfg.data_seed)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
@@ -84,8 +120,8 @@ class Trainer:
             self.device
         )
         self.n_params = sum(p.numel() for p in self.raw_model.parameters())
-        resume_from = self._checkpoint_to_resume() if resume else None
         if resume_from is not None:  # weights go in before wrapping, which works for every strategy
+            ckpt.check_model_config(resume_from, self.raw_model.config)
             ckpt.load_weights(self.raw_model, resume_from)
         self.model = D.wrap_model(self.raw_model, cfg.distributed, self.dist)
         if cfg.compile:
@@ -99,21 +135,39 @@ class Trainer:
         self.eval_splits = [name for name in self.data.splits if name != "train"]
         self.health = self._health_monitor() if cfg.health else None
         self.last_health: dict[str, float] = {}
+        self.anchor: tuple[int, float] | None = None
+        self.stop_signal: int | None = None
+        self.last_save = time.monotonic()
         if resume_from is not None:
-            self._load_training_state(resume_from)
+            self._load_training_state(resume_from, saved)
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def _checkpoint_to_resume(self) -> Path:
         path = ckpt.latest_checkpoint(self.out / "checkpoints")
         if path is None:
             raise ValueError(f"--resume: no checkpoint under {self.out / 'checkpoints'}")
-        ckpt.check_model_config(path, self.raw_model.config)
         return path
 
-    def _load_training_state(self, path: Path) -> None:
-        state = ckpt.load_training_state(path)
+    def _load_training_state(self, path: Path, saved: TrainConfig) -> None:
+        state = self.resume_state
         D.load_optimizer_state(self.raw_model, self.optimizer, state["optimizer"])
+        done = int(state["step"])
+        anchor = state.get("schedule_anchor")
+        self.anchor = None if anchor is None else (int(anchor[0]), float(anchor[1]))
+        if self.cfg.steps != saved.steps:  # extended: continue from the current lr (sessa.train.resume)
+            self.anchor = (done, lr_lambda(saved, self.anchor)(done))
+            self._log(
+                f"resume: extending the run from {saved.steps} to {self.cfg.steps} steps; the lr factor "
+                f"continues from {self.anchor[1]:.4f} and decays by a cosine to {self.cfg.min_lr_ratio} "
+                f"at step {self.cfg.steps}"
+            )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.cfg, self.anchor))
         self.scheduler.load_state_dict(state["scheduler"])
+        for group in self.optimizer.param_groups:  # --allow-change lr: the requested peak lr from here on
+            group["initial_lr"] = self.cfg.lr
+            group["lr"] = self.cfg.lr * self.scheduler.lr_lambdas[0](done)
+        self.optimizer.param_groups[0]["weight_decay"] = self.cfg.weight_decay  # the decayed group
+        self.scheduler.base_lrs = [self.cfg.lr] * len(self.optimizer.param_groups)
         self.batches.load_state_dict(state["data"])
         ckpt.set_rng_state(state["rng"])
         self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
@@ -135,9 +189,11 @@ class Trainer:
             "rng": ckpt.rng_state(),
             "history": json.dumps(self.history),
             "health": json.dumps(self.health.state_dict() if self.health is not None else {}),
+            "world_size": self.dist.world_size,
+            "schedule_anchor": list(self.anchor) if self.anchor is not None else None,
         }
         if self.dist.is_main:
-            ckpt.save_checkpoint(
+            path = ckpt.save_checkpoint(
                 self.out / "checkpoints",
                 self.step,
                 self.raw_model,
@@ -146,6 +202,8 @@ class Trainer:
                 keep=self.cfg.keep_ckpts,
                 weights=weights,
             )
+            self._log(f"checkpoint: {path}")
+        self.last_save = time.monotonic()
         D.barrier(self.dist)
 
     # -- one optimizer step ---------------------------------------------------------------------------
@@ -205,7 +263,7 @@ class Trainer:
 
     @property
     def status(self) -> str:
-        """"ok", or "unhealthy" when an alarm held at the last health check (a NaN loss: "diverged")."""
+        """ "ok", or "unhealthy" when an alarm held at the last health check (a NaN loss: "diverged")."""
         return "unhealthy" if self.health is not None and self.health.state.active else "ok"
 
     # -- evaluation and logging -----------------------------------------------------------------------
@@ -224,9 +282,13 @@ class Trainer:
             for name in self.eval_splits
         }
 
-    def _log(self, msg: str) -> None:
+    def _log(self, msg: str, bar: Progress | None = None) -> None:
         if self.dist.is_main and not self.quiet:
-            print(msg, file=sys.stderr if msg.startswith("[warn]") else sys.stdout, flush=True)
+            stream = sys.stderr if msg.startswith("[warn]") else sys.stdout
+            if bar is not None:
+                bar.write(msg, stream)
+            else:
+                print(msg, file=stream, flush=True)
 
     def _record(self, row: dict[str, Any]) -> None:
         self.history.append(row)
@@ -272,6 +334,11 @@ class Trainer:
         cfg = self.cfg
         if self.health is not None and self.step == 0:
             self._health_check(writer)  # the baseline the divergence alarm compares with
+        bar = (
+            Progress(cfg.steps, f"train {cfg.model}", done=self.step)
+            if self.dist.is_main and not self.quiet
+            else None
+        )
         window_tokens, window_time = 0, 0.0
         while self.step < cfg.steps:
             start = time.perf_counter()
@@ -281,12 +348,17 @@ class Trainer:
             self.tokens_seen += tokens
             self.train_time += elapsed
             window_tokens, window_time = window_tokens + tokens, window_time + elapsed
+            if bar is not None:
+                bar.update(1, f"loss {loss:.4f}")
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 tps = window_tokens / max(window_time, 1e-9)
                 lr = self.scheduler.get_last_lr()[0]
                 self._record({"step": self.step, "loss": loss, "lr": lr, "tokens_per_s": tps})
+                eta = f" | {bar.eta_text()}" if bar is not None else ""
                 self._log(
-                    f"step {self.step:>6}/{cfg.steps} | loss {loss:.4f} | lr {lr:.2e} | {tps:,.0f} tok/s"
+                    f"step {self.step:>6}/{cfg.steps} | loss {loss:.4f} | lr {lr:.2e} | "
+                    f"{tps:,.0f} tok/s{eta}",
+                    bar,
                 )
                 if writer:
                     writer.add_scalar("train/loss", loss, self.step)
@@ -296,8 +368,44 @@ class Trainer:
                 window_tokens, window_time = 0, 0.0
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                 self._periodic_eval(self.evaluate(cfg.eval_examples), writer)
-            if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < cfg.steps:
+            if self.step < cfg.steps and self._checkpoint_due():
                 self._save()
+            if self._stop_requested():
+                self._save()
+                if bar is not None:
+                    bar.close()
+                raise self._interrupted()
+        if bar is not None:
+            bar.close()
+
+    def _checkpoint_due(self) -> bool:
+        """Every ``ckpt_every`` steps, and when ``ckpt_minutes`` passed since the last save (rank 0's clock
+        decides for every rank, so the collective save starts everywhere at the same step)."""
+        cfg = self.cfg
+        if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+            return True
+        if not cfg.ckpt_minutes:
+            return False
+        due = self.dist.is_main and time.monotonic() - self.last_save >= 60 * cfg.ckpt_minutes
+        if not self.dist.enabled:
+            return due
+        return bool(D.all_reduce_sum(torch.tensor(float(due), device=self.device), self.dist).item())
+
+    def _stop_requested(self) -> bool:
+        """True once SIGINT/SIGTERM arrived (on any rank, agreed by all ranks)."""
+        if not self.dist.enabled:
+            return self.stop_signal is not None
+        flag = torch.tensor(float(self.stop_signal or 0), device=self.device)
+        self.stop_signal = int(D.all_reduce_max(flag, self.dist).item()) or None
+        return self.stop_signal is not None
+
+    def _interrupted(self) -> TrainingInterrupted:
+        name = signal.Signals(self.stop_signal).name
+        return TrainingInterrupted(
+            f"interrupted by {name} at step {self.step}/{self.cfg.steps}; checkpoint saved in "
+            f"{self.out / 'checkpoints'}; continue with the same command and --resume",
+            128 + int(self.stop_signal),
+        )
 
     def _periodic_eval(self, results: dict[str, dict[str, Any]], writer) -> None:  # noqa: ANN001
         for split, res in results.items():
@@ -339,15 +447,49 @@ class Trainer:
 
 
 def train(
-    cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    allow_change: list[str] | tuple[str, ...] = (),
+    quiet: bool = False,
 ) -> dict[str, Any]:
-    """Train one run. A non-empty ``cfg.out_dir`` needs ``resume`` (continue its latest checkpoint) or
-    ``overwrite`` (replace the run files it holds; other files are left alone)."""
-    trainer = Trainer(cfg, resume=resume, overwrite=overwrite, quiet=quiet)
+    """Train one run. A non-empty ``cfg.out_dir`` needs ``resume`` (continue its latest checkpoint, with the
+    settings check of :mod:`sessa.train.resume`) or ``overwrite`` (replace the run files it holds; other
+    files are left alone). SIGINT/SIGTERM finish the current step, save a checkpoint and raise
+    :class:`TrainingInterrupted`."""
+    trainer = Trainer(cfg, resume=resume, overwrite=overwrite, allow_change=allow_change, quiet=quiet)
     try:
-        return trainer.run()
+        with _stop_on_signals(trainer):
+            return trainer.run()
     finally:
         trainer.close()
+
+
+@contextlib.contextmanager
+def _stop_on_signals(trainer: Trainer):  # noqa: ANN202
+    """SIGINT/SIGTERM set ``trainer.stop_signal`` (a second SIGINT raises KeyboardInterrupt at once)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:  # noqa: ARG001
+        if trainer.stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        trainer.stop_signal = signum
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _remove_stale_temporaries(root: Path) -> None:
+    """Checkpoint folders a killed save left half-written (never the complete ones)."""
+    for path in root.glob(".tmp-*") if root.is_dir() else ():
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _check_writable(out: Path) -> None:

@@ -20,9 +20,9 @@ from sessa.analysis import (
     ssd_matrix,
     tiny_stack,
 )
-from sessa.analysis.cli import operators_main, tail_main
 from sessa.baselines.attention import AttentionMixer
 from sessa.baselines.mamba2 import Mamba2Mixer
+from sessa.cli import main
 from sessa.modules.sessa_mixer import SessaMixer
 from sessa.ops.feedback import feedback_solve_ref
 from sessa.ops.ssd import ssd_sequential_ref
@@ -163,7 +163,7 @@ def test_find_blocks_of_a_causal_lm() -> None:
 def test_tail_cli_writes_fits(tmp_path: Path) -> None:
     argv = ["--gammas", "0.5", "--uniform-T", "512", "--uniform-min-lag", "16", "--T", "48", "--d-model", "8",
             "--depths", "1", "2", "--samples", "1", "--probes", "2", "--min-lag", "4", "--out", str(tmp_path)]
-    assert tail_main(argv) == 0
+    assert main(["tail"] + argv) == 0
     result = json.loads((tmp_path / "tail.json").read_text())
     (uniform,) = result["uniform"]
     assert abs(uniform["beta"] - 0.5) < 0.03 and uniform["better"] == "power"
@@ -171,12 +171,11 @@ def test_tail_cli_writes_fits(tmp_path: Path) -> None:
     assert ("mamba2", "end-to-end", 2) in measures
     assert ("sessa", "routing blocks.0.mixer (SessaMixer)", 1) in measures
     assert (tmp_path / "tail.png").stat().st_size > 0
-    with pytest.raises(SystemExit):
-        tail_main(["--gammas", "1.5"])
+    assert main(["tail", "--gammas", "1.5"]) == 2  # a one-line error, exit code 2
 
 
 def test_operators_cli_writes_ranks_and_heatmaps(tmp_path: Path) -> None:
-    assert operators_main(["--T", "40", "--d-model", "16", "--samples", "1", "--out", str(tmp_path)]) == 0
+    assert main(["operators", "--T", "40", "--d-model", "16", "--samples", "1", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "operators.json").read_text())["rows"]
     assert {r["kind"] for r in rows} == {"sessa", "attention", "mamba2"}
     for row in rows:
@@ -206,13 +205,13 @@ def _save_tiny_checkpoint(path: Path) -> int:
 def test_cli_on_a_saved_checkpoint(tmp_path: Path) -> None:
     d_state = _save_tiny_checkpoint(tmp_path / "ckpt")
     common = ["--checkpoint", str(tmp_path / "ckpt"), "--T", "32", "--no-plot"]
-    assert operators_main([*common, "--out", str(tmp_path / "ops")]) == 0
+    assert main(["operators"] + [*common, "--out", str(tmp_path / "ops")]) == 0
     rows = json.loads((tmp_path / "ops" / "operators.json").read_text())["rows"]
     assert [r["kind"] for r in rows] == ["mamba2", "sessa", "sessa"]
     assert all(r["reconstruction_rel_err"] < 1e-10 for r in rows) and rows[0]["rank_max"] <= d_state
     tail_argv = [*common, "--gammas", "0.5", "--uniform-T", "256", "--samples", "1", "--probes", "2",
                  "--out", str(tmp_path / "tail")]
-    assert tail_main(tail_argv) == 0
+    assert main(["tail"] + tail_argv) == 0
     models = json.loads((tmp_path / "tail" / "tail.json").read_text())["models"]
     assert [(r["measure"], r["depth"]) for r in models] == [
         ("routing blocks.0.mixer (Mamba2Mixer)", 1), ("routing blocks.1.mixer (SessaMixer)", 1),

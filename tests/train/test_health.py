@@ -114,8 +114,9 @@ def test_growth_alone_is_not_an_alarm_but_explosion_and_stalled_growth_are():
 
 def test_replay_of_a_metrics_file_matches_the_live_rule():
     def health_rows(step, stats):
-        return [{"step": str(step), "split": "health", "metric": k, "value": str(v)}
-                for k, v in stats.items()]
+        return [
+            {"step": str(step), "split": "health", "metric": k, "value": str(v)} for k, v in stats.items()
+        ]
 
     rows = health_rows(0, healthy_stats())
     for step, loss, scale in ((100, 3.0, 300.0), (200, 2.999, 300.0)):
@@ -137,8 +138,11 @@ def test_monitor_measures_a_real_model_and_alarms_on_a_saturated_state():
     monitor = HealthMonitor(model, probe, torch.tensor([40, 30, 12]), torch.device("cpu"))
     stats, warnings = monitor.check(0)
     assert warnings == []
-    assert set(stats) == {f"L{i}.{k}" for i in range(2)
-                          for k in ("resid_rms", "mixer_rms", "gamma_mean", "gamma_sat", "fb_entropy")}
+    assert set(stats) == {
+        f"L{i}.{k}"
+        for i in range(2)
+        for k in ("resid_rms", "mixer_rms", "gamma_mean", "gamma_sat", "fb_entropy")
+    }
     assert 0.5 < stats["L0.fb_entropy"] <= 1.0  # near-uniform routing at initialisation
     assert stats["L0.gamma_mean"] == pytest.approx(0.999 * math.tanh(1.0), abs=0.1)  # gamma_bias init 1
     with torch.no_grad():  # the divergence signature: saturated gains and one-hot feedback softmax
