@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sessa.ops.feedback import feedback_continue, feedback_solve, feedback_solve_loop, feedback_solve_ref
+from sessa.ops.feedback import feedback_solve, feedback_solve_loop, feedback_solve_ref
 from tests.helpers import assert_close_to_ref, rel_err
 
 
@@ -78,13 +78,6 @@ def test_key_mask_equals_dropping_padding():
     s_unpadded = feedback_solve(q[:, pad:], k[:, pad:], g[:, pad:], f[:, pad:], backend="chunked")
     assert torch.allclose(s[:, pad:], s_unpadded, atol=1e-12)
     assert torch.allclose(s, feedback_solve_ref(q, k, g, f, key_mask=mask), atol=1e-12)
-
-
-def test_continue_equals_full_solve():
-    q, k, g, f = [x.detach() for x in make_inputs(T=30)]
-    full = feedback_solve_ref(q, k, g, f)
-    part = feedback_continue(q[:, 21:], k, g[:, 21:], f[:, 21:], full[:, :21], chunk_size=4)
-    assert torch.allclose(part, full[:, 21:], atol=1e-12)
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])

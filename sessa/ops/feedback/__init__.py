@@ -7,6 +7,9 @@ Backends:
   "chunked"   blocked forward substitution with a custom backward, O(T*D) memory, CPU and CUDA
   "triton"    fused Triton kernels (CUDA only; see sessa.ops.feedback.triton)
   "auto"      "triton" on CUDA when its kernels are available, else "chunked"
+
+Beside the solve: :func:`feedback_continue` / :func:`feedback_continue_ref` (incremental decoding, ``decode``)
+and :func:`feedback_solve_varlen_ref` (packed sequences, ``varlen``; the fused op is in ``triton``).
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import warnings
 
 import torch
 
-from sessa.ops.feedback.chunked import DEFAULT_CHUNK, feedback_solve_chunked, forward_rows, work_dtype
+from sessa.ops.feedback.chunked import DEFAULT_CHUNK, feedback_solve_chunked
+from sessa.ops.feedback.decode import feedback_continue, feedback_continue_ref
 from sessa.ops.feedback.reference import feedback_solve_loop, feedback_solve_ref, feedback_weights_ref
+from sessa.ops.feedback.varlen import feedback_solve_varlen_ref
 
 BACKENDS = ("auto", "reference", "chunked", "triton")
 _warned_fallback = False
@@ -28,7 +33,9 @@ __all__ = [
     "feedback_solve_ref",
     "feedback_solve_loop",
     "feedback_weights_ref",
+    "feedback_solve_varlen_ref",
     "feedback_continue",
+    "feedback_continue_ref",
 ]
 
 
@@ -116,29 +123,3 @@ def feedback_solve(
                 )
                 _warned_fallback = True
     return feedback_solve_chunked(q_b, k_b, gamma, f, key_mask, chunk_size or DEFAULT_CHUNK)
-
-
-def feedback_continue(
-    q_new: torch.Tensor,
-    k_all: torch.Tensor,
-    gamma_new: torch.Tensor,
-    f_new: torch.Tensor,
-    s_past: torch.Tensor,
-    key_mask: torch.Tensor | None = None,
-    chunk_size: int = DEFAULT_CHUNK,
-) -> torch.Tensor:
-    """Solve the rows of n new tokens given the t cached past outputs (incremental decoding).
-
-    q_new, f_new: (B, n, D); gamma_new: (B, n, 1); k_all: (B, t + n, D) keys of every position;
-    s_past: (B, t, D); key_mask: optional (B, t + n). Returns s_new: (B, n, D) in f_new's dtype.
-    Differentiable through plain autograd (meant for short n).
-    """
-    B, n, D = f_new.shape
-    t = s_past.shape[1]
-    if k_all.shape != (B, t + n, D):
-        raise ValueError(f"k_all must be (B, t + n, D) = {(B, t + n, D)}, got {tuple(k_all.shape)}")
-    s = torch.cat(
-        [s_past.to(work_dtype(f_new.dtype)), f_new.new_zeros(B, n, D, dtype=work_dtype(f_new.dtype))], 1
-    )
-    forward_rows(q_new, k_all, gamma_new, f_new, s, t, chunk_size, key_mask)
-    return s[:, t:].to(f_new.dtype)
