@@ -6,7 +6,9 @@ Backends:
   "reference" dense masked softmax + triangular solve (the paper's equations), O(T^2) memory
   "chunked"   blocked forward substitution with a custom backward, O(T*D) memory, CPU and CUDA
   "triton"    fused Triton kernels (CUDA only; see sessa.ops.feedback.triton)
-  "auto"      "triton" on CUDA when its kernels are available, else "chunked"
+  "auto"      the fastest of these that fits, by :func:`choose_backend`: "triton" on CUDA (fp32/bf16/fp16);
+              on CUDA without Triton "reference" while its T x T working set fits DENSE_BUDGET_BYTES, else
+              "chunked"; "chunked" on CPU. "chunked" on CUDA is used only when asked for.
 
 Beside the solve: :func:`feedback_continue` / :func:`feedback_continue_ref` (incremental decoding, ``decode``)
 and :func:`feedback_solve_varlen_ref` (packed sequences, ``varlen``; the fused op is in ``triton``).
@@ -23,12 +25,20 @@ from sessa.ops.feedback.chunked import DEFAULT_CHUNK, feedback_solve_chunked
 from sessa.ops.feedback.decode import feedback_continue, feedback_continue_ref
 from sessa.ops.feedback.reference import feedback_solve_loop, feedback_solve_ref, feedback_weights_ref
 from sessa.ops.feedback.varlen import feedback_solve_varlen_ref
+from sessa.ops.precision import work_dtype
 
 BACKENDS = ("auto", "reference", "chunked", "triton")
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Most memory "auto" lets the dense reference take on CUDA (dense_working_set_bytes, per call): 4 GiB admits
+# T up to about 12.7K at B = 1, D = 1024 in float32. Per layer, about 2/3 of it stays saved for the backward.
+DENSE_BUDGET_BYTES = 4 * 2**30
 _warned_fallback = False
 
 __all__ = [
     "BACKENDS",
+    "DENSE_BUDGET_BYTES",
+    "choose_backend",
+    "dense_working_set_bytes",
     "feedback_solve",
     "feedback_solve_ref",
     "feedback_solve_loop",
@@ -37,6 +47,44 @@ __all__ = [
     "feedback_continue",
     "feedback_continue_ref",
 ]
+
+
+def dense_working_set_bytes(B: int, T: int, D: int, dtype: torch.dtype) -> int:
+    """Peak extra memory of the dense reference's forward + backward: six T x T matrices per batch element in
+    the work dtype (logits, probabilities, B_fb, I - B_fb, the solve's gradients; measured 5.6-5.9 on an H100
+    at T = 8K-16K, benchmarks/kernels_h100_bf16.json) and a few (T, D) tensors."""
+    itemsize = torch.finfo(work_dtype(dtype)).bits // 8
+    return (6 * B * T * T + 8 * B * T * D) * itemsize
+
+
+def choose_backend(
+    device: torch.device | str,
+    B: int,
+    T: int,
+    D: int,
+    dtype: torch.dtype,
+    triton_available: bool,
+    dense_budget: int | None = None,
+) -> str:
+    """The backend "auto" runs for a (B, T, D) solve in ``dtype`` on ``device``; never a slower one that fits.
+
+    - CUDA with Triton's kernels (fp32/bf16/fp16): "triton" (H200, bf16, D = 1024, T = 16K, fwd+bwd: 7.4 ms
+      against 76 ms dense reference and 193 ms chunked).
+    - CUDA otherwise: "reference" while :func:`dense_working_set_bytes` <= ``dense_budget`` (default
+      DENSE_BUDGET_BYTES), else "chunked". The dense reference was faster than the chunked op at every
+      measured shape (H100, bf16, D = 1024: 2.0 vs 12.4 ms at T = 1K, 22 vs 73 ms at 8K, 79.5 vs 142 ms at
+      16K; 16 x 1K: 7.2 vs 18.7 ms), but its memory grows as T^2 (5.6 GiB at 16K).
+    - CPU (and any other device): "chunked": 1.4-2.7x faster than the reference from T = 1K (2-core x86,
+      D = 256). Below that both take a few ms or less; the reference is ahead by at most 0.3 ms at T <= 256
+      for small B * D and behind from B * D ~ 4K (benchmarks/RESULTS.md).
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "chunked"
+    if triton_available and dtype in TRITON_DTYPES:
+        return "triton"
+    budget = DENSE_BUDGET_BYTES if dense_budget is None else dense_budget
+    return "reference" if dense_working_set_bytes(B, T, D, dtype) <= budget else "chunked"
 
 
 def _triton_solver():
@@ -48,6 +96,13 @@ def _triton_solver():
     except ImportError:
         return None
     return feedback_solve_triton
+
+
+def _warn_once(message: str) -> None:
+    global _warned_fallback
+    if not _warned_fallback:
+        warnings.warn(f"feedback_solve: {message}", stacklevel=3)
+        _warned_fallback = True
 
 
 def _check(q_b, k_b, gamma, f, key_mask) -> torch.Tensor:
@@ -101,7 +156,6 @@ def feedback_solve(
     Returns:
         s: (B, T, D) in f's dtype (computed in float32 for bf16/fp16 inputs).
     """
-    global _warned_fallback
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
@@ -109,17 +163,16 @@ def feedback_solve(
     gamma = _check(q_b, k_b, gamma, f, key_mask)
     if f.shape[1] == 0:
         return f.clone()
+    solver = _triton_solver() if f.is_cuda and backend in ("auto", "triton") else None
+    if backend == "auto":
+        backend = choose_backend(f.device, *f.shape, f.dtype, solver is not None)
+        if f.is_cuda and solver is None:
+            _warn_once(f"triton is not available on CUDA; 'auto' uses {backend!r}")
     if backend == "reference":
         return feedback_solve_ref(q_b, k_b, gamma, f, key_mask)
-    if backend in ("auto", "triton"):
-        solver = _triton_solver() if f.is_cuda else None
+    if backend == "triton":
         if solver is not None:
             return solver(q_b, k_b, gamma, f, key_mask=key_mask, chunk_size=chunk_size)
-        if backend == "triton":
-            reason = "it needs a CUDA tensor" if not f.is_cuda else "triton or its kernels are not available"
-            if not _warned_fallback:
-                warnings.warn(
-                    f"feedback_solve: backend 'triton' unavailable ({reason}); using 'chunked'", stacklevel=2
-                )
-                _warned_fallback = True
+        reason = "it needs a CUDA tensor" if not f.is_cuda else "triton or its kernels are not available"
+        _warn_once(f"backend 'triton' unavailable ({reason}); using 'chunked'")
     return feedback_solve_chunked(q_b, k_b, gamma, f, key_mask, chunk_size or DEFAULT_CHUNK)
