@@ -172,21 +172,24 @@ def test_dense_budget_is_a_threshold_on_the_working_set():
 
 
 @pytest.mark.parametrize("device", ["cpu", torch.device("cpu"), "meta"])
-@pytest.mark.parametrize("T", [1, 64, 1000, 100000])
-def test_auto_on_cpu_is_chunked(device, T):
+def test_auto_on_cpu_is_dense_for_small_problems_else_chunked(device):
     for available in (False, True):
         for dtype in (*LOW, torch.float64):
-            assert choose_backend(device, 2, T, 256, dtype, available) == "chunked"
+            for B, T in [(1, 1), (1, 256), (2, 256), (8, 128), (32, 64)]:  # B * T^2 <= 2^17
+                assert choose_backend(device, B, T, 256, dtype, available) == "reference"
+            for B, T in [(1, 363), (1, 512), (3, 256), (8, 256), (33, 64), (1, 100000)]:
+                assert choose_backend(device, B, T, 256, dtype, available) == "chunked"
 
 
-def test_feedback_solve_auto_on_cpu_gives_the_chunked_result():
-    inputs = make_inputs(B=2, T=45, D=8, dtype=torch.float32, seed=7)
-    mask = torch.rand(2, 45, generator=torch.Generator().manual_seed(0)) > 0.2
-    w = torch.randn(2, 45, 8)
+@pytest.mark.parametrize("T,backend", [(45, "reference"), (300, "chunked")])
+def test_feedback_solve_auto_on_cpu_gives_the_chosen_backends_result(T, backend):
+    inputs = make_inputs(B=2, T=T, D=8, dtype=torch.float32, seed=7)
+    mask = torch.rand(2, T, generator=torch.Generator().manual_seed(0)) > 0.2
+    w = torch.randn(2, T, 8)
     results = []
-    for backend in ("auto", "chunked"):
+    for be in ("auto", backend):
         xs = [x.detach().clone().requires_grad_() for x in inputs]
-        s = feedback_solve(*xs, backend=backend, key_mask=mask)
+        s = feedback_solve(*xs, backend=be, key_mask=mask)
         results.append([s, *torch.autograd.grad((s * w).sum(), xs)])
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)

@@ -8,7 +8,8 @@ Backends:
   "triton"    fused Triton kernels (CUDA only; see sessa.ops.feedback.triton)
   "auto"      the fastest of these that fits, by :func:`choose_backend`: "triton" on CUDA (fp32/bf16/fp16);
               on CUDA without Triton "reference" while its T x T working set fits DENSE_BUDGET_BYTES, else
-              "chunked"; "chunked" on CPU. "chunked" on CUDA is used only when asked for.
+              "chunked"; on CPU "reference" while B * T^2 <= 2^17, else "chunked". "chunked" on CUDA only on
+              request.
 
 Beside the solve: :func:`feedback_continue` / :func:`feedback_continue_ref` (incremental decoding, ``decode``)
 and :func:`feedback_solve_varlen_ref` (packed sequences, ``varlen``; the fused op is in ``triton``).
@@ -32,11 +33,15 @@ TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Most memory "auto" lets the dense reference take on CUDA (dense_working_set_bytes, per call): 4 GiB admits
 # T up to about 12.7K at B = 1, D = 1024 in float32. Per layer, about 2/3 of it stays saved for the backward.
 DENSE_BUDGET_BYTES = 4 * 2**30
+# On CPU the dense reference is faster while a batch of its T x T matrices holds at most this many elements
+# (B * T^2), see choose_backend.
+CPU_DENSE_MAX_ELEMENTS = 2**17
 _warned_fallback = False
 
 __all__ = [
     "BACKENDS",
     "DENSE_BUDGET_BYTES",
+    "CPU_DENSE_MAX_ELEMENTS",
     "choose_backend",
     "dense_working_set_bytes",
     "feedback_solve",
@@ -66,21 +71,26 @@ def choose_backend(
     triton_available: bool,
     dense_budget: int | None = None,
 ) -> str:
-    """The backend "auto" runs for a (B, T, D) solve in ``dtype`` on ``device``; never a slower one that fits.
+    """The backend "auto" runs for a (B, T, D) solve in ``dtype`` on ``device``: the fastest one measured
+    that fits (benchmarks/RESULTS.md, "Which backend auto picks").
 
     - CUDA with Triton's kernels (fp32/bf16/fp16): "triton" (H200, bf16, D = 1024, T = 16K, fwd+bwd: 7.4 ms
-      against 76 ms dense reference and 193 ms chunked).
+      against 76 ms for the dense reference and 193 ms chunked).
     - CUDA otherwise: "reference" while :func:`dense_working_set_bytes` <= ``dense_budget`` (default
-      DENSE_BUDGET_BYTES), else "chunked". The dense reference was faster than the chunked op at every
-      measured shape (H100, bf16, D = 1024: 2.0 vs 12.4 ms at T = 1K, 22 vs 73 ms at 8K, 79.5 vs 142 ms at
-      16K; 16 x 1K: 7.2 vs 18.7 ms), but its memory grows as T^2 (5.6 GiB at 16K).
-    - CPU (and any other device): "chunked": 1.4-2.7x faster than the reference from T = 1K (2-core x86,
-      D = 256). Below that both take a few ms or less; the reference is ahead by at most 0.3 ms at T <= 256
-      for small B * D and behind from B * D ~ 4K (benchmarks/RESULTS.md).
+      DENSE_BUDGET_BYTES), else "chunked". The dense reference beat the chunked op at every measured shape
+      (H100, bf16, D = 1024: 2.0 vs 12.4 ms at T = 1K, 22 vs 73 ms at 8K, 79.5 vs 142 ms at 16K; 16 x 1K:
+      7.2 vs 18.7 ms), but its memory grows as T^2 (5.6 GiB at 16K).
+    - CPU (any other device): "reference" while B * T^2 <= CPU_DENSE_MAX_ELEMENTS, else "chunked". On a
+      2-core x86 (fp32, (B, D) in (1, 64), (1, 256), (8, 64), (4, 1024), T from 32 to 1024) the reference was
+      1.3-1.8x faster at every shape within that bound (there the chunked op's per-chunk overhead dominates);
+      beyond it the chunked op was even or faster (B = 1, T = 512: 1.0-1.3x; B = 8, T = 256: 1.1-1.2x;
+      T = 1024: 1.3-6x), except B = 4, D = 1024, T = 256 (the reference 1.3x faster; at 512 0.95-1.45x).
+
+    "chunked" on CUDA is never chosen while the reference fits: only on request.
     """
     device = torch.device(device)
     if device.type != "cuda":
-        return "chunked"
+        return "reference" if B * T * T <= CPU_DENSE_MAX_ELEMENTS else "chunked"
     if triton_available and dtype in TRITON_DTYPES:
         return "triton"
     budget = DENSE_BUDGET_BYTES if dense_budget is None else dense_budget
