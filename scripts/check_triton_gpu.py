@@ -1,130 +1,208 @@
-"""Check the Triton feedback-solve kernels at real shapes on a GPU against a float64 reference.
+"""Check the Triton feedback solve on a GPU at real shapes, fp32 / bf16 / fp16, against float64.
 
-For each (dtype, B, T, gamma_max) it runs the Triton op and the PyTorch chunked op in that dtype, forward
-and backward, and prints the relative error ||x - x64|| / ||x64|| of s, dq_b, dk_b, dgamma and df against the
-chunked solve run in float64 (cross-checked against the dense reference where T is small).
+Every case runs the Triton op and the PyTorch chunked op in the case's dtype, forward and backward, and
+measures the max relative error max|x - x64| / max|x64| of s, dq_b, dk_b, dgamma and df against a float64
+reference (the dense reference up to T = 4097, the chunked op in float64 above). The rule (the tests',
+mamba's): pass iff every Triton error is finite and <= k x the chunked op's error + atol, per dtype (TOL).
+Triton's outputs and scratch buffers are filled with NaN before its kernels run (``triton.POISON``), so an
+unwritten element fails.
+One more case compares the direct launch path with Triton's JIT entry (SESSA_TRITON_FAST_LAUNCH=0).
 
-    python scripts/check_triton_gpu.py [--T 1000 4096 16384] [--out benchmarks/triton_check_h100.txt]
+Cases run in worker processes sharing the GPU, so Triton's compilation (most of the time on a fresh machine)
+runs in parallel. Prints one table and writes it to OUT:
+
+    python scripts/check_triton_gpu.py benchmarks/triton_check_h200.txt [--workers 10] [--quick]
+
+``--cases 2x65x128m 1x1000x1024`` picks other (B x T x D, m = key mask) cases; ``--device cpu`` with
+TRITON_INTERPRET=1 runs small cases through Triton's interpreter (a smoke test of this script, no GPU).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from sessa.ops.feedback import feedback_solve
-from sessa.ops.feedback.reference import feedback_solve_ref
-from sessa.ops.feedback.triton_launch import LAUNCHES
+import torch  # noqa: E402
 
 NAMES = ("s", "dq_b", "dk_b", "dgamma", "df")
+DTYPES = ("float32", "bfloat16", "float16")
+# (B, T, D, key mask): T = 1 (no past), around the 64-row tiles, one ragged super-chunk, a tail of one row
+# after four super-chunks (L = 1024), the long case; D from 64 to 2048.
+CASES = [(1, 1, 1024, False), (2, 63, 64, False), (2, 65, 128, True), (1, 1000, 1024, False),
+         (2, 1000, 2048, True), (1, 4097, 1024, True), (1, 16384, 1024, False)]
+QUICK = [(2, 65, 128, True), (1, 1000, 1024, False)]
+LAUNCH_CASE = ("bfloat16", (1, 4097, 1024, True))
+# dtype: (k for s and df, k for dq_b / dk_b / dgamma, atol). fp32: the W products run in tf32x3 (measured up
+# to ~4x the chunked op's error). bf16: the gradient products take bf16 operands where the chunked op computes
+# in fp32. fp16 inputs use bf16 operands too (fp16 cannot hold s), so their floor is bf16's (unit roundoff
+# 2^-8), while the chunked op's fp16 error is 8x smaller: hence the atol of ~8 bf16 roundoffs.
+TOL = {"float32": (4.0, 4.0, 1e-5), "bfloat16": (4.0, 10.0, 5e-3), "float16": (10.0, 10.0, 3e-2)}
 
 
-def make_inputs(B: int, T: int, D: int, gamma_max: float, dtype: torch.dtype, seed: int):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    x = [torch.randn(B, T, D, device="cuda", generator=g) for _ in range(3)]
-    q, k = x[0] * 2.0, x[1]  # logits of std ~2: peaked rows as well as diffuse ones
-    gamma = gamma_max * torch.tanh(3.0 * torch.randn(B, T, 1, device="cuda", generator=g))
-    ds = torch.randn(B, T, D, device="cuda", generator=g)
-    return [t.to(dtype) for t in (q, k, gamma, x[2])], ds.to(dtype)
+def make_inputs(B: int, T: int, D: int, mask: bool, dtype: torch.dtype, seed: int, device: str):
+    g = torch.Generator(device=device).manual_seed(seed)
+    q, k, f, ds = (torch.randn(B, T, D, device=device, generator=g) for _ in range(4))
+    gamma = 0.999 * torch.tanh(3.0 * torch.randn(B, T, 1, device=device, generator=g))  # often near gamma_max
+    key_mask = None
+    if mask:  # random padding keys, rows whose whole past is padding, a left-padded sequence
+        key_mask = torch.rand(B, T, device=device, generator=g) > 0.3
+        key_mask[:, :2] = False
+        key_mask[-1, : T // 3] = False
+    return [x.to(dtype) for x in (2.0 * q, k, gamma, f)], ds.to(dtype), key_mask
 
 
-def run(backend: str, inputs, ds, chunk_size=None):
-    leaves = [t.detach().clone().requires_grad_() for t in inputs]
-    s = feedback_solve(*leaves, backend=backend, chunk_size=chunk_size)
+def run(fn, inputs, ds, key_mask) -> list[torch.Tensor]:
+    leaves = [x.detach().clone().requires_grad_() for x in inputs]
+    s = fn(*leaves, key_mask=key_mask)
     s.backward(ds)
-    return [s.detach()] + [t.grad for t in leaves]
+    return [s.detach()] + [x.grad for x in leaves]
 
 
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a = a.double().reshape(b.shape)
-    if not torch.isfinite(a).all():
+def max_rel(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """max|x - ref| / max|ref| (NaN if x is not finite; an all-zero ref: the max error itself)."""
+    x = x.double().reshape(ref.shape)
+    if not bool(torch.isfinite(x).all()):
         return float("nan")
-    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+    scale = ref.abs().max().item()
+    return (x - ref).abs().max().item() / (scale if scale > 0 else 1.0)
 
 
-def check(B, T, D, gamma_max, dtype, seed, log) -> bool:
-    inputs, ds = make_inputs(B, T, D, gamma_max, dtype, seed)
-    t0 = time.time()
-    ref = run("chunked", [t.double() for t in inputs], ds.double(), chunk_size=256)
-    if T <= 4096:  # dense float64 cross-check of the float64 reference itself (forward)
-        dense = feedback_solve_ref(*[t.double() for t in inputs])
-        assert rel(ref[0], dense) < 1e-10, "float64 chunked and dense references disagree"
-    tri = run("triton", inputs, ds)
-    chk = run("chunked", inputs, ds)
-    torch.cuda.synchronize()
-    errs_t = [rel(a, r) for a, r in zip(tri, ref, strict=True)]
-    errs_c = [rel(a, r) for a, r in zip(chk, ref, strict=True)]
-    atol = 1e-5 if dtype == torch.float32 else 1e-2
-    ok = all(math.isfinite(e) for e in errs_t) and all(
-        et <= 4 * ec + atol for et, ec in zip(errs_t, errs_c, strict=True)
-    )
-    cells = "  ".join(f"{n} {et:.1e}/{ec:.1e}" for n, et, ec in zip(NAMES, errs_t, errs_c, strict=True))
-    log(f"{str(dtype)[6:]:8s} B={B} T={T:6d} D={D} gmax={gamma_max}  {cells}  {'OK' if ok else 'FAIL'}"
-        f"  ({time.time() - t0:.1f}s)")
-    return ok
+def check_case(dtype_name: str, case: tuple, device: str) -> dict:
+    import sessa.ops.feedback.triton as ft
+    from sessa.ops.feedback.chunked import feedback_solve_chunked
+    from sessa.ops.feedback.reference import feedback_solve_ref
+
+    ft.POISON = True
+    B, T, D, mask = case
+    start = time.time()
+    inputs, ds, key_mask = make_inputs(B, T, D, mask, getattr(torch, dtype_name), T + D + B, device)
+    exact = [x.double() for x in inputs]
+    if T <= 4097:
+        ref = run(lambda *a, key_mask: feedback_solve_ref(*a, key_mask), exact, ds.double(), key_mask)
+    else:
+        ref = run(lambda *a, key_mask: feedback_solve_chunked(*a, key_mask, 256), exact, ds.double(),
+                  key_mask)
+    tri = run(ft.feedback_solve_triton, inputs, ds, key_mask)
+    chk = run(lambda *a, key_mask: feedback_solve_chunked(*a, key_mask, 128), inputs, ds, key_mask)
+    e_tri = [max_rel(a, r) for a, r in zip(tri, ref, strict=True)]
+    e_chk = [max_rel(a, r) for a, r in zip(chk, ref, strict=True)]
+    k_out, k_grad, atol = TOL[dtype_name]
+    ok = [math.isfinite(et) and et <= (k_out if n in ("s", "df") else k_grad) * ec + atol
+          for n, et, ec in zip(NAMES, e_tri, e_chk, strict=True)]
+    return {"dtype": dtype_name, "case": case, "tri": e_tri, "chk": e_chk, "ok": ok,
+            "sec": time.time() - start}
 
 
-def check_launch_paths(log) -> bool:
-    """The fast launch path (compiled kernels called directly) against Triton's JIT entry: same results
-    (dgamma sums with atomics, so it may differ in the last bits), T not a multiple of the tiles."""
-    inputs, ds = make_inputs(2, 3000, 1024, 0.99, torch.bfloat16, seed=7)
-    out = {}
-    for fast in ("1", "1", "0"):  # the first fast run fills the cache of compiled kernels
-        os.environ["SESSA_TRITON_FAST_LAUNCH"] = fast
-        before = dict(LAUNCHES)
-        out[fast] = run("triton", inputs, ds, chunk_size=512)
+def check_launch_paths(dtype_name: str, case: tuple, device: str) -> dict:
+    """Direct launches (sessa's fast path) against Triton's JIT entry: bit-identical s, dq_b, dk_b, df (dgamma
+    sums with atomics, so its last bits may differ)."""
+    import sessa.ops.feedback.triton as ft
+    from sessa.ops.feedback.triton_launch import LAUNCHES
+
+    ft.POISON = True
+    start = time.time()
+    inputs, ds, key_mask = make_inputs(*case, getattr(torch, dtype_name), 7, device)
+    out, direct = {}, {}
+    for path in ("fast", "fast", "jit"):  # the first fast run fills the cache of compiled kernels
+        os.environ["SESSA_TRITON_FAST_LAUNCH"] = "0" if path == "jit" else "1"
+        before = LAUNCHES["direct"]
+        out[path] = run(ft.feedback_solve_triton, inputs, ds, key_mask)
+        direct[path] = LAUNCHES["direct"] - before
     os.environ.pop("SESSA_TRITON_FAST_LAUNCH")
-    direct = LAUNCHES["direct"] - before["direct"]  # of the JIT-path run: must be 0
-    assert direct == 0, "SESSA_TRITON_FAST_LAUNCH=0 did not disable the direct launches"
-    log(f"launches so far: {LAUNCHES}")
-    diffs = [((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
-             for a, b in zip(out["1"], out["0"], strict=True)]
-    ok = all(d == 0 for n, d in zip(NAMES, diffs, strict=True) if n != "dgamma") and diffs[3] < 1e-5
-    cells = "  ".join(f"{n} {d:.1e}" for n, d in zip(NAMES, diffs, strict=True))
-    log(f"fast launch vs JIT launch, max |diff| / max |x|: {cells}  {'OK' if ok else 'FAIL'}")
-    return ok
+    diffs = [max_rel(a, b.double()) for a, b in zip(out["fast"], out["jit"], strict=True)]
+    ok = [d == 0 or (n == "dgamma" and d < 1e-5) for n, d in zip(NAMES, diffs, strict=True)]
+    ok = [x and direct["fast"] > 0 and direct["jit"] == 0 for x in ok]
+    note = f"fast vs JIT launch ({direct['fast']} direct launches, {direct['jit']} in the JIT run)"
+    return {"dtype": dtype_name, "case": case, "tri": diffs, "chk": None, "ok": ok,
+            "sec": time.time() - start, "note": note}
+
+
+def _job(kind: str, dtype_name: str, case: tuple, device: str) -> dict:
+    try:
+        return (check_launch_paths if kind == "launch" else check_case)(dtype_name, case, device)
+    except Exception as e:  # a crash is a failed row, not a lost table
+        return {"dtype": dtype_name, "case": case, "tri": [math.nan] * 5, "chk": None, "ok": [False] * 5,
+                "sec": 0.0, "note": f"{kind}: {type(e).__name__}: {str(e)[:300]}"}
+
+
+def parse_case(text: str) -> tuple:
+    """'2x65x128m' -> (2, 65, 128, True)."""
+    mask = text.endswith("m")
+    B, T, D = (int(x) for x in text.rstrip("m").split("x"))
+    return (B, T, D, mask)
+
+
+def format_row(r: dict) -> str:
+    B, T, D, mask = r["case"]
+    shape = f"B={B} T={T:<5d} D={D:<4d}{' mask' if mask else '     '}"
+    if r["chk"] is None:
+        cells = [f"{e:8.1e}{' ' if ok else '!'}       " for e, ok in zip(r["tri"], r["ok"], strict=True)]
+    else:
+        cells = [f"{et:8.1e}/{ec:7.1e}{' ' if ok else '!'}"
+                 for et, ec, ok in zip(r["tri"], r["chk"], r["ok"], strict=True)]
+    line = f"{shape}  {r['dtype']:8s}  " + " ".join(cells) + f"  {'OK' if all(r['ok']) else 'FAIL'}"
+    return line + f"  {r['sec']:5.1f}s" + (f"  {r['note']}" if r.get("note") else "")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--D", type=int, default=1024)
-    ap.add_argument("--T", type=int, nargs="+", default=[1000, 4096, 16384])
-    ap.add_argument("--B", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--gamma-max", type=float, nargs="+", default=[0.9, 0.999])
-    ap.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
-    ap.add_argument("--out", default=None, help="also write the log to this file")
+    ap.add_argument("out", nargs="?", help="write the table to this file")
+    ap.add_argument("--out", dest="out_option", help="the same, as an option (the older form)")
+    ap.add_argument("--workers", type=int, default=min(10, os.cpu_count() or 1))
+    ap.add_argument("--quick", action="store_true", help="two small cases per dtype, no launch-path check")
+    ap.add_argument("--cases", nargs="+", type=parse_case, help="BxTxD[m] (m: with a key mask)")
+    ap.add_argument("--device", default="cuda", help="cuda, or cpu under TRITON_INTERPRET=1 (smoke test)")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
+    out = args.out or args.out_option
+    if not out:
+        ap.error("give the file to write the table to")
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)
         return 2
-    lines: list[str] = []
+    if not cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        print("--device cpu needs TRITON_INTERPRET=1", file=sys.stderr)
+        return 2
+    import triton
 
-    def log(msg: str) -> None:
-        print(msg, flush=True)
-        lines.append(msg)
-
-    date = time.strftime("%Y-%m-%d")
-    log(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  date {date}")
-    log("relative error vs float64 (chunked solve, float64): triton / PyTorch-chunked in the same dtype; "
-        "pass: triton <= 4 x chunked + atol (1e-5 fp32, 1e-2 bf16)")
-    ok = check_launch_paths(log)
-    for dtype in [getattr(torch, d) for d in args.dtypes]:
-        for T in args.T:
-            for B in args.B:
-                for gm in args.gamma_max:
-                    if B * T > 16384 and B > 1:
-                        continue
-                    ok &= check(B, T, args.D, gm, dtype, seed=T + B, log=log)
-    log("ALL OK" if ok else "SOME CHECKS FAILED")
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write("\n".join(lines) + "\n")
-    return 0 if ok else 1
+    start = time.time()
+    cases = args.cases or (QUICK if args.quick else CASES)
+    jobs = [("case", dt, c, args.device) for c in cases for dt in DTYPES]
+    jobs.sort(key=lambda j: -j[2][1] * j[2][2])  # longest first: they bound the wall time
+    if cuda and not (args.quick or args.cases):
+        jobs.insert(0, ("launch", *LAUNCH_CASE, args.device))
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(pool.map(_job, *zip(*jobs, strict=True)))
+    order = {(dt, c): i for i, (c, dt) in enumerate((c, dt) for c in cases for dt in DTYPES)}
+    rows = sorted((r for j, r in zip(jobs, results, strict=True) if j[0] == "case"),
+                  key=lambda r: order[(r["dtype"], r["case"])])
+    rows += [r for j, r in zip(jobs, results, strict=True) if j[0] == "launch"]
+    name = torch.cuda.get_device_name(args.device) if cuda else "CPU (Triton interpreter)"
+    head = [
+        f"device: {name}  torch {torch.__version__}  triton {triton.__version__}  "
+        f"date {time.strftime('%Y-%m-%d')}",
+        "max relative error max|x - x64| / max|x64| vs float64 (dense reference for T <= 4097, chunked "
+        "above), cells: Triton / PyTorch chunked op in the same dtype",
+        "pass: Triton finite and <= k x chunked + atol; (k s,df / k grads / atol): "
+        + ", ".join(f"{dt} {k1:g}/{k2:g}/{a:g}" for dt, (k1, k2, a) in TOL.items()) + "; '!' marks a failure",
+        f"{'case':23s}  {'dtype':8s}  " + " ".join(f"{n:17s}" for n in NAMES),
+    ]
+    failed = sum(not all(r["ok"]) for r in rows)
+    lines = head + [format_row(r) for r in rows]
+    lines.append(f"{'ALL OK' if not failed else f'{failed} OF {len(rows)} ROWS FAILED'}  "
+                 f"({time.time() - start:.0f} s wall, {args.workers} workers)")
+    print("\n".join(lines))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text("\n".join(lines) + "\n")
+    return 0 if not failed else 1
 
 
 if __name__ == "__main__":

@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from sessa.ops.feedback import feedback_continue, feedback_solve, feedback_solve_loop, feedback_solve_ref
+import sessa.ops.feedback as fb
+from sessa.ops.feedback import (
+    choose_backend,
+    dense_working_set_bytes,
+    feedback_solve,
+    feedback_solve_loop,
+    feedback_solve_ref,
+)
 from tests.helpers import assert_close_to_ref, rel_err
 
 
@@ -80,13 +87,6 @@ def test_key_mask_equals_dropping_padding():
     assert torch.allclose(s, feedback_solve_ref(q, k, g, f, key_mask=mask), atol=1e-12)
 
 
-def test_continue_equals_full_solve():
-    q, k, g, f = [x.detach() for x in make_inputs(T=30)]
-    full = feedback_solve_ref(q, k, g, f)
-    part = feedback_continue(q[:, 21:], k, g[:, 21:], f[:, 21:], full[:, :21], chunk_size=4)
-    assert torch.allclose(part, full[:, 21:], atol=1e-12)
-
-
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_gamma_near_max_stays_finite_and_bounded_T4096(sign):
     gen = torch.Generator().manual_seed(0)
@@ -133,9 +133,63 @@ def test_bad_arguments(change, err, match):
 
 def test_triton_backend_falls_back_on_cpu_with_warning():
     q, k, g, f = [x.detach() for x in make_inputs(T=10)]
-    import sessa.ops.feedback as fb
-
     fb._warned_fallback = False
     with pytest.warns(UserWarning, match="triton"):
         s = feedback_solve(q, k, g, f, backend="triton")
     assert rel_err(s, feedback_solve_ref(q, k, g, f)) < 1e-12
+
+
+# ------------------------------------------------------------------------------------------ backend choice
+LOW = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("B,T", [(1, 1), (1, 63), (4, 4097), (1, 16384), (1, 131072)])
+def test_auto_takes_triton_on_cuda_when_available(dtype, B, T):
+    assert choose_backend(torch.device("cuda"), B, T, 1024, dtype, True) == "triton"
+    assert choose_backend("cuda:1", B, T, 1024, dtype, True) == "triton"
+
+
+@pytest.mark.parametrize("dtype,triton_available", [(d, False) for d in LOW] + [(torch.float64, True)])
+def test_auto_on_cuda_without_triton_uses_the_dense_reference_while_it_fits(dtype, triton_available):
+    """No Triton, or a dtype it has no kernels for (float64): dense reference if it fits, else chunked."""
+    for B, T in [(1, 1), (1, 1000), (16, 1024), (1, 8192)]:  # within the budget in every dtype
+        assert choose_backend("cuda", B, T, 1024, dtype, triton_available) == "reference"
+    for B, T in [(1, 16384), (2, 12000), (64, 2048)]:  # T x T working set over the budget
+        assert choose_backend("cuda", B, T, 1024, dtype, triton_available) == "chunked"
+
+
+def test_dense_budget_is_a_threshold_on_the_working_set():
+    need = dense_working_set_bytes(2, 3000, 512, torch.bfloat16)
+    assert need == (6 * 2 * 3000**2 + 8 * 2 * 3000 * 512) * 4  # float32 work dtype
+    assert dense_working_set_bytes(2, 3000, 512, torch.float64) == 2 * need
+    assert choose_backend("cuda", 2, 3000, 512, torch.bfloat16, False, dense_budget=need) == "reference"
+    assert choose_backend("cuda", 2, 3000, 512, torch.bfloat16, False, dense_budget=need - 1) == "chunked"
+    # the default budget: T = 12K fits at B = 1 in float32, 13K does not
+    assert choose_backend("cuda", 1, 12000, 1024, torch.float32, False) == "reference"
+    assert choose_backend("cuda", 1, 13000, 1024, torch.float32, False) == "chunked"
+    assert choose_backend("cuda", 1, 16384, 1024, torch.float32, False) == "chunked"
+
+
+@pytest.mark.parametrize("device", ["cpu", torch.device("cpu"), "meta"])
+def test_auto_on_cpu_is_dense_for_small_problems_else_chunked(device):
+    for available in (False, True):
+        for dtype in (*LOW, torch.float64):
+            for B, T in [(1, 1), (1, 256), (2, 256), (8, 128), (32, 64)]:  # B * T^2 <= 2^17
+                assert choose_backend(device, B, T, 256, dtype, available) == "reference"
+            for B, T in [(1, 363), (1, 512), (3, 256), (8, 256), (33, 64), (1, 100000)]:
+                assert choose_backend(device, B, T, 256, dtype, available) == "chunked"
+
+
+@pytest.mark.parametrize("T,backend", [(45, "reference"), (300, "chunked")])
+def test_feedback_solve_auto_on_cpu_gives_the_chosen_backends_result(T, backend):
+    inputs = make_inputs(B=2, T=T, D=8, dtype=torch.float32, seed=7)
+    mask = torch.rand(2, T, generator=torch.Generator().manual_seed(0)) > 0.2
+    w = torch.randn(2, T, 8)
+    results = []
+    for be in ("auto", backend):
+        xs = [x.detach().clone().requires_grad_() for x in inputs]
+        s = feedback_solve(*xs, backend=be, key_mask=mask)
+        results.append([s, *torch.autograd.grad((s * w).sum(), xs)])
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)

@@ -34,6 +34,7 @@ FAST_CASES = [
     (2, 70, 32, 64, 16, "float32", True),
     (2, 70, 32, 16, 16, "bfloat16", False),
     (2, 70, 32, 32, 16, "bfloat16", True),
+    (2, 70, 32, 32, 16, "float16", True),  # fp16 inputs: bf16 operands, fp16 q_b/k_b cast in dq/dk
     # scratch row tile above the dk / push row step (the GPU's bf16 tiles: 128 vs 64), wide W row tile
     (2, 100, 32, 64, 16, "float32", True, {"bm": 64, "bt_dk": 16, "bm_w": 64, "bk_w": 32}),
 ]
@@ -99,23 +100,18 @@ def _check_case(B, T, D, chunk, sub, dtype, mask, tiles=None) -> dict:
 
 
 def _check_varlen() -> dict:
-    """Packed sequences: output and all four gradients against per-segment float64 reference solves."""
+    """Packed sequences: output and all four gradients against the float64 reference (a solve per segment)."""
     import torch
 
-    from sessa.ops.feedback.reference import feedback_solve_ref
     from sessa.ops.feedback.triton import feedback_solve_varlen
+    from sessa.ops.feedback.varlen import feedback_solve_varlen_ref
 
     (q, k, g, f), ds, _ = _inputs(1, 50, 16, "float32", False, seed=1)
-    bounds = [0, 7, 23, 50]
-    tri = _solve(lambda *a, key_mask: feedback_solve_varlen(*a, torch.tensor(bounds), chunk_size=16),
-                 [q, k, g, f], ds, None)
-
-    pairs = list(zip(bounds, bounds[1:], strict=False))
-
-    def per_segment(*xs, key_mask):
-        return torch.cat([feedback_solve_ref(*(x[:, a:b] for x in xs)) for a, b in pairs], 1)
-
-    ref = _solve(per_segment, [x.double() for x in (q, k, g, f)], ds.double(), None)
+    cu_seqlens = torch.tensor([0, 7, 23, 50])
+    tri = _solve(lambda *a, key_mask: feedback_solve_varlen(*a, cu_seqlens, chunk_size=16), [q, k, g, f], ds,
+                 None)
+    ref = _solve(lambda *a, key_mask: feedback_solve_varlen_ref(*a, cu_seqlens),
+                 [x.double() for x in (q, k, g, f)], ds.double(), None)
     errs = [_rel(a, r) for a, r in zip(tri, ref, strict=True)]
     return {"err": max(errs), "finite": all(bool(x.isfinite().all()) for x in tri)}
 

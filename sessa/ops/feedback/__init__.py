@@ -6,7 +6,13 @@ Backends:
   "reference" dense masked softmax + triangular solve (the paper's equations), O(T^2) memory
   "chunked"   blocked forward substitution with a custom backward, O(T*D) memory, CPU and CUDA
   "triton"    fused Triton kernels (CUDA only; see sessa.ops.feedback.triton)
-  "auto"      "triton" on CUDA when its kernels are available, else "chunked"
+  "auto"      the fastest of these that fits, by :func:`choose_backend`: "triton" on CUDA (fp32/bf16/fp16);
+              on CUDA without Triton "reference" while its T x T working set fits DENSE_BUDGET_BYTES, else
+              "chunked"; on CPU "reference" while B * T^2 <= 2^17, else "chunked". "chunked" on CUDA only on
+              request.
+
+Beside the solve: :func:`feedback_continue` / :func:`feedback_continue_ref` (incremental decoding, ``decode``)
+and :func:`feedback_solve_varlen_ref` (packed sequences, ``varlen``; the fused op is in ``triton``).
 """
 
 from __future__ import annotations
@@ -16,20 +22,79 @@ import warnings
 
 import torch
 
-from sessa.ops.feedback.chunked import DEFAULT_CHUNK, feedback_solve_chunked, forward_rows, work_dtype
+from sessa.ops.feedback.chunked import DEFAULT_CHUNK, feedback_solve_chunked
+from sessa.ops.feedback.decode import feedback_continue, feedback_continue_ref
 from sessa.ops.feedback.reference import feedback_solve_loop, feedback_solve_ref, feedback_weights_ref
+from sessa.ops.feedback.varlen import feedback_solve_varlen_ref
+from sessa.ops.precision import work_dtype
 
 BACKENDS = ("auto", "reference", "chunked", "triton")
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Most memory "auto" lets the dense reference take on CUDA (dense_working_set_bytes, per call): 4 GiB admits
+# T up to about 12.7K at B = 1, D = 1024 in float32. Per layer, about 2/3 of it stays saved for the backward.
+DENSE_BUDGET_BYTES = 4 * 2**30
+# On CPU the dense reference is faster while a batch of its T x T matrices holds at most this many elements
+# (B * T^2), see choose_backend.
+CPU_DENSE_MAX_ELEMENTS = 2**17
 _warned_fallback = False
 
 __all__ = [
     "BACKENDS",
+    "DENSE_BUDGET_BYTES",
+    "CPU_DENSE_MAX_ELEMENTS",
+    "choose_backend",
+    "dense_working_set_bytes",
     "feedback_solve",
     "feedback_solve_ref",
     "feedback_solve_loop",
     "feedback_weights_ref",
+    "feedback_solve_varlen_ref",
     "feedback_continue",
+    "feedback_continue_ref",
 ]
+
+
+def dense_working_set_bytes(B: int, T: int, D: int, dtype: torch.dtype) -> int:
+    """Peak extra memory of the dense reference's forward + backward: six T x T matrices per batch element in
+    the work dtype (logits, probabilities, B_fb, I - B_fb, the solve's gradients; measured 5.6-5.9 on an H100
+    at T = 8K-16K, benchmarks/kernels_h100_bf16.json) and a few (T, D) tensors."""
+    itemsize = torch.finfo(work_dtype(dtype)).bits // 8
+    return (6 * B * T * T + 8 * B * T * D) * itemsize
+
+
+def choose_backend(
+    device: torch.device | str,
+    B: int,
+    T: int,
+    D: int,
+    dtype: torch.dtype,
+    triton_available: bool,
+    dense_budget: int | None = None,
+) -> str:
+    """The backend "auto" runs for a (B, T, D) solve in ``dtype`` on ``device``: the fastest one measured
+    that fits (benchmarks/RESULTS.md, "Which backend auto picks").
+
+    - CUDA with Triton's kernels (fp32/bf16/fp16): "triton" (H200, bf16, D = 1024, T = 16K, fwd+bwd: 7.4 ms
+      against 76 ms for the dense reference and 193 ms chunked).
+    - CUDA otherwise: "reference" while :func:`dense_working_set_bytes` <= ``dense_budget`` (default
+      DENSE_BUDGET_BYTES), else "chunked". The dense reference beat the chunked op at every measured shape
+      (H100, bf16, D = 1024: 2.0 vs 12.4 ms at T = 1K, 22 vs 73 ms at 8K, 79.5 vs 142 ms at 16K; 16 x 1K:
+      7.2 vs 18.7 ms), but its memory grows as T^2 (5.6 GiB at 16K).
+    - CPU (any other device): "reference" while B * T^2 <= CPU_DENSE_MAX_ELEMENTS, else "chunked". On a
+      2-core x86 (fp32, (B, D) in (1, 64), (1, 256), (8, 64), (4, 1024), T from 32 to 1024) the reference was
+      1.3-1.8x faster at every shape within that bound (there the chunked op's per-chunk overhead dominates);
+      beyond it the chunked op was even or faster (B = 1, T = 512: 1.0-1.3x; B = 8, T = 256: 1.1-1.2x;
+      T = 1024: 1.3-6x), except B = 4, D = 1024, T = 256 (the reference 1.3x faster; at 512 0.95-1.45x).
+
+    "chunked" on CUDA is never chosen while the reference fits: only on request.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "reference" if B * T * T <= CPU_DENSE_MAX_ELEMENTS else "chunked"
+    if triton_available and dtype in TRITON_DTYPES:
+        return "triton"
+    budget = DENSE_BUDGET_BYTES if dense_budget is None else dense_budget
+    return "reference" if dense_working_set_bytes(B, T, D, dtype) <= budget else "chunked"
 
 
 def _triton_solver():
@@ -41,6 +106,13 @@ def _triton_solver():
     except ImportError:
         return None
     return feedback_solve_triton
+
+
+def _warn_once(message: str) -> None:
+    global _warned_fallback
+    if not _warned_fallback:
+        warnings.warn(f"feedback_solve: {message}", stacklevel=3)
+        _warned_fallback = True
 
 
 def _check(q_b, k_b, gamma, f, key_mask) -> torch.Tensor:
@@ -94,7 +166,6 @@ def feedback_solve(
     Returns:
         s: (B, T, D) in f's dtype (computed in float32 for bf16/fp16 inputs).
     """
-    global _warned_fallback
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
@@ -102,43 +173,16 @@ def feedback_solve(
     gamma = _check(q_b, k_b, gamma, f, key_mask)
     if f.shape[1] == 0:
         return f.clone()
+    solver = _triton_solver() if f.is_cuda and backend in ("auto", "triton") else None
+    if backend == "auto":
+        backend = choose_backend(f.device, *f.shape, f.dtype, solver is not None)
+        if f.is_cuda and solver is None:
+            _warn_once(f"triton is not available on CUDA; 'auto' uses {backend!r}")
     if backend == "reference":
         return feedback_solve_ref(q_b, k_b, gamma, f, key_mask)
-    if backend in ("auto", "triton"):
-        solver = _triton_solver() if f.is_cuda else None
+    if backend == "triton":
         if solver is not None:
             return solver(q_b, k_b, gamma, f, key_mask=key_mask, chunk_size=chunk_size)
-        if backend == "triton":
-            reason = "it needs a CUDA tensor" if not f.is_cuda else "triton or its kernels are not available"
-            if not _warned_fallback:
-                warnings.warn(
-                    f"feedback_solve: backend 'triton' unavailable ({reason}); using 'chunked'", stacklevel=2
-                )
-                _warned_fallback = True
+        reason = "it needs a CUDA tensor" if not f.is_cuda else "triton or its kernels are not available"
+        _warn_once(f"backend 'triton' unavailable ({reason}); using 'chunked'")
     return feedback_solve_chunked(q_b, k_b, gamma, f, key_mask, chunk_size or DEFAULT_CHUNK)
-
-
-def feedback_continue(
-    q_new: torch.Tensor,
-    k_all: torch.Tensor,
-    gamma_new: torch.Tensor,
-    f_new: torch.Tensor,
-    s_past: torch.Tensor,
-    key_mask: torch.Tensor | None = None,
-    chunk_size: int = DEFAULT_CHUNK,
-) -> torch.Tensor:
-    """Solve the rows of n new tokens given the t cached past outputs (incremental decoding).
-
-    q_new, f_new: (B, n, D); gamma_new: (B, n, 1); k_all: (B, t + n, D) keys of every position;
-    s_past: (B, t, D); key_mask: optional (B, t + n). Returns s_new: (B, n, D) in f_new's dtype.
-    Differentiable through plain autograd (meant for short n).
-    """
-    B, n, D = f_new.shape
-    t = s_past.shape[1]
-    if k_all.shape != (B, t + n, D):
-        raise ValueError(f"k_all must be (B, t + n, D) = {(B, t + n, D)}, got {tuple(k_all.shape)}")
-    s = torch.cat(
-        [s_past.to(work_dtype(f_new.dtype)), f_new.new_zeros(B, n, D, dtype=work_dtype(f_new.dtype))], 1
-    )
-    forward_rows(q_new, k_all, gamma_new, f_new, s, t, chunk_size, key_mask)
-    return s[:, t:].to(f_new.dtype)

@@ -67,7 +67,10 @@ def forward_rows(
         p = _probs(logits, lse)
         rhs = f[:, a - start : e - start].to(s.dtype)
         if a > 0:
-            rhs = rhs + g_c * torch.matmul(p[:, :, :a], s[:, :a])
+            # With grad enabled (feedback_continue under autograd) the product saves its operand, which the
+            # row writes below would then change in place: give it a copy. The training forward runs no-grad.
+            past = s[:, :a].clone() if torch.is_grad_enabled() else s[:, :a]
+            rhs = rhs + g_c * torch.matmul(p[:, :, :a], past)
         # (I - G P_cc) s_c = rhs; solve_triangular with unitriangular reads only the strict lower part.
         s[:, a:e] = torch.linalg.solve_triangular(-g_c * p[:, :, a:e], rhs, upper=False, unitriangular=True)
         lse_out.append(lse)

@@ -9,7 +9,7 @@ calls. Importing this module makes no CUDA call. Under ``TRITON_INTERPRET=1`` th
 tensors (slowly; used by the tests).
 
 Packed variable-length sequences: :func:`feedback_solve_varlen` takes ``cu_seqlens`` (differentiable; one
-launch sequence per segment on views of the packed tensors).
+launch sequence per segment on views of the packed tensors); reference: ``varlen.feedback_solve_varlen_ref``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from sessa.ops.feedback.triton_bwd import backward_fixed
 from sessa.ops.feedback.triton_common import choose_blocks, dense
 from sessa.ops.feedback.triton_fwd import forward_fixed
 from sessa.ops.feedback.triton_launch import on_device
+from sessa.ops.feedback.varlen import check_packed
 
 __all__ = ["feedback_solve_triton", "feedback_solve_varlen", "FeedbackSolveTriton"]
 
@@ -109,18 +110,11 @@ def feedback_solve_varlen(
     """The solve of packed sequences, differentiable: q_b, k_b, f: (1, N, D), gamma (1, N, 1), cu_seqlens:
     (S + 1,) int offsets (0 = cu_seqlens[0] < ... < cu_seqlens[S] = N, the flash-attn convention); each
     segment is solved on its own (no row reads a key of another segment). Returns s: (1, N, D).
+    Reference partner: ``sessa.ops.feedback.varlen.feedback_solve_varlen_ref``.
 
     Each segment runs the fixed-length kernels on views of the packed tensors (one launch sequence per
     segment), so a batch of many short sequences pays per-segment launch overhead."""
-    if f.dim() != 3 or f.shape[0] != 1:
-        raise ValueError(f"packed sequences need f of shape (1, N, D), got {tuple(f.shape)}")
-    if cu_seqlens.dim() != 1 or cu_seqlens.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"cu_seqlens must be a 1-D int32/int64 tensor, got {cu_seqlens.dtype} "
-                        f"{tuple(cu_seqlens.shape)}")
-    bounds = [int(x) for x in cu_seqlens.tolist()]
-    pairs = list(zip(bounds, bounds[1:], strict=False))
-    if not pairs or bounds[0] != 0 or bounds[-1] != f.shape[1] or any(b <= a for a, b in pairs):
-        raise ValueError(f"cu_seqlens must increase strictly from 0 to N = {f.shape[1]}, got {bounds}")
+    pairs = check_packed(f, cu_seqlens)
     _check(q_b, k_b, gamma, f, None)
     segments = [
         FeedbackSolveTriton.apply(q_b[:, a:b], k_b[:, a:b], gamma[:, a:b], f[:, a:b], None, chunk_size, None)

@@ -18,6 +18,11 @@ Every scratch tile a consumer reads was written by the producer (on the producer
 GEMM steps over bt_dk rows and dq over bm rows, so the producer writes whole blocks of SPAN = max(bm, bt_dk)
 rows, including the zero tiles right of the diagonal inside each block; tiles wholly above those blocks
 are neither written nor read).
+
+Operands: the scratches, df_op and s_op are bf16 for bf16 and fp16 inputs (fp32 for fp32 ones). ``tl.dot``
+needs one operand dtype, so for fp16 inputs the dq / dk products round the fp16 q_b / k_b tile to bf16 in
+registers (the dlogit operand is bf16 already; fp16 could not hold it, nor s); for fp32 and bf16 inputs that
+cast is a no-op. The accumulators stay fp32.
 """
 
 from __future__ import annotations
@@ -106,7 +111,7 @@ def _tgemm_tile(pid_j, pid_d, pid_b, a_ptr, b_ptr, out_ptr, A, T, D, L_eff,
         trows = A + rel
         a = tl.load(a_ptr + rel[:, None] * stride_ar)
         b = tl.load(b_ptr + trows[:, None] * stride_bt, mask=(trows < T)[:, None] & dmask[None, :], other=0.0)
-        acc = mma(tl.trans(a), b, acc, PREC)
+        acc = mma(tl.trans(a), b.to(a.dtype), acc, PREC)  # fp16 q_b times the bf16 dlogit scratch: bf16
     m2 = (keys < T)[:, None] & dmask[None, :]
     offs = pid_b * stride_ob + keys[:, None] * stride_ot + dcols[None, :]
     tl.store(out_ptr + offs, tl.load(out_ptr + offs, mask=m2, other=0.0) + acc * scale, mask=m2)
@@ -137,7 +142,7 @@ def _dq_tile(pid_m, pid_d, pid_b, dl_ptr, k_ptr, dq_ptr, A, T, D,
         cols = c0 + tl.arange(0, BK)
         dl = tl.load(dl_ptr + cols[None, :])
         kt = tl.load(k_ptr + cols[:, None] * stride_kt, mask=(cols < T)[:, None] & dmask[None, :], other=0.0)
-        acc = mma(dl, kt, acc, PREC)
+        acc = mma(dl, kt.to(dl.dtype), acc, PREC)  # fp16 k_b times the bf16 dlogit scratch: bf16
     m2 = (rows < T)[:, None] & dmask[None, :]
     out = dq_ptr + pid_b * stride_kb + rows[:, None] * stride_kt + dcols[None, :]
     tl.store(out, (acc * scale).to(dq_ptr.dtype.element_ty), mask=m2)

@@ -1,0 +1,97 @@
+"""Incremental decoding of the feedback solve (SPEC §2.5): rows of n new tokens given t cached outputs.
+
+Shapes: q_new, f_new: (B, n, D) for the new tokens at positions t..t+n-1; gamma_new: (B, n, 1) or (B, n);
+k_all: (B, t + n, D) feedback keys of every position so far (cached and new); s_past: (B, t, D) the cached
+mixer outputs; key_mask: optional (B, t + n) bool over every position (False = padding key).
+
+Pair: :func:`feedback_continue` (the chunked solve's blocked forward rows; the mixer's decode step calls it)
+and :func:`feedback_continue_ref` (the equations, dense). Both are differentiable through plain autograd.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from sessa.ops.feedback.chunked import DEFAULT_CHUNK, forward_rows
+from sessa.ops.precision import work_dtype
+
+
+def _check(q_new, k_all, gamma_new, f_new, s_past, key_mask) -> torch.Tensor:
+    """Validate shapes; return gamma_new as (B, n, 1)."""
+    if f_new.dim() != 3:
+        raise ValueError(f"f_new must have shape (B, n, D), got {tuple(f_new.shape)}")
+    B, n, D = f_new.shape
+    if q_new.shape != f_new.shape:
+        raise ValueError(f"q_new must have the shape of f_new {tuple(f_new.shape)}, got {tuple(q_new.shape)}")
+    if s_past.dim() != 3 or s_past.shape[0] != B or s_past.shape[2] != D:
+        raise ValueError(f"s_past must have shape (B, t, D) with B = {B}, D = {D}, got {tuple(s_past.shape)}")
+    t = s_past.shape[1]
+    if k_all.shape != (B, t + n, D):
+        raise ValueError(f"k_all must be (B, t + n, D) = {(B, t + n, D)}, got {tuple(k_all.shape)}")
+    if gamma_new.shape == (B, n):
+        gamma_new = gamma_new[..., None]
+    if gamma_new.shape != (B, n, 1):
+        raise ValueError(f"gamma_new must have shape (B, n, 1) = {(B, n, 1)}, got {tuple(gamma_new.shape)}")
+    if key_mask is not None and (key_mask.shape != (B, t + n) or key_mask.dtype != torch.bool):
+        raise ValueError(
+            f"key_mask must be a bool tensor of shape (B, t + n) = {(B, t + n)}, got {key_mask.dtype} "
+            f"{tuple(key_mask.shape)}"
+        )
+    return gamma_new
+
+
+def feedback_continue(
+    q_new: torch.Tensor,
+    k_all: torch.Tensor,
+    gamma_new: torch.Tensor,
+    f_new: torch.Tensor,
+    s_past: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> torch.Tensor:
+    """s of the n new tokens (B, n, D), in f_new's dtype, given the t cached outputs s_past (shapes: module
+    docstring). Blocked like the chunked solve (chunk_size rows at a time); meant for short n."""
+    gamma_new = _check(q_new, k_all, gamma_new, f_new, s_past, key_mask)
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    B, n, D = f_new.shape
+    t = s_past.shape[1]
+    work = work_dtype(f_new.dtype)
+    s = torch.cat([s_past.to(work), f_new.new_zeros(B, n, D, dtype=work)], 1)
+    forward_rows(q_new, k_all, gamma_new, f_new, s, t, chunk_size, key_mask)
+    return s[:, t:].to(f_new.dtype)
+
+
+def feedback_continue_ref(
+    q_new: torch.Tensor,
+    k_all: torch.Tensor,
+    gamma_new: torch.Tensor,
+    f_new: torch.Tensor,
+    s_past: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The same rows from the equations. New token i sits at position t + i and reads the keys j < t + i:
+
+        alpha[i, j] = softmax_j(q_new,i . k_j / sqrt(D)) over the readable keys (a row with none: zeros)
+        B[i, j]     = gamma_i alpha[i, j],  split into the columns of the past (j < t) and of the new tokens
+        (I - B_new) s_new = f_new + B_past s_past          (B_new strictly lower triangular, n x n)
+
+    Computed in float32 (float64 for float64 inputs); returns s_new: (B, n, D) in f_new's dtype.
+    """
+    gamma_new = _check(q_new, k_all, gamma_new, f_new, s_past, key_mask)
+    work = work_dtype(f_new.dtype)
+    q, k, g, f, s_p = (x.to(work) for x in (q_new, k_all, gamma_new, f_new, s_past))
+    n, t, D = f.shape[1], s_p.shape[1], f.shape[2]
+    logits = torch.einsum("bid,bjd->bij", q, k) / math.sqrt(D)
+    position = torch.arange(t, t + n, device=f.device)[:, None]
+    allowed = (torch.arange(t + n, device=f.device)[None, :] < position)[None]
+    if key_mask is not None:
+        allowed = allowed & key_mask[:, None, :]
+    alpha = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1).nan_to_num(0.0)
+    b_fb = g * alpha
+    rhs = f + b_fb[:, :, :t] @ s_p
+    eye = torch.eye(n, dtype=work, device=f.device)
+    s_new = torch.linalg.solve_triangular(eye - b_fb[:, :, t:], rhs, upper=False, unitriangular=True)
+    return s_new.to(f_new.dtype)
