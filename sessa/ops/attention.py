@@ -11,6 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+BACKENDS = ("sdpa", "reference")  # the valid ``backend`` values of causal_attention (and of the mixers)
+
 
 def rope_inv_freq(head_dim: int, base: float = 10000.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """inv_freq_i = base^(-2i/hd), i = 0..hd/2-1: (hd/2,) in float32 (or float64 for float64 models)."""
@@ -100,7 +102,7 @@ def causal_attention(
     if backend == "reference":
         return causal_attention_ref(q, k, v, key_mask)
     if backend != "sdpa":
-        raise ValueError(f"backend must be 'sdpa' or 'reference', got {backend!r}")
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     _check_qkv(q, k, v)
     T, H, S, Hkv = q.shape[1], q.shape[2], k.shape[1], k.shape[2]
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
