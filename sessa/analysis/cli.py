@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
+from sessa import registry
 from sessa.analysis.influence import VIEWS, diffuse_init_
-from sessa.analysis.loading import TINY_MIXERS, load_pretrained, random_inputs, tiny_stack
+from sessa.analysis.loading import load_pretrained, random_inputs, tiny_stack
 from sessa.analysis.report import Row, TailResults, merge, operator_rows, stack_tail, uniform_construction
 
 
@@ -56,6 +57,7 @@ def _gamma(text: str) -> float:
 # -- sessa tail --------------------------------------------------------------------------------------------
 def tail_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sessa tail", description="Memory tail: power-law vs exponential fits.")
+    mixers = registry.analysis_mixers()
     p.add_argument("--gammas", type=_gamma, nargs="+", default=[0.25, 0.5, 0.75, 0.9],
                    help="gains of the uniform-routing construction (beta should be 1 - gamma)")
     p.add_argument("--uniform-T", type=_positive, default=8192, help="length of the uniform construction")
@@ -63,7 +65,7 @@ def tail_parser() -> argparse.ArgumentParser:
     p.add_argument("--T", type=_positive, default=512, help="sequence length of the model measurements")
     p.add_argument("--d-model", type=_positive, default=32, help="width of the random diffuse blocks")
     p.add_argument("--depths", type=_positive, nargs="+", default=[1, 4], help="stack depths (end-to-end)")
-    p.add_argument("--mixers", nargs="+", choices=sorted(TINY_MIXERS), default=list(TINY_MIXERS))
+    p.add_argument("--mixers", nargs="+", choices=mixers, default=list(mixers))
     p.add_argument("--samples", type=_positive, default=2, help="random inputs averaged over")
     p.add_argument("--probes", type=int, default=8, help="Gaussian probes per Jacobian (0: exact)")
     p.add_argument("--view", choices=VIEWS, default="column", help="column: fixed source τ; row: fixed t")
@@ -132,9 +134,10 @@ def operators_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sessa operators", description="Interaction operators W[t, τ] of each mixer: heatmaps and ranks."
     )
+    mixers = registry.analysis_mixers()
     p.add_argument("--T", type=_positive, default=128, help="sequence length")
     p.add_argument("--d-model", type=_positive, default=32, help="width of the random blocks")
-    p.add_argument("--mixers", nargs="+", choices=sorted(TINY_MIXERS), default=list(TINY_MIXERS))
+    p.add_argument("--mixers", nargs="+", choices=mixers, default=list(mixers))
     p.add_argument("--samples", type=_positive, default=2, help="random inputs (ranks are over all of them)")
     p.add_argument("--split", type=int, default=None, help="rank of W[split:, :split] (default T // 2)")
     p.add_argument("--rtol", type=float, default=1e-8, help="singular values > rtol * largest count")

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from sessa import registry
 from sessa.analysis import (
     attention_weights,
     collect_mixer_inputs,
@@ -44,6 +45,15 @@ MIXERS = {
     "sessa_gqa": lambda: _sessa(4, 2),
     "sessa_one_head": lambda: _sessa(1),
 }
+
+
+@pytest.mark.parametrize("kind", registry.analysis_mixers())
+def test_every_analysis_mixer_of_the_registry_has_a_faithful_operator(kind: str) -> None:
+    block = tiny_stack(kind, D, 1).blocks[0]
+    x = torch.randn(2, T, D, dtype=torch.float64)
+    with torch.no_grad():
+        op, y = mixer_operator(block.mixer, x), block.mixer(x)
+    torch.testing.assert_close(op.reconstruct(), y, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", list(MIXERS))
