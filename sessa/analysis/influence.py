@@ -1,4 +1,4 @@
-"""Influence of a token on later outputs, as a function of the lag l = t - tau (SPEC §3).
+"""Influence of a token on later outputs, as a function of the lag l = t - tau (DESIGN §3).
 
 Two measurements, each averaged over random inputs (the batch of x):
 
@@ -9,7 +9,7 @@ Two measurements, each averaged over random inputs (the batch of x):
   a stack of blocks, averaged over inputs.
 
 Views. "column" (default) fixes the source tau (``anchor``, default 0) and moves the output t = tau + l:
-the impulse response, whose decay is the memory tail of SPEC §3 (uniform attention gives 1/(tau+l+1)).
+the impulse response, whose decay is the memory tail of DESIGN §3 (uniform attention gives 1/(tau+l+1)).
 "row" fixes the output t (default T - 1) and moves the source tau = t - l: for uniform routing this profile
 is flat (every past token gets ~1/t), so it shows how one output spreads over its past rather than a tail.
 

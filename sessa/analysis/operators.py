@@ -1,4 +1,4 @@
-"""Every mixer as an input-dependent linear operator (SPEC §5): y_t = sum_{tau<=t} W[t, tau] u_tau.
+"""Every mixer as an input-dependent linear operator (DESIGN §5): y_t = sum_{tau<=t} W[t, tau] u_tau.
 
 For one input, each mixer is written as a per-head T x T matrix W acting on a per-head value stream u, plus
 a readout that is linear in time-mixed values (out_proj, and for Mamba-2 the skip, gate and norm):
@@ -9,7 +9,7 @@ a readout that is linear in time-mixed values (out_proj, and for Mamba-2 the ski
   on time, so they commute: s = out_proj(concat_h W_h v_h).
 
 ``MixerOperator.reconstruct()`` rebuilds the mixer's output from W, which the tests compare with
-``mixer(x)``. ``MixerOperator.routing`` is the fixed-routing influence J of SPEC §3 ((I - B_fb)^{-1} for
+``mixer(x)``. ``MixerOperator.routing`` is the fixed-routing influence J of DESIGN §3 ((I - B_fb)^{-1} for
 Sessa, alpha_fwd for attention, M for Mamba-2). Shapes: B batch, T length, H heads, p head width.
 """
 

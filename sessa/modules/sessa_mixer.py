@@ -1,4 +1,4 @@
-"""The Sessa mixer (SPEC §2): causal attention feeding a softmax-routed recurrent feedback solve.
+"""The Sessa mixer (DESIGN §2): causal attention feeding a softmax-routed recurrent feedback solve.
 
 Shapes: B batch, T length, D width, H forward heads, Hkv key/value heads, hd = D / H.
 """
@@ -39,7 +39,7 @@ def _validate(D: int, n_heads: int, n_kv_heads: int, use_forward_rope: bool, gam
 
 
 class SessaMixer(nn.Module):
-    """Sessa mixer: ``s = (I - B_fb)^{-1} f`` with f the causal attention output (SPEC §2).
+    """Sessa mixer: ``s = (I - B_fb)^{-1} f`` with f the causal attention output (DESIGN §2).
 
     Constructor compatible with the original implementation; ``use_flash`` is accepted for compatibility
     (attention always goes through ``scaled_dot_product_attention``, which picks flash kernels on CUDA).
@@ -141,7 +141,7 @@ class SessaMixer(nn.Module):
             q_b, k_b, gamma, f, backend=self.feedback_backend, chunk_size=self.chunk_size, key_mask=mask
         )
 
-    # -- incremental decoding (SPEC §2.5) -----------------------------------------------------------
+    # -- incremental decoding (DESIGN §2.5) -----------------------------------------------------------
     def init_cache(
         self,
         batch_size: int,

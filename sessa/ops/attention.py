@@ -1,4 +1,4 @@
-"""Forward-branch attention and rotary position embeddings (SPEC §2.1).
+"""Forward-branch attention and rotary position embeddings (DESIGN §2.1).
 
 Shapes: B batch, T new queries, S keys (S >= T; query i sits at absolute position S - T + i), H query heads,
 Hkv key/value heads (GQA: head h reads kv head h // (H / Hkv)), hd head width.

@@ -1,4 +1,4 @@
-"""Interaction operators (SPEC §5): every mixer rebuilt from its T x T matrices, ranks, CLI and loading."""
+"""Interaction operators (DESIGN §5): every mixer rebuilt from its T x T matrices, ranks, CLI and loading."""
 
 from __future__ import annotations
 

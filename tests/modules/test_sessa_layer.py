@@ -11,7 +11,7 @@ from sessa.mixer import SessaMixer
 
 
 def loop_layer(p: dict[str, torch.Tensor], x: torch.Tensor, H: int, Hkv: int, rope: bool, gmax: float):
-    """SPEC §1-2 written independently: per position, per head, no masks, no batched solves."""
+    """DESIGN §1-2 written independently: per position, per head, no masks, no batched solves."""
     B, T, D = x.shape
     hd = D // H
     mu, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
