@@ -4,6 +4,21 @@ from __future__ import annotations
 
 import torch
 
+EXACT = 1e-10  # relative RMS error allowed between two float64 computations of the same quantity
+
+
+def randn(*shape: int, seed: int = 0) -> torch.Tensor:
+    """Standard normal float64 tensor from its own generator (reproducible, independent of global state)."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def assert_same(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    """Two float64 computations of the same non-trivial quantity agree to ``EXACT``."""
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert expected.abs().max() > 1e-6, f"{what}: reference is ~0, the comparison would be vacuous"
+    err = rel_err(actual, expected)
+    assert err < EXACT, f"{what}: relative error {err:.3e}"
+
 
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     """Relative RMS error of x against ref (both cast to float64)."""

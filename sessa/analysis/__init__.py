@@ -1,4 +1,4 @@
-"""Analysis tools: the memory tail (SPEC §3) and every mixer as an interaction operator (SPEC §5).
+"""Analysis tools: the memory tail (DESIGN §3) and every mixer as an interaction operator (DESIGN §5).
 
 * :mod:`~sessa.analysis.tail`: the uniform-routing construction (through the feedback solve and in closed
   form) and power-law / exponential tail fits.

@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
+from sessa import registry
 from sessa.analysis.influence import VIEWS, diffuse_init_
-from sessa.analysis.loading import TINY_MIXERS, load_pretrained, random_inputs, tiny_stack
+from sessa.analysis.loading import load_pretrained, random_inputs, tiny_stack
 from sessa.analysis.report import Row, TailResults, merge, operator_rows, stack_tail, uniform_construction
 
 
@@ -51,9 +52,10 @@ def _check_positive(cfg: object, names: Sequence[str]) -> None:
 
 
 def _check_mixers(mixers: list[str]) -> None:
-    bad = [m for m in mixers if m not in TINY_MIXERS]
+    valid = registry.analysis_mixers()
+    bad = [m for m in mixers if m not in valid]
     if bad or not mixers:
-        raise ValueError(f"mixers must name at least one of {sorted(TINY_MIXERS)}, got {mixers}")
+        raise ValueError(f"mixers must name at least one of {list(valid)}, got {mixers}")
 
 
 # -- sessa tail --------------------------------------------------------------------------------------------
@@ -69,7 +71,7 @@ class TailConfig:
     T: int = 512  # sequence length of the model measurements
     d_model: int = 32  # width of the random diffuse blocks
     depths: list[int] = field(default_factory=lambda: [1, 4])  # stack depths (end-to-end influence)
-    mixers: list[str] = field(default_factory=lambda: list(TINY_MIXERS))  # mixers to measure
+    mixers: list[str] = field(default_factory=lambda: list(registry.analysis_mixers()))  # mixers to measure
     samples: int = 2  # random inputs averaged over
     probes: int = 8  # Gaussian probes per Jacobian (0: exact Jacobians)
     view: str = "column"  # column: fixed source tau; row: fixed output t
@@ -168,7 +170,7 @@ class OperatorsConfig:
 
     T: int = 128  # sequence length
     d_model: int = 32  # width of the random blocks
-    mixers: list[str] = field(default_factory=lambda: list(TINY_MIXERS))  # mixers to measure
+    mixers: list[str] = field(default_factory=lambda: list(registry.analysis_mixers()))  # mixers to measure
     samples: int = 2  # random inputs (ranks are over all of them)
     split: int | None = None  # rank of W[split:, :split] (default T // 2)
     rtol: float = 1e-8  # singular values > rtol * largest count

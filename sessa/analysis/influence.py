@@ -1,4 +1,4 @@
-"""Influence of a token on later outputs, as a function of the lag l = t - tau (SPEC §3).
+"""Influence of a token on later outputs, as a function of the lag l = t - tau (DESIGN §3).
 
 Two measurements, each averaged over random inputs (the batch of x):
 
@@ -9,7 +9,7 @@ Two measurements, each averaged over random inputs (the batch of x):
   a stack of blocks, averaged over inputs.
 
 Views. "column" (default) fixes the source tau (``anchor``, default 0) and moves the output t = tau + l:
-the impulse response, whose decay is the memory tail of SPEC §3 (uniform attention gives 1/(tau+l+1)).
+the impulse response, whose decay is the memory tail of DESIGN §3 (uniform attention gives 1/(tau+l+1)).
 "row" fixes the output t (default T - 1) and moves the source tau = t - l: for uniform routing this profile
 is flat (every past token gets ~1/t), so it shows how one output spreads over its past rather than a tail.
 
@@ -39,6 +39,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from sessa import registry
 from sessa.analysis.operators import collect_mixer_inputs, mixer_operator, sessa_routing
 from sessa.baselines.attention import AttentionMixer
 from sessa.baselines.mamba2 import Mamba2Mixer
@@ -89,7 +90,8 @@ def diffuse_init_(
     ssm_decay: float = 0.02,
     ssm_dt: float = 0.1,
 ) -> nn.Module:
-    """Put every supported mixer of ``model`` in the diffuse regime (see the module docstring); in place.
+    """Put every mixer of ``model`` that has a diffuse-regime rule (its registry entry's ``diffuse``) in the
+    diffuse regime (see the module docstring); in place.
 
     gamma: Sessa feedback gain, 0 < gamma < gamma_max. routing_scale >= 0: factor on the query/key
     projections (0 = exactly uniform routing). ssm_decay > 0: per-step log-decay of Mamba-2's state;
@@ -99,26 +101,43 @@ def diffuse_init_(
         raise ValueError(f"routing_scale must be >= 0, got {routing_scale!r}")
     if not (ssm_decay > 0 and ssm_dt > 0):
         raise ValueError(f"ssm_decay and ssm_dt must be > 0, got ssm_decay={ssm_decay!r}, ssm_dt={ssm_dt!r}")
+    settings = dict(gamma=gamma, routing_scale=routing_scale, ssm_decay=ssm_decay, ssm_dt=ssm_dt)
     for module in model.modules():
-        if isinstance(module, SessaMixer):
-            if not 0 < gamma < module.gamma_max:
-                raise ValueError(f"gamma must be in (0, gamma_max={module.gamma_max}), got {gamma!r}")
-            for layer in (module.q_proj, module.k_proj, getattr(module, "proj_fb", None)):
-                _scale_linear_(layer, routing_scale)
-            if module.use_feedback:
-                module.gamma_ctx.weight.zero_()
-                module.gamma_bias.fill_(math.atanh(gamma / module.gamma_max))
-        elif isinstance(module, AttentionMixer):
-            _scale_linear_(module.q_proj, routing_scale)
-            _scale_linear_(module.k_proj, routing_scale)
-        elif isinstance(module, Mamba2Mixer):
-            dt_rows = slice(module.d_inner + module.conv_dim, None)
-            module.in_proj.weight[dt_rows] = 0.0
-            if module.in_proj.bias is not None:
-                module.in_proj.bias[dt_rows] = 0.0
-            module.dt_bias.fill_(ssm_dt + math.log(-math.expm1(-ssm_dt)))  # softplus^{-1}(ssm_dt)
-            module.A_log.fill_(math.log(ssm_decay / ssm_dt))
+        name = registry.mixer_name_of(module)
+        rule = None if name is None else registry.mixer_spec(name).diffuse
+        if rule is not None:
+            registry.resolve(rule)(module, **settings)
     return model
+
+
+@torch.no_grad()
+def diffuse_sessa_(mixer: SessaMixer, *, gamma: float, routing_scale: float, **_: float) -> None:
+    """Uniform routing (query/key projections scaled by routing_scale) and the constant gain gamma."""
+    if not 0 < gamma < mixer.gamma_max:
+        raise ValueError(f"gamma must be in (0, gamma_max={mixer.gamma_max}), got {gamma!r}")
+    for layer in (mixer.q_proj, mixer.k_proj, getattr(mixer, "proj_fb", None)):
+        _scale_linear_(layer, routing_scale)
+    if mixer.use_feedback:
+        mixer.gamma_ctx.weight.zero_()
+        mixer.gamma_bias.fill_(math.atanh(gamma / mixer.gamma_max))
+
+
+@torch.no_grad()
+def diffuse_attention_(mixer: AttentionMixer, *, routing_scale: float, **_: float) -> None:
+    """Uniform routing: query/key projections scaled by routing_scale."""
+    _scale_linear_(mixer.q_proj, routing_scale)
+    _scale_linear_(mixer.k_proj, routing_scale)
+
+
+@torch.no_grad()
+def diffuse_mamba2_(mixer: Mamba2Mixer, *, ssm_decay: float, ssm_dt: float, **_: float) -> None:
+    """dt = ssm_dt at every step (the dt rows of in_proj zeroed) and A = -ssm_decay / ssm_dt."""
+    dt_rows = slice(mixer.d_inner + mixer.conv_dim, None)
+    mixer.in_proj.weight[dt_rows] = 0.0
+    if mixer.in_proj.bias is not None:
+        mixer.in_proj.bias[dt_rows] = 0.0
+    mixer.dt_bias.fill_(ssm_dt + math.log(-math.expm1(-ssm_dt)))  # softplus^{-1}(ssm_dt)
+    mixer.A_log.fill_(math.log(ssm_decay / ssm_dt))
 
 
 @contextlib.contextmanager

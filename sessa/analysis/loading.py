@@ -7,6 +7,7 @@ its decoder blocks by :func:`find_blocks`; its input embedding supplies realisti
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,19 +15,29 @@ from typing import Any
 import torch
 from torch import nn
 
+from sessa import registry
 from sessa.analysis.influence import BlockStack
-from sessa.baselines.attention import AttentionMixer
-from sessa.baselines.mamba2 import Mamba2Mixer
 from sessa.modules.blocks import GatedBlock
-from sessa.modules.sessa_mixer import SessaMixer
 
-# name -> (mixer class, options) of the tiny blocks compared in the diffuse regime; every one sits in the
-# paper's gated block, so only the mixer differs.
-TINY_MIXERS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
-    "sessa": (SessaMixer, {"n_heads": 2}),
-    "attention": (AttentionMixer, {"n_heads": 2}),
-    "mamba2": (Mamba2Mixer, {"d_state": 16, "headdim": 16}),
-}
+
+class _TinyMixers(Mapping):
+    """name -> (mixer class, options) of the tiny blocks compared in the diffuse regime: every mixer of
+    :mod:`sessa.registry` with an operator view, with its entry's ``tiny`` options. Each sits in the paper's
+    gated block, so only the mixer differs. A live view: it follows the registry."""
+
+    def __getitem__(self, name: str) -> tuple[type[nn.Module], dict[str, Any]]:
+        if name not in registry.analysis_mixers():
+            raise KeyError(name)
+        return registry.mixer_class(name), dict(registry.mixer_spec(name).tiny)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(registry.analysis_mixers())
+
+    def __len__(self) -> int:
+        return len(registry.analysis_mixers())
+
+
+TINY_MIXERS: Mapping[str, tuple[type[nn.Module], dict[str, Any]]] = _TinyMixers()
 
 # where decoder blocks live in common causal-LM layouts (first match wins)
 _BLOCK_PATHS = (
@@ -39,7 +50,7 @@ def tiny_stack(
 ) -> BlockStack:
     """n_layers gated blocks of mixer ``kind`` (a key of TINY_MIXERS), randomly initialised from ``seed``."""
     if kind not in TINY_MIXERS:
-        raise ValueError(f"kind must be one of {sorted(TINY_MIXERS)}, got {kind!r}")
+        raise ValueError(f"kind must be one of {list(TINY_MIXERS)}, got {kind!r}")
     if n_layers < 1:
         raise ValueError(f"n_layers must be >= 1, got {n_layers}")
     cls, options = TINY_MIXERS[kind]

@@ -1,4 +1,4 @@
-"""Every mixer as an input-dependent linear operator (SPEC §5): y_t = sum_{tau<=t} W[t, tau] u_tau.
+"""Every mixer as an input-dependent linear operator (DESIGN §5): y_t = sum_{tau<=t} W[t, tau] u_tau.
 
 For one input, each mixer is written as a per-head T x T matrix W acting on a per-head value stream u, plus
 a readout that is linear in time-mixed values (out_proj, and for Mamba-2 the skip, gate and norm):
@@ -9,26 +9,28 @@ a readout that is linear in time-mixed values (out_proj, and for Mamba-2 the ski
   on time, so they commute: s = out_proj(concat_h W_h v_h).
 
 ``MixerOperator.reconstruct()`` rebuilds the mixer's output from W, which the tests compare with
-``mixer(x)``. ``MixerOperator.routing`` is the fixed-routing influence J of SPEC §3 ((I - B_fb)^{-1} for
+``mixer(x)``. ``MixerOperator.routing`` is the fixed-routing influence J of DESIGN §3 ((I - B_fb)^{-1} for
 Sessa, alpha_fwd for attention, M for Mamba-2). Shapes: B batch, T length, H heads, p head width.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sessa import registry
 from sessa.baselines.attention import AttentionMixer
 from sessa.baselines.common import causal_conv
 from sessa.baselines.mamba2 import Mamba2Mixer
 from sessa.modules.contract import check_input
 from sessa.modules.sessa_mixer import SessaMixer
 from sessa.ops.feedback import feedback_solve, feedback_weights_ref
+from sessa.ops.precision import work_dtype
 from sessa.ops.ssd import segsum
 
 
@@ -63,7 +65,7 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     q: (B, T, H, hd); k: (B, T, Hkv, hd), head h reads kv head h // (H / Hkv). Returns (B, H, T, T) in
     float64 for float64 inputs, float32 otherwise.
     """
-    work = torch.float64 if q.dtype == torch.float64 else torch.float32
+    work = work_dtype(q.dtype)
     H, T = q.shape[2], q.shape[1]
     k = k.repeat_interleave(H // k.shape[2], dim=2)
     logits = torch.einsum("bthd,bshd->bhts", q.to(work), k.to(work)) / math.sqrt(q.shape[-1])
@@ -169,7 +171,7 @@ def mamba2_ssd_inputs(mixer: Mamba2Mixer, x: torch.Tensor) -> dict[str, torch.Te
     xbc, _ = causal_conv(xbc, mixer.conv1d.weight, mixer.conv1d.bias, None)
     groups = mixer.ngroups * mixer.d_state
     xs, Bm, Cm = torch.split(F.silu(xbc), [mixer.d_inner, groups, groups], dim=-1)
-    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    work = work_dtype(x.dtype)
     return {
         "z": z,
         "xs": xs.reshape(b, T, mixer.n_heads, mixer.headdim).to(work),
@@ -196,24 +198,40 @@ def mamba2_operator(mixer: Mamba2Mixer, x: torch.Tensor) -> MixerOperator:
 
 
 # -- any mixer, any model ----------------------------------------------------------------------------------
-OPERATORS: dict[type, Callable[[nn.Module, torch.Tensor], MixerOperator]] = {
-    SessaMixer: sessa_operator,
-    AttentionMixer: attention_operator,
-    Mamba2Mixer: mamba2_operator,
-}
+class _Operators(Mapping):
+    """mixer class -> its operator builder, for every mixer of :mod:`sessa.registry` that has one (a live
+    view: it follows the registry)."""
+
+    def _table(self) -> dict[type, Callable[[nn.Module, torch.Tensor], MixerOperator]]:
+        return {
+            registry.mixer_class(name): registry.resolve(registry.mixer_spec(name).operator)
+            for name in registry.analysis_mixers()
+        }
+
+    def __getitem__(self, cls: type) -> Callable[[nn.Module, torch.Tensor], MixerOperator]:
+        return self._table()[cls]
+
+    def __iter__(self) -> Iterator[type]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
+OPERATORS: Mapping[type, Callable[[nn.Module, torch.Tensor], MixerOperator]] = _Operators()
 
 
 def is_supported_mixer(module: nn.Module) -> bool:
-    return isinstance(module, tuple(OPERATORS))
+    name = registry.mixer_name_of(module)
+    return name is not None and registry.mixer_spec(name).operator is not None
 
 
 def mixer_operator(mixer: nn.Module, x: torch.Tensor) -> MixerOperator:
     """The operator of any supported mixer (see ``OPERATORS``) on its input x: (B, T, D)."""
-    for cls, build in OPERATORS.items():
-        if isinstance(mixer, cls):
-            return build(mixer, x)
-    names = ", ".join(cls.__name__ for cls in OPERATORS)
-    raise TypeError(f"mixer must be one of {names}, got {type(mixer).__name__}")
+    if not is_supported_mixer(mixer):
+        names = ", ".join(cls.__name__ for cls in OPERATORS)
+        raise TypeError(f"mixer must be one of {names}, got {type(mixer).__name__}")
+    return registry.resolve(registry.mixer_spec(registry.mixer_name_of(mixer)).operator)(mixer, x)
 
 
 def collect_mixer_inputs(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module, torch.Tensor]]:

@@ -1,4 +1,4 @@
-"""The memory tail of SPEC §3: the uniform-routing construction and power-law / exponential tail fits.
+"""The memory tail of DESIGN §3: the uniform-routing construction and power-law / exponential tail fits.
 
 Uniform routing: zero feedback queries and keys give alpha_fb[t, j] = 1/t for j < t, and a constant gain
 gamma in (0, 1) (w_gamma = 0, b_gamma = artanh gamma, gamma_max = 1 in the construction). The impulse
@@ -55,7 +55,7 @@ def uniform_routing_impulse(
 
 
 def uniform_routing_closed_form(T: int, gamma: float, tau: int = 0) -> torch.Tensor:
-    """The closed form of SPEC §3 for l = 0..T-1-tau (float64), evaluated with lgamma."""
+    """The closed form of DESIGN §3 for l = 0..T-1-tau (float64), evaluated with lgamma."""
     _check_construction(T, gamma, tau)
     lags = torch.arange(1, T - tau, dtype=torch.float64)
     log_h = (

@@ -12,16 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sessa.baselines.common import (
-    check_choice,
-    check_int,
-    check_positive_float,
-    key_mask,
-    step_position,
-    work_dtype,
-)
-from sessa.modules.contract import MixerState, check_input, reorder_state_tensors
-from sessa.ops.attention import apply_rope, causal_attention, rope_cos_sin, rope_inv_freq
+from sessa.modules.contract import MixerState, check_input, key_mask, reorder_state_tensors, step_position
+from sessa.ops.attention import BACKENDS, apply_rope, causal_attention, rope_cos_sin, rope_inv_freq
+from sessa.ops.precision import work_dtype
+from sessa.validation import check_choice, check_int, check_positive_float
 
 
 class AttentionMixer(nn.Module):
@@ -64,7 +58,7 @@ class AttentionMixer(nn.Module):
                 f"= {self.head_dim}"
             )
         self.rope, self.rope_base = bool(rope), check_positive_float("rope_base", rope_base)
-        self.backend = check_choice("backend", backend, ("sdpa", "reference"))
+        self.backend = check_choice("backend", backend, BACKENDS)
 
         kv_dim = n_kv_heads * self.head_dim
         self.q_proj = nn.Linear(d_model, d_model, bias=bias)

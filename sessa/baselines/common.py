@@ -1,5 +1,6 @@
-"""Pieces shared by the baseline mixers: option checks, the padding mask, the short causal convolution
-and the Mamba dt initialisation.
+"""Pieces shared by the baseline mixers: the dt range check, the short causal convolution, the Mamba dt
+initialisation and the recurrent half of the contract. The value checks live in :mod:`sessa.validation`
+and the mask/state checks in :mod:`sessa.modules.contract` (both re-exported here).
 
 Shapes: B batch, T sequence length, C channels, K convolution width.
 """
@@ -7,38 +8,20 @@ Shapes: B batch, T sequence length, C channels, K convolution width.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sessa.modules.contract import MixerState, check_input, reorder_state_tensors
-from sessa.ops.precision import work_dtype  # also re-exported: attention.py imports it from here
-
-
-def check_int(name: str, value: object, minimum: int = 1) -> int:
-    """Return ``value`` if it is an int >= ``minimum``; else raise naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return value
-
-
-def check_positive_float(name: str, value: object) -> float:
-    """Return ``float(value)`` if it is a finite real number > 0; else raise naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return float(value)
-
-
-def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-    return value  # type: ignore[return-value]
+from sessa.modules.contract import (  # noqa: F401  (key_mask, step_position: re-exported for the mixers)
+    MixerState,
+    check_input,
+    key_mask,
+    reorder_state_tensors,
+    step_position,
+)
+from sessa.ops.precision import work_dtype  # noqa: F401  (re-exported: attention.py imports it here)
+from sessa.validation import check_choice, check_int, check_positive_float  # noqa: F401  (re-exported)
 
 
 def check_dt_range(dt_min: float, dt_max: float, dt_init_floor: float) -> None:
@@ -59,32 +42,6 @@ def init_dt_bias(n: int, dt_min: float, dt_max: float, dt_init_floor: float) -> 
     log_dt = torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
     dt = log_dt.exp().clamp(min=dt_init_floor)
     return dt + torch.log(-torch.expm1(-dt))
-
-
-def key_mask(attention_mask: torch.Tensor | None, batch: int, length: int) -> torch.Tensor | None:
-    """Check an ``attention_mask`` (B, length) of 1 = real token / 0 = padding and return it as bool."""
-    if attention_mask is None:
-        return None
-    if not isinstance(attention_mask, torch.Tensor):
-        raise TypeError(f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}")
-    if tuple(attention_mask.shape) != (batch, length):
-        raise ValueError(
-            f"attention_mask must have shape (B, t + T_new) = ({batch}, {length}), "
-            f"got {tuple(attention_mask.shape)}"
-        )
-    return attention_mask != 0
-
-
-def step_position(state: MixerState, x: torch.Tensor, batch_key: str) -> int:
-    """Validate a state dict against the new input x (B, T_new, D); return its position counter ``t``."""
-    if not isinstance(state, dict) or "t" not in state or batch_key not in state:
-        raise TypeError("state must be the dict returned by init_state")
-    rows = state[batch_key].shape[0]
-    if x.shape[0] != rows:
-        raise ValueError(f"x has batch size {x.shape[0]} but the state holds {rows} rows")
-    if x.shape[1] < 1:
-        raise ValueError(f"step needs at least one new token, got x of shape {tuple(x.shape)}")
-    return int(state["t"])
 
 
 def causal_conv(

@@ -28,6 +28,7 @@ from sessa.baselines.common import (
     init_dt_bias,
 )
 from sessa.ops.precision import work_dtype
+from sessa.ops.selective_scan import BACKENDS as SCAN_BACKENDS
 from sessa.ops.selective_scan import selective_scan, selective_scan_ref, selective_scan_step
 
 selective_state_update = selective_scan_step  # the old name of the decode step, kept importable
@@ -87,7 +88,7 @@ class MambaMixer(RecurrentMixer):
                 "backend='fla' is not available for Mamba-1 (fla-core has no selective scan); "
                 "use 'auto', 'chunked' or 'reference'"
             )
-        self.backend = check_choice("backend", backend, ("chunked", "reference", "auto"))
+        self.backend = check_choice("backend", backend, SCAN_BACKENDS)
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
         self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, bias=conv_bias)

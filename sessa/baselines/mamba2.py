@@ -30,6 +30,7 @@ from sessa.baselines.common import (
 )
 from sessa.ops import ssd_fla
 from sessa.ops.precision import work_dtype
+from sessa.ops.ssd import BACKENDS as SSD_BACKENDS
 from sessa.ops.ssd import segsum, ssd_chunked, ssd_minimal_ref, ssd_sequential_ref, ssd_step
 
 # the scan used to live here: keep its old import paths working
@@ -121,7 +122,7 @@ class Mamba2Mixer(RecurrentMixer):
         check_dt_range(dt_min, dt_max, dt_init_floor)
         a_lo, a_hi = _check_A_range(A_init_range)
         check_positive_float("norm_eps", norm_eps)
-        self.backend = check_choice("backend", backend, ("chunked", "reference", "fla", "auto"))
+        self.backend = check_choice("backend", backend, SSD_BACKENDS)
 
         self.conv_dim = self.d_inner + 2 * ngroups * d_state
         self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + self.n_heads, bias=bias)

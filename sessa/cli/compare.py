@@ -8,15 +8,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sessa import registry
 from sessa.cli.options import add_config_options, given, parse_kv
-from sessa.train.config import AMP_CHOICES, MODELS, TrainConfig
+from sessa.train.config import AMP_CHOICES, TrainConfig
 
 COMPARE_HELP = "train matched Sessa / Transformer / Mamba-2 / no-feedback models and compare"
 SWEEP_HELP = "pick each model's learning rate on validation data; test mean ± std over seeds"
 
 
 def _common(p: argparse.ArgumentParser, cls: type, skip: set[str]) -> None:
-    from sessa.models.configuration import PRESETS
+    from sessa.models.presets import PRESETS
     from sessa.train.compare import SUITES
 
     add_config_options(
@@ -24,7 +25,7 @@ def _common(p: argparse.ArgumentParser, cls: type, skip: set[str]) -> None:
         cls,
         skip={"train_overrides", *skip},
         choices={
-            "models": MODELS,
+            "models": registry.model_names(),
             "amp": AMP_CHOICES,
             "suite": sorted(SUITES),
             "preset": [*PRESETS, "paper"] if cls.__name__ == "CompareConfig" else list(PRESETS),

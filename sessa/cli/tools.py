@@ -30,12 +30,12 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def add_tail(sub: Any) -> argparse.ArgumentParser:
+    from sessa import registry
     from sessa.analysis.commands import TailConfig
     from sessa.analysis.influence import VIEWS
-    from sessa.analysis.loading import TINY_MIXERS
 
     p = sub.add_parser("tail", help=TAIL_HELP, description=TAIL_HELP)
-    add_config_options(p, TailConfig, choices={"view": VIEWS, "mixers": sorted(TINY_MIXERS)})
+    add_config_options(p, TailConfig, choices={"view": VIEWS, "mixers": registry.analysis_mixers()})
     return p
 
 
@@ -46,11 +46,11 @@ def run_tail(args: argparse.Namespace) -> int:
 
 
 def add_operators(sub: Any) -> argparse.ArgumentParser:
+    from sessa import registry
     from sessa.analysis.commands import OperatorsConfig
-    from sessa.analysis.loading import TINY_MIXERS
 
     p = sub.add_parser("operators", help=OPERATORS_HELP, description=OPERATORS_HELP)
-    add_config_options(p, OperatorsConfig, choices={"mixers": sorted(TINY_MIXERS)})
+    add_config_options(p, OperatorsConfig, choices={"mixers": registry.analysis_mixers()})
     return p
 
 

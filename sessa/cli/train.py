@@ -7,14 +7,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sessa import registry
 from sessa.cli.options import add_config_options, given, parse_kv
-from sessa.train.config import AMP_CHOICES, DISTRIBUTED, MODELS, RESUME_CHANGEABLE, TrainConfig
+from sessa.train.config import AMP_CHOICES, DISTRIBUTED, RESUME_CHANGEABLE, TrainConfig
 
 HELP = "train one model on one task (torchrun-ready)"
 
 
 def add(sub: Any) -> argparse.ArgumentParser:
-    from sessa.models.configuration import PRESETS
+    from sessa.models.presets import PRESETS
     from sessa.tasks import TASKS
 
     p = sub.add_parser(
@@ -26,7 +27,7 @@ def add(sub: Any) -> argparse.ArgumentParser:
         skip={"task_options", "model_options"},
         choices={
             "task": sorted(TASKS),
-            "model": MODELS,
+            "model": registry.model_names(),
             "amp": AMP_CHOICES,
             "distributed": DISTRIBUTED,
             "preset": list(PRESETS),

@@ -5,15 +5,16 @@ Importing this package registers ``model_type="sessa"`` with ``AutoConfig``, ``A
 
     >>> from sessa.models import SessaConfig, SessaForCausalLM, SessaByteTokenizer
     >>> model = SessaForCausalLM(SessaConfig.from_preset("tiny-mamba2"))   # matched Mamba-2 baseline
+
+The names of mixers and trainable models live in :mod:`sessa.registry`.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from sessa.models.cache import SessaCache
-from sessa.models.configuration import MIXER_NAMES, PRESETS, SessaConfig
+from sessa.models.configuration import SessaConfig
 from sessa.models.matching import count_params, match_params, param_table
 from sessa.models.modeling import (
-    MIXERS,
     SessaCausalLMOutput,
     SessaForCausalLM,
     SessaModel,
@@ -22,6 +23,7 @@ from sessa.models.modeling import (
     build_block,
     causal_lm_loss,
 )
+from sessa.models.presets import PRESETS, from_preset, model_config
 from sessa.models.tokenizer import SessaByteTokenizer
 
 AutoConfig.register(SessaConfig.model_type, SessaConfig, exist_ok=True)
@@ -30,8 +32,6 @@ AutoModelForCausalLM.register(SessaConfig, SessaForCausalLM, exist_ok=True)
 AutoTokenizer.register(SessaConfig, tokenizer_class=SessaByteTokenizer, exist_ok=True)
 
 __all__ = [
-    "MIXERS",
-    "MIXER_NAMES",
     "PRESETS",
     "SessaByteTokenizer",
     "SessaCache",
@@ -44,6 +44,8 @@ __all__ = [
     "build_block",
     "causal_lm_loss",
     "count_params",
+    "from_preset",
     "match_params",
+    "model_config",
     "param_table",
 ]

@@ -2,12 +2,14 @@
 
 A model is ``n_layers`` blocks over a ``d_model``-wide residual stream. Each block wraps one sequence
 mixer (:mod:`sessa.modules.contract`) named by ``mixer`` (or per layer by ``layer_mixers`` for hybrid
-stacks): "sessa", "attention", "mamba2" or "mamba". ``block`` picks the wrapper: "gated" (the paper's
-block, SPEC §1, no MLP) or "prenorm" (mixer + SwiGLU MLP, the usual Transformer layout).
+stacks), any name of :func:`sessa.registry.mixer_names`: "sessa", "attention", "mamba2", "mamba". ``block``
+picks the wrapper: "gated" (the paper's block, DESIGN §1, no MLP) or "prenorm" (mixer + SwiGLU MLP, the
+usual Transformer layout).
 
-Presets (``SessaConfig.from_preset``): ``tiny`` (CPU, seconds), ``small``, ``125m``, ``350m``. A preset
-name may carry a mixer suffix ("tiny-mamba2"); a baseline preset is parameter-matched to the Sessa
-preset of the same size (:func:`sessa.models.matching.match_params`).
+The config is data only: its fields, their validation, and the constructor options each mixer reads from
+it (through :mod:`sessa.registry`). Unknown keys are rejected (with the closest valid name), except the
+keys ``PretrainedConfig`` itself owns. Presets and parameter matching live above it, in
+:mod:`sessa.models.presets` and :mod:`sessa.models.matching`; ``SessaConfig.from_preset`` forwards there.
 
 Example:
     >>> config = SessaConfig.from_preset("tiny")                      # Sessa, 2 layers of width 64
@@ -17,36 +19,34 @@ Example:
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from typing import Any
 
 from transformers import PretrainedConfig
 
-from sessa.tasks.corpus import ByteTokenizer
-
-MIXER_NAMES: tuple[str, ...] = ("sessa", "attention", "mamba2", "mamba")
-BLOCK_NAMES: tuple[str, ...] = ("gated", "prenorm")
-FEEDBACK_BACKENDS: tuple[str, ...] = ("auto", "reference", "chunked", "triton")
-ATTENTION_BACKENDS: tuple[str, ...] = ("sdpa", "reference")
-SSM_BACKENDS: tuple[str, ...] = ("chunked", "reference", "fla", "auto")
-MIXERS_WITH_HEADS: tuple[str, ...] = ("sessa", "attention")
-DEFAULT_D_STATE: dict[str, int] = {"mamba2": 64, "mamba": 16}  # the mixers' own defaults
-DEFAULT_HEADDIM = 32  # Mamba-2 head width when ``headdim`` is None (the mixer's default)
+from sessa import registry
+from sessa.tokens import ByteTokenizer
+from sessa.validation import check_bool, check_choice, check_float, check_int, did_you_mean
 
 _BYTES = ByteTokenizer()
 
-# Sizes of the Sessa presets; a baseline preset is matched to these (see ``from_preset``). Parameter
-# counts for every mixer: ``sessa.models.matching.param_table()``.
-PRESETS: dict[str, dict[str, Any]] = {
-    # runs a forward/generate on one CPU core in well under a second
-    "tiny": dict(d_model=64, n_layers=2, n_heads=2, max_position_embeddings=512, d_state=16, headdim=16),
-    # a quick CPU/GPU experiment (~2.4M parameters)
-    "small": dict(d_model=256, n_layers=4, n_heads=4, max_position_embeddings=2048),
-    # GPT-2-small-sized width and heads; the gated block has no MLP, so depth 24 for ~125M parameters
-    "125m": dict(d_model=768, n_layers=24, n_heads=12, max_position_embeddings=2048),
-    # GPT-2-medium width and heads, depth 36 for ~350M parameters
-    "350m": dict(d_model=1024, n_layers=36, n_heads=16, max_position_embeddings=2048),
-}
+
+def _pretrained_config_keys() -> frozenset[str]:
+    """Constructor keys that are not dataclass fields but that ``PretrainedConfig`` consumes itself
+    (written by save_pretrained / from_pretrained, or legacy generation settings it drops)."""
+    keys = {
+        "model_type", "name_or_path", "_name_or_path", "_commit_hash", "torch_dtype", "output_attentions",
+        "attn_implementation", "experts_implementation", "num_labels",
+        "_attn_implementation_internal", "_experts_implementation_internal",
+    }
+    from transformers import GenerationConfig
+
+    defaults = getattr(GenerationConfig, "_get_default_generation_params", None)
+    keys |= set(defaults()) if callable(defaults) else {"use_cache", "max_length", "do_sample"}
+    return frozenset(keys)
+
+
+_PRETRAINED_KEYS = _pretrained_config_keys()
 
 
 class SessaConfig(PretrainedConfig):
@@ -67,7 +67,7 @@ class SessaConfig(PretrainedConfig):
     vocab_size: int = _BYTES.vocab_size  # token ids 0..vocab_size-1; default: the byte-level vocabulary
     d_model: int = 256  # residual stream width D
     n_layers: int = 4  # number of blocks
-    mixer: str = "sessa"  # one of MIXER_NAMES, used by every layer unless layer_mixers is given
+    mixer: str = "sessa"  # a name of sessa.registry.mixer_names(), used by every layer unless layer_mixers
     layer_mixers: list[str] | None = None  # optional per-layer mixer names (hybrid stacks), len n_layers
     block: str = "gated"  # "gated" (paper: x + W_out(mixer(GELU(a)) * g)) or "prenorm" (mixer + SwiGLU MLP)
     mlp_hidden: int | None = None  # prenorm MLP width; None = 8/3 * d_model rounded to a multiple of 8
@@ -80,7 +80,7 @@ class SessaConfig(PretrainedConfig):
     # Sessa feedback branch
     gamma_max: float = 0.999  # |gamma_t| < gamma_max < 1 bounds the feedback gain
     use_feedback: bool = True  # False = the paper's ablation gamma = 0 (no feedback parameters)
-    feedback_backend: str = "auto"  # "auto" | "reference" | "chunked" | "triton"
+    feedback_backend: str = "auto"  # "auto" | "reference" | "chunked" | "triton" (sessa.ops.feedback)
     chunk_size: int | None = None  # feedback solve chunk; None = the backend's default
     # Mamba-2 / Mamba
     d_state: int | None = None  # SSM state size N; None = the mixer's default (64 Mamba-2, 16 Mamba)
@@ -88,7 +88,7 @@ class SessaConfig(PretrainedConfig):
     expand: int = 2  # inner width = expand * d_model
     headdim: int | None = None  # Mamba-2 head width; None = 32
     dt_rank: int | str = "auto"  # Mamba dt projection rank; "auto" = ceil(d_model / 16)
-    ssm_backend: str = "chunked"  # "chunked" | "reference" | "fla" (Mamba-2, fla-core, CUDA) | "auto"
+    ssm_backend: str = "chunked"  # "chunked", "reference"; Mamba-2 also "fla" (fla-core, CUDA) and "auto"
     # shared
     ln_eps: float = 1e-5  # epsilon of every LayerNorm / RMSNorm
     tie_word_embeddings: bool = True  # LM head shares the token embedding matrix
@@ -99,6 +99,7 @@ class SessaConfig(PretrainedConfig):
     eos_token_id: int | None = _BYTES.eos_id
 
     def __post_init__(self, **kwargs: Any) -> None:
+        _reject_unknown_keys(type(self), kwargs)
         super().__post_init__(**kwargs)
         if isinstance(self.layer_mixers, tuple):
             self.layer_mixers = list(self.layer_mixers)
@@ -110,27 +111,17 @@ class SessaConfig(PretrainedConfig):
         """The mixer name of every layer (length n_layers)."""
         return list(self.layer_mixers) if self.layer_mixers is not None else [self.mixer] * self.n_layers
 
-    @property
-    def resolved_mlp_hidden(self) -> int:
-        """Width of the prenorm block's MLP."""
-        if self.mlp_hidden is not None:
-            return self.mlp_hidden
-        return max(8, int(round(8 / 3 * self.d_model / 8)) * 8)
-
     def resolved_d_state(self, mixer: str) -> int:
-        return self.d_state if self.d_state is not None else DEFAULT_D_STATE[mixer]
+        """``d_state``, or the mixer's default when it is None."""
+        return registry.resolved_field(self, mixer, "d_state")
 
     def mixer_options(self, mixer: str) -> dict[str, Any]:
         """Constructor options (besides d_model and layer_idx) of the named mixer under this config."""
-        if mixer not in _OPTION_BUILDERS:
-            raise ValueError(f"mixer must be one of {list(MIXER_NAMES)}, got {mixer!r}")
-        return _OPTION_BUILDERS[mixer](self)
+        return registry.mixer_options(mixer, self)
 
     def block_options(self) -> dict[str, Any]:
         """Options of the block wrapper (besides d_model, mixer class, layer_idx)."""
-        if self.block == "gated":
-            return {"ln_eps": self.ln_eps}
-        return {"mlp_ratio": self.resolved_mlp_hidden / self.d_model, "norm_eps": self.ln_eps}
+        return registry.block_spec(self.block).options(self)
 
     # -- constructors -------------------------------------------------------------------------------
     @staticmethod
@@ -142,9 +133,9 @@ class SessaConfig(PretrainedConfig):
         Layer i is "sessa" when i % every == offset (default every - 1, so each group of ``every``
         layers ends with Sessa). Example: hybrid_pattern(4, 2) == ["mamba2", "sessa", "mamba2", "sessa"].
         """
-        _check_int("n_layers", n_layers)
-        _check_int("every", every)
-        _check_choice("other", other, MIXER_NAMES)
+        check_int("n_layers", n_layers)
+        check_int("every", every)
+        check_choice("other", other, registry.mixer_names())
         offset = every - 1 if offset is None else offset
         if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < every:
             raise ValueError(f"offset must be an int in [0, every={every}), got {offset!r}")
@@ -152,152 +143,48 @@ class SessaConfig(PretrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, *, match: bool = True, **overrides: Any) -> SessaConfig:
-        """A preset config: ``name`` is a size (``tiny``, ``small``, ``125m``, ``350m``), optionally with a
-        mixer suffix (``tiny-mamba2``), or pass ``mixer=...`` among the overrides.
+        """A preset config; see :func:`sessa.models.presets.from_preset` (this forwards there)."""
+        from sessa.models.presets import from_preset  # presets sit above the config (they build models)
 
-        Overrides are applied to the Sessa preset of that size. For a baseline mixer with ``match=True``
-        the result is :func:`~sessa.models.matching.match_params` of that Sessa config: the baseline's
-        width/expand/d_state/headdim/kv-heads/MLP are tuned to within 2% of its parameter count, holding
-        fixed any of those knobs given explicitly in ``overrides``. ``match=False`` (and any hybrid
-        stack, ``layer_mixers=...``) returns the plain config with the mixer swapped in. The preset sizes
-        refer to the default gated block; ``block="prenorm"`` adds an MLP to every layer.
-        """
-        size, mixer = parse_preset_name(name)
-        if "mixer" in overrides:
-            if mixer is not None and overrides["mixer"] != mixer:
-                raise ValueError(
-                    f"preset name {name!r} names mixer {mixer!r} but mixer={overrides['mixer']!r} "
-                    "was also given"
-                )
-            mixer = overrides.pop("mixer")
-        mixer = "sessa" if mixer is None else mixer
-        _check_choice("mixer", mixer, MIXER_NAMES)
-        fields = {**PRESETS[size], **overrides}
-        if mixer == "sessa" or not match or overrides.get("layer_mixers") is not None:
-            return cls(**{**fields, "mixer": mixer})
-        from sessa.models.matching import match_params  # matching builds modules: import on use
-
-        return match_params(cls(**fields), mixer, fixed=tuple(overrides))
-
-
-def parse_preset_name(name: str) -> tuple[str, str | None]:
-    """Split "size" or "size-mixer" into (size, mixer or None); unknown names list the valid ones."""
-    if not isinstance(name, str):
-        raise TypeError(f"preset name must be a str, got {type(name).__name__} ({name!r})")
-    size, _, mixer = name.partition("-")
-    if size not in PRESETS or (mixer and mixer not in MIXER_NAMES):
-        valid = [*PRESETS, *(f"{s}-{m}" for s in PRESETS for m in MIXER_NAMES)]
-        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(valid)}")
-    return size, (mixer or None)
-
-
-# -- mixer options --------------------------------------------------------------------------------------
-def _sessa_options(c: SessaConfig) -> dict[str, Any]:
-    return dict(
-        n_heads=c.n_heads,
-        n_kv_heads=c.n_kv_heads,
-        max_len=c.max_position_embeddings,
-        use_forward_rope=c.use_forward_rope,
-        gamma_max=c.gamma_max,
-        feedback_backend=c.feedback_backend,
-        attention_backend=c.attention_backend,
-        chunk_size=c.chunk_size,
-        use_feedback=c.use_feedback,
-    )
-
-
-def _attention_options(c: SessaConfig) -> dict[str, Any]:
-    return dict(
-        n_heads=c.n_heads, n_kv_heads=c.n_kv_heads, rope=c.use_forward_rope, backend=c.attention_backend,
-        bias=c.attention_bias,
-    )
-
-
-def _mamba2_options(c: SessaConfig) -> dict[str, Any]:
-    return dict(
-        d_state=c.resolved_d_state("mamba2"),
-        d_conv=c.d_conv,
-        expand=c.expand,
-        headdim=c.headdim if c.headdim is not None else DEFAULT_HEADDIM,
-        backend=c.ssm_backend,  # its gated RMSNorm keeps eps 1e-5 (PreNormBlock owns the name norm_eps)
-    )
-
-
-def _mamba_options(c: SessaConfig) -> dict[str, Any]:
-    return dict(
-        d_state=c.resolved_d_state("mamba"),
-        d_conv=c.d_conv,
-        expand=c.expand,
-        dt_rank=c.dt_rank,
-        backend=c.ssm_backend,
-    )
-
-
-_OPTION_BUILDERS = {
-    "sessa": _sessa_options,
-    "attention": _attention_options,
-    "mamba2": _mamba2_options,
-    "mamba": _mamba_options,
-}
+        return from_preset(name, match=match, config_class=cls, **overrides)
 
 
 # -- validation -----------------------------------------------------------------------------------------
-def _check_int(name: str, value: object, minimum: int = 1, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(
-            f"{name} must be an int{' or None' if optional else ''}, got {type(value).__name__} ({value!r})"
-        )
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
-def _check_bool(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__} ({value!r})")
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-
-
-def _check_float(name: str, value: object, low: float, high: float = math.inf) -> None:
-    """low < value < high (open interval)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
-    if not low < value < high:
-        raise ValueError(f"{name} must be in ({low}, {high}), got {value}")
+def _reject_unknown_keys(cls: type[SessaConfig], kwargs: dict[str, Any]) -> None:
+    """Raise for a constructor key that is neither a field, an alias, nor a key PretrainedConfig owns."""
+    unknown = [key for key in kwargs if key not in _PRETRAINED_KEYS and key not in cls.attribute_map]
+    if unknown:
+        valid = [f.name for f in dataclasses.fields(cls)] + list(cls.attribute_map)
+        key = unknown[0]
+        more = f" (also unknown: {unknown[1:]})" if len(unknown) > 1 else ""
+        raise ValueError(f"unknown SessaConfig key {key!r}{did_you_mean(key, valid, cutoff=0.0)}{more}")
 
 
 def _validate(c: SessaConfig) -> None:
-    for name in (
-        "vocab_size",
-        "d_model",
-        "n_layers",
-        "n_heads",
-        "d_conv",
-        "expand",
-        "max_position_embeddings",
-    ):
-        _check_int(name, getattr(c, name))
+    ints = ("vocab_size", "d_model", "n_layers", "n_heads", "d_conv", "expand", "max_position_embeddings")
+    for name in ints:
+        check_int(name, getattr(c, name))
     for name in ("n_kv_heads", "d_state", "headdim", "chunk_size", "mlp_hidden"):
-        _check_int(name, getattr(c, name), optional=True)
+        check_int(name, getattr(c, name), optional=True)
     for name in ("use_forward_rope", "use_feedback", "tie_word_embeddings", "attention_bias"):
-        _check_bool(name, getattr(c, name))
-    _check_choice("mixer", c.mixer, MIXER_NAMES)
-    _check_choice("block", c.block, BLOCK_NAMES)
-    _check_choice("feedback_backend", c.feedback_backend, FEEDBACK_BACKENDS)
-    _check_choice("attention_backend", c.attention_backend, ATTENTION_BACKENDS)
-    _check_choice("ssm_backend", c.ssm_backend, SSM_BACKENDS)
-    _check_float("gamma_max", c.gamma_max, 0.0, 1.0)
-    _check_float("ln_eps", c.ln_eps, 0.0)
-    _check_float("initializer_range", c.initializer_range, 0.0)
+        check_bool(name, getattr(c, name))
+    check_choice("mixer", c.mixer, registry.mixer_names())
+    check_choice("block", c.block, registry.block_names())
+    for name, values in registry.backend_fields().items():
+        check_choice(name, getattr(c, name), values)
+    check_float("gamma_max", c.gamma_max, 0.0, 1.0)
+    check_float("ln_eps", c.ln_eps, 0.0)
+    check_float("initializer_range", c.initializer_range, 0.0)
     if c.dt_rank != "auto":
-        _check_int("dt_rank", c.dt_rank)
+        check_int("dt_rank", c.dt_rank)
     _validate_layer_mixers(c)
-    _validate_shapes(c)
+    for mixer in dict.fromkeys(c.mixer_names):  # the rules of each mixer the stack uses
+        spec = registry.mixer_spec(mixer)
+        for name in spec.backends:
+            valid = registry.backend_choices(mixer, name)
+            check_choice(f"{name} (for mixer {mixer!r})", getattr(c, name), valid)
+        if spec.check is not None:
+            spec.check(c)
     for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
         value = getattr(c, name)
         if value is not None and (
@@ -321,29 +208,4 @@ def _validate_layer_mixers(c: SessaConfig) -> None:
             f"got {len(c.layer_mixers)} ({c.layer_mixers})"
         )
     for i, name in enumerate(c.layer_mixers):
-        _check_choice(f"layer_mixers[{i}]", name, MIXER_NAMES)
-
-
-def _validate_shapes(c: SessaConfig) -> None:
-    """Cross-field rules of the mixers the stack uses."""
-    used = set(c.mixer_names)
-    if used & set(MIXERS_WITH_HEADS):
-        if c.d_model % c.n_heads:
-            raise ValueError(
-                f"d_model must be divisible by n_heads, got d_model={c.d_model}, n_heads={c.n_heads}"
-            )
-        kv = c.n_heads if c.n_kv_heads is None else c.n_kv_heads
-        if kv > c.n_heads or c.n_heads % kv:
-            raise ValueError(f"n_kv_heads must divide n_heads={c.n_heads} and be <= it, got n_kv_heads={kv}")
-        if c.use_forward_rope and (c.d_model // c.n_heads) % 2:
-            raise ValueError(
-                f"RoPE needs an even head width d_model / n_heads, got {c.d_model} / {c.n_heads} = "
-                f"{c.d_model // c.n_heads} (set use_forward_rope=False or change n_heads)"
-            )
-    if "mamba2" in used:
-        headdim = c.headdim if c.headdim is not None else DEFAULT_HEADDIM
-        if (c.expand * c.d_model) % headdim:
-            raise ValueError(
-                f"expand * d_model must be divisible by headdim for mamba2, got expand={c.expand}, "
-                f"d_model={c.d_model}, headdim={headdim}"
-            )
+        check_choice(f"layer_mixers[{i}]", name, registry.mixer_names())

@@ -22,23 +22,19 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from sessa.baselines import BASELINE_MIXERS
+from sessa import registry
 from sessa.models.cache import SessaCache
 from sessa.models.configuration import SessaConfig
-from sessa.modules.blocks import GatedBlock, PreNormBlock, RMSNorm
-from sessa.modules.sessa_mixer import SessaMixer
-
-MIXERS: dict[str, type[nn.Module]] = {"sessa": SessaMixer, **BASELINE_MIXERS}
-BLOCKS: dict[str, type[nn.Module]] = {"gated": GatedBlock, "prenorm": PreNormBlock}
-IGNORE_INDEX = -100
+from sessa.tokens import IGNORE_INDEX
 
 
 def build_block(config: SessaConfig, layer_idx: int, mixer: str | None = None) -> nn.Module:
-    """Block ``layer_idx`` of the stack: the config's block type around that layer's mixer (or ``mixer``)."""
+    """Block ``layer_idx`` of the stack: the config's block type around that layer's mixer (or ``mixer``);
+    classes and options come from :mod:`sessa.registry`."""
     name = config.mixer_names[layer_idx] if mixer is None else mixer
-    return BLOCKS[config.block](
+    return registry.resolve(registry.block_spec(config.block).cls)(
         config.d_model,
-        MIXERS[name],
+        registry.mixer_class(name),
         layer_idx=layer_idx,
         **config.block_options(),
         **config.mixer_options(name),
@@ -46,12 +42,9 @@ def build_block(config: SessaConfig, layer_idx: int, mixer: str | None = None) -
 
 
 def build_final_norm(config: SessaConfig) -> nn.Module:
-    """LayerNorm after gated blocks (the block's own norm), RMSNorm after prenorm blocks."""
-    return (
-        nn.LayerNorm(config.d_model, eps=config.ln_eps)
-        if config.block == "gated"
-        else RMSNorm(config.d_model, config.ln_eps)
-    )
+    """The norm after the last block: the block type's own (LayerNorm after gated blocks, RMSNorm after
+    prenorm blocks)."""
+    return registry.resolve(registry.block_spec(config.block).final_norm)(config.d_model, eps=config.ln_eps)
 
 
 def causal_lm_loss(
@@ -59,7 +52,8 @@ def causal_lm_loss(
 ) -> torch.Tensor:
     """Next-token cross-entropy: logits (B, T, V) at position t are scored against labels[:, t + 1].
 
-    ``labels`` follow the ``labels = input_ids`` convention (the shift happens here); -100 is ignored.
+    ``labels`` follow the ``labels = input_ids`` convention (the shift happens here); ``IGNORE_INDEX``
+    (-100) is ignored.
     Mean over counted tokens, or sum / ``num_items_in_batch`` when given (gradient accumulation).
     """
     if labels.shape != logits.shape[:2]:

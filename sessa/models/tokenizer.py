@@ -1,4 +1,4 @@
-"""A byte-level Hugging Face tokenizer with the ids of :class:`sessa.tasks.corpus.ByteTokenizer`.
+"""A byte-level Hugging Face tokenizer with the ids of :class:`sessa.tokens.ByteTokenizer`.
 
 Ids 0-255 are the UTF-8 bytes, then ``<pad>`` 256, ``<bos>`` 257, ``<eos>`` 258 (vocabulary 259), so a
 model trained on the byte-level tasks and this tokenizer agree. Token names are those of
@@ -21,7 +21,7 @@ from typing import Any
 
 from transformers import AddedToken, PreTrainedTokenizer
 
-from sessa.tasks.corpus import ByteTokenizer
+from sessa.tokens import ByteTokenizer
 
 _BYTES = ByteTokenizer()
 _BYTE_NAMES: list[str] = _BYTES.vocab[:256]

@@ -1,6 +1,6 @@
 """Blocks that wrap any mixer of the contract (sessa.modules.contract).
 
-``GatedBlock`` is the paper's block (SPEC §1), used for Sessa and, with the mixer swapped, for the matched
+``GatedBlock`` is the paper's block (DESIGN §1), used for Sessa and, with the mixer swapped, for the matched
 baselines: y = x + W_out(mixer(GELU(a)) * g), [a, g] = W_in(LayerNorm(x)). ``PreNormBlock`` is the usual
 Transformer layout: x + mixer(norm(x)), then x + MLP(norm(x)) with a gated (SwiGLU) MLP.
 """
@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sessa.modules.contract import MixerState, check_input
+from sessa.validation import check_int, check_positive_float
 
 
 class GatedBlock(nn.Module):
@@ -32,10 +33,8 @@ class GatedBlock(nn.Module):
         **mixer_options: Any,
     ) -> None:
         super().__init__()
-        if not isinstance(d_model, int) or d_model < 1:
-            raise ValueError(f"d_model must be a positive int, got {d_model!r}")
-        if not ln_eps > 0:
-            raise ValueError(f"ln_eps must be > 0, got {ln_eps!r}")
+        check_int("d_model", d_model)
+        check_positive_float("ln_eps", ln_eps)
         self.d_model, self.layer_idx = d_model, layer_idx
         self.ln = nn.LayerNorm(d_model, eps=ln_eps)
         self.W_in = nn.Linear(d_model, 2 * d_model, bias=True)
@@ -77,8 +76,16 @@ class RMSNorm(nn.Module):
         return (x.float() * torch.rsqrt(var + self.eps)).to(x.dtype) * self.weight
 
 
+def default_mlp_hidden(d_model: int) -> int:
+    """The usual SwiGLU width: 8/3 * d_model rounded to a multiple of 8 (at least 8)."""
+    return max(8, int(round(8 / 3 * d_model / 8)) * 8)
+
+
 class PreNormBlock(nn.Module):
-    """x + mixer(RMSNorm(x)), then x + W_down(SiLU(W_gate h) * W_up h), h = RMSNorm(x)."""
+    """x + mixer(RMSNorm(x)), then x + W_down(SiLU(W_gate h) * W_up h), h = RMSNorm(x).
+
+    mlp_hidden: width of the MLP (None = :func:`default_mlp_hidden`).
+    """
 
     def __init__(
         self,
@@ -86,14 +93,14 @@ class PreNormBlock(nn.Module):
         mixer_cls: type[nn.Module],
         *,
         layer_idx: int = 0,
-        mlp_ratio: float = 8 / 3,
+        mlp_hidden: int | None = None,
         norm_eps: float = 1e-5,
         **mixer_options: Any,
     ) -> None:
         super().__init__()
-        if not mlp_ratio > 0:
-            raise ValueError(f"mlp_ratio must be > 0, got {mlp_ratio!r}")
-        hidden = max(8, int(round(mlp_ratio * d_model / 8)) * 8)
+        check_int("d_model", d_model)
+        check_positive_float("norm_eps", norm_eps)
+        hidden = default_mlp_hidden(d_model) if mlp_hidden is None else check_int("mlp_hidden", mlp_hidden)
         self.d_model, self.layer_idx = d_model, layer_idx
         self.norm1, self.norm2 = RMSNorm(d_model, norm_eps), RMSNorm(d_model, norm_eps)
         self.mixer = mixer_cls(d_model, layer_idx=layer_idx, **mixer_options)

@@ -12,7 +12,7 @@ changes one name. Shapes: B batch, T sequence length, D = d_model.
 * ``step(x, state, attention_mask=None) -> y``: process ``x: (B, T_new, D)`` (T_new >= 1) continuing from
   ``state`` (updated in place); ``attention_mask: (B, t + T_new)`` covers every token seen so far. The
   outputs equal the matching rows of ``forward`` on the whole sequence. Raises ``ValueError`` when the
-  state is full or shapes do not match.
+  state is full or shapes do not match, ``TypeError`` when ``state`` is not a dict from ``init_state``.
 * ``reorder_state(state, index)``: select/reorder the batch rows of a state (beam search, batch pruning).
 """
 
@@ -65,3 +65,35 @@ def check_input(x: torch.Tensor, d_model: int, name: str = "x") -> None:
         raise ValueError(f"{name} last dim must be D={d_model}, got {x.shape[-1]} (shape {tuple(x.shape)})")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+
+
+def key_mask(attention_mask: torch.Tensor | None, batch: int, length: int) -> torch.Tensor | None:
+    """Check an ``attention_mask`` (B, length) of 1 = real token / 0 = padding and return it as bool."""
+    if attention_mask is None:
+        return None
+    if not isinstance(attention_mask, torch.Tensor):
+        raise TypeError(f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}")
+    if tuple(attention_mask.shape) != (batch, length):
+        raise ValueError(
+            f"attention_mask must have shape (B, t + T_new) = ({batch}, {length}), "
+            f"got {tuple(attention_mask.shape)}"
+        )
+    return attention_mask != 0
+
+
+def step_position(state: MixerState, x: torch.Tensor, batch_key: str) -> int:
+    """Validate a state dict against the new input x (B, T_new, D); return its position counter ``t``.
+
+    ``batch_key`` names a tensor of the state whose dim 0 is the batch.
+    """
+    if not isinstance(state, dict) or "t" not in state or batch_key not in state:
+        raise TypeError(
+            f"state must be the dict returned by init_state (with 't' and {batch_key!r}), "
+            f"got {type(state).__name__}" + (f" with keys {sorted(state)}" if isinstance(state, dict) else "")
+        )
+    rows = state[batch_key].shape[0]
+    if x.shape[0] != rows:
+        raise ValueError(f"x has batch size {x.shape[0]} but the state holds {rows} rows")
+    if x.shape[1] < 1:
+        raise ValueError(f"step needs at least one new token, got x of shape {tuple(x.shape)}")
+    return int(state["t"])

@@ -1,4 +1,4 @@
-"""The Sessa layer (SPEC §1): the paper's gated block around a SessaMixer, with the original's API."""
+"""The Sessa layer (DESIGN §1): the paper's gated block around a SessaMixer, with the original's API."""
 
 from __future__ import annotations
 

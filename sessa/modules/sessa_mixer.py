@@ -1,4 +1,4 @@
-"""The Sessa mixer (SPEC §2): causal attention feeding a softmax-routed recurrent feedback solve.
+"""The Sessa mixer (DESIGN §2): causal attention feeding a softmax-routed recurrent feedback solve.
 
 Shapes: B batch, T length, D width, H forward heads, Hkv key/value heads, hd = D / H.
 """
@@ -8,22 +8,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sessa.modules.contract import MixerState, check_input, reorder_state_tensors
+from sessa.modules.contract import MixerState, check_input, key_mask, reorder_state_tensors, step_position
+from sessa.ops import attention as attention_ops
+from sessa.ops import feedback as feedback_ops
 from sessa.ops.attention import apply_rope, causal_attention, rope_cos_sin, rope_inv_freq
-from sessa.ops.feedback import BACKENDS, feedback_continue, feedback_solve
+from sessa.ops.feedback import feedback_continue, feedback_solve
+from sessa.ops.precision import work_dtype
+from sessa.validation import check_choice, check_float, check_int
 
 # Buffers the original implementation keeps in its state dict; they hold no learned information.
 _LEGACY_BUFFERS = ("rope_inv_freq", "causal_mask_f_full", "causal_mask_fb_full")
 
 
 def _validate(D: int, n_heads: int, n_kv_heads: int, use_forward_rope: bool, gamma_max: float) -> None:
-    if not isinstance(D, int) or D < 1:
-        raise ValueError(f"D must be a positive int, got {D!r}")
-    if not 0.0 < float(gamma_max) < 1.0:
-        raise ValueError(f"gamma_max must be in (0, 1), got {gamma_max!r}")
-    if n_heads < 1 or D % n_heads:
+    check_int("D", D)
+    check_int("n_heads", n_heads)
+    check_int("n_kv_heads", n_kv_heads)
+    check_float("gamma_max", gamma_max, 0.0, 1.0)
+    if D % n_heads:
         raise ValueError(f"D must be divisible by n_heads >= 1, got D={D}, n_heads={n_heads}")
-    if not 1 <= n_kv_heads <= n_heads or n_heads % n_kv_heads:
+    if n_kv_heads > n_heads or n_heads % n_kv_heads:
         raise ValueError(
             f"n_kv_heads must be in [1, n_heads] and divide n_heads, got n_kv_heads={n_kv_heads}, "
             f"n_heads={n_heads}"
@@ -35,7 +39,7 @@ def _validate(D: int, n_heads: int, n_kv_heads: int, use_forward_rope: bool, gam
 
 
 class SessaMixer(nn.Module):
-    """Sessa mixer: ``s = (I - B_fb)^{-1} f`` with f the causal attention output (SPEC §2).
+    """Sessa mixer: ``s = (I - B_fb)^{-1} f`` with f the causal attention output (DESIGN §2).
 
     Constructor compatible with the original implementation; ``use_flash`` is accepted for compatibility
     (attention always goes through ``scaled_dot_product_attention``, which picks flash kernels on CUDA).
@@ -63,12 +67,11 @@ class SessaMixer(nn.Module):
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         _validate(D, n_heads, n_kv_heads, use_forward_rope, gamma_max)
-        if feedback_backend not in BACKENDS:
-            raise ValueError(f"feedback_backend must be one of {BACKENDS}, got {feedback_backend!r}")
-        if attention_backend not in ("sdpa", "reference"):
-            raise ValueError(f"attention_backend must be 'sdpa' or 'reference', got {attention_backend!r}")
-        if max_len is not None and max_len < 1:
-            raise ValueError(f"max_len must be a positive int or None, got {max_len!r}")
+        check_choice("feedback_backend", feedback_backend, feedback_ops.BACKENDS)
+        check_choice("attention_backend", attention_backend, attention_ops.BACKENDS)
+        check_int("max_len", max_len, optional=True)
+        check_int("chunk_size", chunk_size, optional=True)
+        check_int("layer_idx", layer_idx, minimum=0)
         self.D = self.d_model = D
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, D // n_heads
         self.max_len, self.layer_idx = max_len, layer_idx
@@ -108,8 +111,8 @@ class SessaMixer(nn.Module):
         v = self.v_proj(a).view(B, T, self.n_kv_heads, self.head_dim)
         if self.use_forward_rope:
             positions = torch.arange(start, start + T, device=a.device)
-            work = torch.float64 if q.dtype == torch.float64 else torch.float32
-            cos, sin = rope_cos_sin(positions, rope_inv_freq(self.head_dim, dtype=work), q.dtype)
+            inv_freq = rope_inv_freq(self.head_dim, dtype=work_dtype(q.dtype))
+            cos, sin = rope_cos_sin(positions, inv_freq, q.dtype)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return q, k, v
 
@@ -129,7 +132,7 @@ class SessaMixer(nn.Module):
     def forward(self, bar_a: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """bar_a: (B, T, D) -> s: (B, T, D). attention_mask: optional (B, T), 0 marks (left) padding."""
         check_input(bar_a, self.D, "bar_a")
-        mask = _as_key_mask(attention_mask, bar_a.shape[:2], bar_a.device)
+        mask = key_mask(attention_mask, *bar_a.shape[:2])
         f = self._attend(*self.qkv(bar_a, 0), mask)
         if not self.use_feedback:
             return f
@@ -138,7 +141,7 @@ class SessaMixer(nn.Module):
             q_b, k_b, gamma, f, backend=self.feedback_backend, chunk_size=self.chunk_size, key_mask=mask
         )
 
-    # -- incremental decoding (SPEC §2.5) -----------------------------------------------------------
+    # -- incremental decoding (DESIGN §2.5) -----------------------------------------------------------
     def init_cache(
         self,
         batch_size: int,
@@ -153,10 +156,10 @@ class SessaMixer(nn.Module):
         attention mask has been given.
         """
         length = max_len if max_len is not None else self.max_len
-        if length is None or int(length) < 1:
-            raise ValueError(f"init_cache needs max_len >= 1 (argument or constructor), got {length!r}")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        if length is None:
+            raise ValueError("init_cache needs max_len (argument or constructor), got None")
+        check_int("max_len", length)
+        check_int("batch_size", batch_size)
         param = self.q_proj.weight
         device = param.device if device is None else device
         dtype = param.dtype if dtype is None else dtype
@@ -193,9 +196,7 @@ class SessaMixer(nn.Module):
         """
         check_input(bar_a, self.D, "bar_a")
         B, n, _ = bar_a.shape
-        t, capacity = int(cache["t"]), cache["k_f"].shape[1]
-        if cache["k_f"].shape[0] != B:
-            raise ValueError(f"cache was made for batch {cache['k_f'].shape[0]}, got input batch {B}")
+        t, capacity = step_position(cache, bar_a, "k_f"), cache["k_f"].shape[1]
         if t + n > capacity:
             raise ValueError(f"cache is full: {t} cached + {n} new tokens > max_len {capacity}")
         mask = _update_mask(cache, attention_mask, B, t, n, bar_a.device)
@@ -233,17 +234,6 @@ class SessaMixer(nn.Module):
         return (s[:, 0] if s.shape[1] == 1 else s), cache
 
 
-def _as_key_mask(
-    attention_mask: torch.Tensor | None, shape: torch.Size, device: torch.device
-) -> torch.Tensor | None:
-    """(B, T) 0/1 or bool attention mask -> bool key mask (None when absent)."""
-    if attention_mask is None:
-        return None
-    if attention_mask.shape != shape:
-        raise ValueError(f"attention_mask must have shape {tuple(shape)}, got {tuple(attention_mask.shape)}")
-    return attention_mask.to(device=device, dtype=torch.bool)
-
-
 def _update_mask(
     cache: MixerState, attention_mask: torch.Tensor | None, B: int, t: int, n: int, device: torch.device
 ) -> torch.Tensor | None:
@@ -253,8 +243,7 @@ def _update_mask(
     if "mask" not in cache:
         cache["mask"] = torch.ones(B, cache["k_f"].shape[1], dtype=torch.bool, device=device)
     if attention_mask is not None:
-        mask = _as_key_mask(attention_mask, torch.Size((B, t + n)), device)
-        cache["mask"][:, : t + n] = mask
+        cache["mask"][:, : t + n] = key_mask(attention_mask, B, t + n).to(device)
     else:
         cache["mask"][:, t : t + n] = True
     return cache["mask"][:, : t + n]

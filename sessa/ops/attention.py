@@ -1,4 +1,4 @@
-"""Forward-branch attention and rotary position embeddings (SPEC §2.1).
+"""Forward-branch attention and rotary position embeddings (DESIGN §2.1).
 
 Shapes: B batch, T new queries, S keys (S >= T; query i sits at absolute position S - T + i), H query heads,
 Hkv key/value heads (GQA: head h reads kv head h // (H / Hkv)), hd head width.
@@ -10,6 +10,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+BACKENDS = ("sdpa", "reference")  # the valid ``backend`` values of causal_attention (and of the mixers)
 
 
 def rope_inv_freq(head_dim: int, base: float = 10000.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -100,7 +102,7 @@ def causal_attention(
     if backend == "reference":
         return causal_attention_ref(q, k, v, key_mask)
     if backend != "sdpa":
-        raise ValueError(f"backend must be 'sdpa' or 'reference', got {backend!r}")
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     _check_qkv(q, k, v)
     T, H, S, Hkv = q.shape[1], q.shape[2], k.shape[1], k.shape[2]
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)

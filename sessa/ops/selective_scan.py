@@ -23,6 +23,10 @@ import torch.nn.functional as F
 from sessa.ops.precision import work_dtype
 from sessa.ops.state_passing import chain_chunk_states
 
+# The Mamba mixer's scan backends: "chunked" (selective_scan), "reference" (selective_scan_ref) and "auto"
+# (= chunked: fla-core has no selective scan with Mamba-1's per-channel, per-state decays).
+BACKENDS = ("chunked", "reference", "auto")
+
 
 def _check_scan_args(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor

@@ -27,6 +27,10 @@ import torch.nn.functional as F
 from sessa.ops.precision import work_dtype
 from sessa.ops.state_passing import chain_chunk_states
 
+# The Mamba-2 mixer's scan backends: "chunked" (ssd_chunked), "reference" (ssd_sequential_ref), "fla"
+# (sessa.ops.ssd_fla, fla-core's Triton kernels on CUDA) and "auto" (fla when usable, else chunked).
+BACKENDS = ("chunked", "reference", "fla", "auto")
+
 
 def segsum(a: torch.Tensor) -> torch.Tensor:
     """Segment sums of log-decays: a (..., L) -> (..., L, L), out[..., i, j] = a[j+1] + ... + a[i].

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import torch
 
-IGNORE_INDEX = -100
+from sessa.tokens import IGNORE_INDEX  # noqa: F401  (importable from here: the tasks speak of it)
 
 
 @dataclass

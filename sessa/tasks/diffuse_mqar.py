@@ -1,6 +1,6 @@
 """Diffuse MQAR: associative recall of multi-token keys across a block of near-miss distractors.
 
-The Sessa paper describes this task only qualitatively (SPEC §4): multi-token keys, a memory block of
+The Sessa paper describes this task only qualitatively (DESIGN §4): multi-token keys, a memory block of
 key-value pairs, a noise block of distractor pairs whose keys share a prefix with real keys but differ in
 the suffix, then queries, with a controlled source-query lag and test lags up to 4x the training ones.
 This is our own concrete generator of that description. A row is::

@@ -1,4 +1,4 @@
-"""Multi-query associative recall (MQAR, Arora, Eyuboglu et al. 2023, "Zoology"), SPEC §4.
+"""Multi-query associative recall (MQAR, Arora, Eyuboglu et al. 2023, "Zoology"), DESIGN §4.
 
 Our own generator of the Zoology definition. With vocabulary V, sequence length L and N key-value pairs:
 
@@ -100,7 +100,7 @@ class MQARTask(TaskConfig):
     Defaults are CPU-sized (V = 256, L = 64, N = 8). The paper grid is V = 8192 with (L, N) in
     {(64, 4), (128, 8), (256, 16), (512, 64)}, 100k training and 3k test examples, 2-layer models of
     width 64-512 (attention solves every cell). Zoology's own generator defaults to random filler;
-    SPEC §4 makes token 0 the filler, so ``random_filler`` defaults to False. The vocabulary is the
+    DESIGN §4 makes token 0 the filler, so ``random_filler`` defaults to False. The vocabulary is the
     token ids ``"0" .. str(V - 1)``; rows never need padding, so ``pad_id`` is 0 (the filler). Every row of
     "valid" and "test" differs from every training row and from each other (duplicates are redrawn).
     Splits come from independent RNGs, ``numpy.random.default_rng([seed, split_index])``.

@@ -1,4 +1,4 @@
-"""Passkey retrieval (Mohtashami & Jaggi 2023, "Landmark Attention"), byte level, SPEC §4.
+"""Passkey retrieval (Mohtashami & Jaggi 2023, "Landmark Attention"), byte level, DESIGN §4.
 
 A prompt is a task line, repeated filler sentences, the key line at a random depth, more filler and the
 question (lines joined by ``\\n``)::

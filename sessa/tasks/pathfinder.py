@@ -1,6 +1,6 @@
 """Pathfinder (LRA, Linsley et al. 2018): are the two markers on one dashed curve? Pixels as tokens.
 
-Our own generator after the description in SPEC §4 and the parameters LRA used for Pathfinder-32.
+Our own generator after the description in DESIGN §4 and the parameters LRA used for Pathfinder-32.
 A curve is a chain of paddles (short line segments of ``paddle_length`` px and ``paddle_thickness`` px)
 separated by gaps of ``margin`` px. It grows one paddle at a time: the next direction turns by an angle
 drawn with weight cos^2(continuity * turn) (turns up to 90 degrees for continuity 1), restricted to

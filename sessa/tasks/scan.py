@@ -1,6 +1,6 @@
 """SCAN (Lake & Baroni 2018): map navigation commands to action sequences, as decoder-only seq2seq.
 
-The grammar (SPEC §4)::
+The grammar (DESIGN §4)::
 
     C -> S and S | S after S | S
     S -> V twice | V thrice | V

@@ -2,7 +2,7 @@
 
 An example hides one "left" style block (4 styles) and one "right" style block (5 styles), in random order,
 among three blocks of uniform noise letters; the class is ``left * 5 + right``. A style is a fixed
-distribution over the letters a-p (SPEC §4):
+distribution over the letters a-p (DESIGN §4):
 
 * the 16 letters shuffled by a style-family RNG (``random.Random(123)`` for the left family, ``456`` for
   the right one, one shuffle per style in style order, as in the public generator, so our 9 styles are
@@ -202,7 +202,7 @@ class SymbolSoupTask(TaskConfig):
     differ by at most 1; exactly equal when n is a multiple of 20). Splits are drawn from independent RNGs
     (``random.Random(f"symbolsoup/{seed}/{split}")``), so resizing one split leaves the others unchanged.
 
-    Choices where SPEC and the public generator leave room: the class k is predicted at the ``<label>``
+    Choices where DESIGN §4 and the public generator leave room: the class k is predicted at the ``<label>``
     position (the last of the 2M + 13 tokens; the public text also ends with this placeholder and keeps
     the answer in a separate column), not at ``<sep>``, so the length stays 2M + 13; split sizes need
     not be multiples of 20 (the public script requires it); the public ``<eos>`` and ``[MASK]`` tokens are

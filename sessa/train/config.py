@@ -7,7 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-MODELS = ("sessa", "sessa_nofb", "attention", "mamba2", "mamba")
+from sessa import registry
+
 # what `--resume --allow-change FIELD` may change (applied from the checkpoint on); see sessa.train.resume
 RESUME_CHANGEABLE = frozenset({"lr", "min_lr_ratio", "weight_decay", "grad_clip"})
 AMP_CHOICES = ("auto", "bf16", "fp16", "none")
@@ -20,7 +21,7 @@ class TrainConfig:
 
     task: str = "mqar"  # a name from sessa.tasks.TASKS
     task_options: dict[str, Any] = field(default_factory=dict)  # overrides of the task config's fields
-    model: str = "sessa"  # one of MODELS; "sessa_nofb" is Sessa with gamma fixed to 0 (the paper's ablation)
+    model: str = "sessa"  # a name of sessa.registry.model_names(); "sessa_nofb": Sessa with gamma = 0
     preset: str = "tiny"  # a SessaConfig preset; baselines are matched to the Sessa model of this preset
     model_options: dict[str, Any] = field(
         default_factory=dict
@@ -54,7 +55,7 @@ class TrainConfig:
     out_dir: str = "runs/train"
 
     def __post_init__(self) -> None:
-        _one_of("model", self.model, MODELS)
+        _one_of("model", self.model, registry.model_names())
         _one_of("amp", self.amp, AMP_CHOICES)
         _one_of("distributed", self.distributed, DISTRIBUTED)
         for name in ("steps", "batch_size", "grad_accum", "eval_batch_size", "log_every", "eval_examples"):

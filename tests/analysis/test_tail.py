@@ -1,4 +1,4 @@
-"""Memory tail (SPEC §3): the uniform construction through the solve, tail fits and influence by lag."""
+"""Memory tail (DESIGN §3): the uniform construction through the solve, tail fits and influence by lag."""
 
 from __future__ import annotations
 

@@ -6,9 +6,10 @@ from typing import Any
 
 import torch
 
+from sessa import registry
 from sessa.models import SessaConfig, SessaForCausalLM
 
-MIXERS = ("sessa", "attention", "mamba2", "mamba")
+MIXERS = registry.mixer_names()
 
 
 def tiny_model(mixer: str = "sessa", dtype: torch.dtype = torch.float32, seed: int = 0, **overrides: Any):

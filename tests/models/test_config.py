@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from transformers import AutoConfig
 
-from sessa.models import PRESETS, SessaConfig
-from sessa.models.configuration import parse_preset_name
-from sessa.tasks.corpus import ByteTokenizer
+from sessa.models import PRESETS, SessaConfig, SessaForCausalLM
+from sessa.models.presets import parse_preset_name
+from sessa.tokens import ByteTokenizer
 
 
 def test_defaults_follow_the_byte_tokenizer() -> None:
@@ -32,8 +32,14 @@ def test_defaults_follow_the_byte_tokenizer() -> None:
             ValueError,
             r"mixer must be one of \['sessa', 'attention', 'mamba2', 'mamba'\], got 'transformer'",
         ),
+        (
+            "mixer",
+            "mamba3",
+            ValueError,
+            r"mixer must be one of .*, got 'mamba3'; did you mean 'mamba'\?",
+        ),
         ("block", "postnorm", ValueError, r"block must be one of \['gated', 'prenorm'\], got 'postnorm'"),
-        ("d_model", 0, ValueError, "d_model must be >= 1, got 0"),
+        ("d_model", 0, ValueError, "d_model must be an int >= 1, got 0"),
         ("n_layers", 2.0, TypeError, r"n_layers must be an int, got float \(2.0\)"),
         ("n_heads", 3, ValueError, "d_model must be divisible by n_heads, got d_model=256, n_heads=3"),
         ("n_kv_heads", 3, ValueError, "n_kv_heads must divide n_heads=4 and be <= it, got n_kv_heads=3"),
@@ -47,7 +53,7 @@ def test_defaults_follow_the_byte_tokenizer() -> None:
             r"feedback_backend must be one of \['auto', 'reference', 'chunked', 'triton'\]",
         ),
         ("ssm_backend", "cuda", ValueError, "ssm_backend must be one of"),
-        ("dt_rank", 0, ValueError, "dt_rank must be >= 1, got 0"),
+        ("dt_rank", 0, ValueError, "dt_rank must be an int >= 1, got 0"),
         ("expand", True, TypeError, r"expand must be an int, got bool \(True\)"),
         (
             "pad_token_id",
@@ -102,7 +108,7 @@ def test_preset_names_and_overrides() -> None:
         SessaConfig.from_preset("huge")
     with pytest.raises(ValueError, match="unknown preset 'tiny-lstm'"):
         SessaConfig.from_preset("tiny-lstm")
-    with pytest.raises(ValueError, match="names mixer 'mamba' but mixer='attention' was also given"):
+    with pytest.raises(ValueError, match="names model 'mamba' but mixer='attention' was also given"):
         SessaConfig.from_preset("tiny-mamba", mixer="attention")
     config = SessaConfig.from_preset("small", n_layers=6, use_feedback=False)
     assert (config.n_layers, config.use_feedback, config.d_model) == (6, False, 256)
@@ -150,10 +156,16 @@ def test_mixer_options_map_config_fields() -> None:
     assert config.mixer_options("mamba")["d_state"] == 24
     assert SessaConfig().mixer_options("mamba")["d_state"] == 16  # the mixer's own default
     assert SessaConfig().mixer_options("mamba2")["d_state"] == 64
-    assert SessaConfig(block="prenorm", d_model=96).block_options() == {
-        "mlp_ratio": 256 / 96,
-        "norm_eps": 1e-5,
-    }
+    assert SessaConfig(block="prenorm", d_model=96).block_options() == {"mlp_hidden": None, "norm_eps": 1e-5}
+
+
+def test_mlp_hidden_is_the_mlp_width() -> None:
+    """An integer end to end: no ratio, so no rounding to a multiple of 8 (100 stays 100)."""
+    config = SessaConfig(block="prenorm", mlp_hidden=100, d_model=64, n_layers=1)
+    block = SessaForCausalLM(config).model.layers[0]
+    assert block.w_up.out_features == block.w_gate.out_features == block.w_down.in_features == 100
+    default = SessaForCausalLM(SessaConfig(block="prenorm", d_model=96, n_layers=1)).model.layers[0]
+    assert default.w_up.out_features == 256  # 8/3 * 96, a multiple of 8
 
 
 @pytest.mark.parametrize("backend", ["fla", "auto"])
@@ -172,3 +184,61 @@ def test_save_and_load_through_auto_config(tmp_path) -> None:
     assert loaded.mixer_names == ["mamba", "sessa", "mamba", "sessa"] and loaded.headdim == config.headdim
     with pytest.raises(ValueError, match="gamma_max"):
         SessaConfig.from_dict({**config.to_dict(), "gamma_max": 2.0})
+
+
+@pytest.mark.parametrize(
+    ("key", "suggestion"),
+    [
+        ("d_modle", "d_model"),
+        ("num_layers", "n_layers"),
+        ("gama_max", "gamma_max"),
+        ("mlp_ratio", "mlp_hidden"),
+    ],
+)
+def test_unknown_keys_are_rejected_with_the_closest_name(key: str, suggestion: str) -> None:
+    with pytest.raises(ValueError, match=f"unknown SessaConfig key '{key}'; did you mean '{suggestion}'"):
+        SessaConfig(**{key: 1})
+    with pytest.raises(ValueError, match=f"unknown SessaConfig key '{key}'"):
+        SessaConfig.from_dict({**SessaConfig().to_dict(), key: 1})
+
+
+def test_keys_owned_by_pretrained_config_are_accepted(tmp_path) -> None:
+    import torch
+
+    config = SessaConfig(
+        d_model=64,
+        n_heads=2,
+        return_dict=False,
+        output_hidden_states=True,
+        dtype="bfloat16",
+        architectures=["SessaForCausalLM"],
+        hidden_size=64,  # an attribute_map alias of d_model
+        name_or_path="somewhere",
+        use_cache=True,  # a legacy generation setting PretrainedConfig drops
+    )
+    assert (config.return_dict, config.output_hidden_states, config.d_model) == (False, True, 64)
+    assert SessaConfig(torch_dtype=torch.float16).dtype == torch.float16
+    config.save_pretrained(tmp_path)
+    for loaded in (
+        SessaConfig.from_pretrained(tmp_path),
+        AutoConfig.from_pretrained(tmp_path),
+        SessaConfig.from_pretrained(tmp_path, output_hidden_states=False),
+        SessaConfig.from_dict(config.to_dict()),
+    ):
+        assert type(loaded) is SessaConfig
+        assert (loaded.d_model, loaded.return_dict, loaded.architectures) == (64, False, ["SessaForCausalLM"])
+    assert SessaConfig.from_pretrained(tmp_path, output_hidden_states=False).output_hidden_states is False
+
+
+def test_a_model_round_trips_through_save_and_from_pretrained(tmp_path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = SessaForCausalLM(SessaConfig.from_preset("tiny-attention", match=False)).eval()
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+    drop = lambda d: {k: v for k, v in d.items() if k != "_name_or_path"}  # noqa: E731
+    assert drop(loaded.config.to_dict()) == drop(model.config.to_dict())

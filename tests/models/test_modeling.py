@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+from sessa import registry
 from sessa.models import (
     PRESETS,
     SessaByteTokenizer,
@@ -18,13 +19,14 @@ from sessa.models import (
     SessaModel,
     count_params,
     match_params,
+    model_config,
     param_table,
 )
-from sessa.tasks.corpus import ByteTokenizer
+from sessa.tokens import ByteTokenizer
 from tests.helpers import rel_err
 from tests.models.common import MIXERS, left_pad, prompts, tiny_model
 
-BASELINES = ("attention", "mamba2", "mamba")
+MATCHED = tuple(m for m in registry.model_names() if m != "sessa")  # every model matched to Sessa
 
 
 # -- loss, padding, cache -------------------------------------------------------------------------------
@@ -186,19 +188,21 @@ def test_count_params_is_exact(overrides: dict) -> None:
 
 
 @pytest.mark.parametrize("size", list(PRESETS))
-@pytest.mark.parametrize("mixer", BASELINES)
-def test_matched_presets_within_two_percent(size: str, mixer: str) -> None:
+@pytest.mark.parametrize("model", MATCHED)
+def test_matched_presets_within_two_percent(size: str, model: str) -> None:
     target = SessaConfig.from_preset(size)
-    matched = SessaConfig.from_preset(f"{size}-{mixer}")
-    assert matched.mixer == mixer and matched.n_layers == target.n_layers
+    matched = SessaConfig.from_preset(f"{size}-{model}")
+    spec = registry.model_spec(model)
+    assert matched.mixer == spec.mixer and matched.n_layers == target.n_layers
+    assert all(getattr(matched, k) == v for k, v in spec.overrides.items())
     assert matched.vocab_size == target.vocab_size and matched.block == target.block
     assert abs(count_params(matched) / count_params(target) - 1) <= 0.02
 
 
-@pytest.mark.parametrize("mixer", BASELINES)
-def test_matching_prenorm_blocks_tunes_the_mlp(mixer: str) -> None:
+@pytest.mark.parametrize("model", MATCHED)
+def test_matching_prenorm_blocks_tunes_the_mlp(model: str) -> None:
     target = SessaConfig.from_preset("small", block="prenorm")
-    matched = match_params(target, mixer)
+    matched = match_params(target, model)
     assert matched.d_model == target.d_model and matched.mlp_hidden % 8 == 0
     assert abs(count_params(matched) / count_params(target) - 1) <= 0.02
 
@@ -210,14 +214,27 @@ def test_matching_holds_explicit_knobs_fixed_and_reports_failure() -> None:
     target = SessaConfig.from_preset("tiny")
     with pytest.raises(ValueError, match="could not match a 'attention' model .* closest"):
         match_params(target, "attention", fixed=("d_model",))
-    with pytest.raises(ValueError, match="mixer must be one of"):
+    with pytest.raises(ValueError, match="model must be one of .*'sessa_nofb'.*, got 'rwkv'"):
         match_params(target, "rwkv")
 
 
-def test_param_table_lists_every_preset_and_mixer() -> None:
+def test_sessa_without_feedback_is_matched_by_the_same_algorithm() -> None:
+    """"sessa_nofb" is a model variant: match_params widens it back to the Sessa count."""
+    target = SessaConfig.from_preset("small", vocab_size=32, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    nofb = match_params(target, "sessa_nofb")
+    assert (nofb.mixer, nofb.use_feedback, nofb.n_heads) == ("sessa", False, target.n_heads)
+    assert nofb.d_model > target.d_model
+    assert abs(count_params(nofb) / count_params(target) - 1) <= 0.02
+    assert model_config(target, "sessa_nofb", match=False).to_dict() == {
+        **target.to_dict(), "use_feedback": False
+    }
+    assert model_config(target, "mamba", match=False).mixer == "mamba"
+
+
+def test_param_table_lists_every_preset_and_model() -> None:
     table = param_table(presets=("tiny", "small"))
     lines = table.splitlines()
-    assert len(lines) == 2 + 2 * len(MIXERS)
+    assert len(lines) == 2 + 2 * len(registry.model_names())
     tiny_sessa = next(line for line in lines if line.startswith("| tiny | sessa |"))
     assert f"| {count_params(SessaConfig.from_preset('tiny')):,} |" in tiny_sessa
     for line in lines[2:]:

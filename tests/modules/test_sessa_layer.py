@@ -11,7 +11,7 @@ from sessa.mixer import SessaMixer
 
 
 def loop_layer(p: dict[str, torch.Tensor], x: torch.Tensor, H: int, Hkv: int, rope: bool, gmax: float):
-    """SPEC §1-2 written independently: per position, per head, no masks, no batched solves."""
+    """DESIGN §1-2 written independently: per position, per head, no masks, no batched solves."""
     B, T, D = x.shape
     hd = D // H
     mu, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
@@ -163,27 +163,8 @@ def test_mixer_original_api_prefill_decode():
     assert s_t.shape == (2, 16) and torch.allclose(s_t, s[:, 7], atol=1e-12)
 
 
-def test_future_tokens_do_not_change_the_past():
-    layer, x = make_layer(3), torch.randn(2, 30, 16, dtype=torch.float64)
-    x2 = x.clone()
-    x2[:, 20:] = torch.randn(2, 10, 16, dtype=torch.float64)
-    y, y2 = layer(x), layer(x2)
-    assert torch.equal(y[:, :20], y2[:, :20]) or torch.allclose(y[:, :20], y2[:, :20], atol=1e-14)
-    assert not torch.allclose(y[:, 20:], y2[:, 20:])
 
 
-def test_left_padding_mask_matches_unpadded():
-    layer = make_layer(4)
-    x = torch.randn(2, 12, 16, dtype=torch.float64)
-    mask = torch.ones(2, 12, dtype=torch.long)
-    mask[1, :5] = 0
-    y = layer(x, attention_mask=mask)
-    assert torch.allclose(y[1, 5:], layer(x[1:, 5:])[0], atol=1e-12)
-    assert torch.allclose(y[0], layer(x[:1])[0], atol=1e-12)
-    cache = layer.init_state(2, 16)
-    y_a = layer.step(x[:, :8], cache, attention_mask=mask[:, :8])
-    y_b = layer.step(x[:, 8:], cache, attention_mask=mask)
-    assert torch.allclose(torch.cat([y_a, y_b], 1)[1, 5:], y[1, 5:], atol=1e-12)
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])

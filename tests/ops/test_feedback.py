@@ -97,7 +97,7 @@ def test_gamma_near_max_stays_finite_and_bounded_T4096(sign):
     f = torch.rand(B, T, D, generator=gen).requires_grad_()
     s = feedback_solve(q, k, g, f, backend="chunked", chunk_size=256)
     assert torch.isfinite(s).all()
-    assert s.abs().max() <= f.abs().max() / (1 - 0.999) * 1.001  # BIBO bound of SPEC §2.2
+    assert s.abs().max() <= f.abs().max() / (1 - 0.999) * 1.001  # BIBO bound of DESIGN §2.2
     s.sum().backward()
     assert all(torch.isfinite(x.grad).all() for x in (q, k, g, f))
 

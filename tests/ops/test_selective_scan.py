@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from sessa.ops.selective_scan import selective_scan, selective_scan_ref, selective_scan_step
-from tests.baselines.mixer_checks import assert_same, randn
-from tests.helpers import assert_close_to_ref
+from tests.helpers import assert_close_to_ref, assert_same, randn
 
 
 def scan_inputs(b=2, T=37, d=6, n=5, seed=0):

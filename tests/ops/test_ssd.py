@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from sessa.ops.ssd import segsum, ssd_chunked, ssd_minimal_ref, ssd_sequential_ref, ssd_step
-from tests.baselines.mixer_checks import assert_same, randn
-from tests.helpers import assert_close_to_ref
+from tests.helpers import assert_close_to_ref, assert_same, randn
 
 
 def ssd_inputs(b=2, T=37, h=4, p=3, g=2, n=5, seed=0, dtype=torch.float64):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from sessa.ops import ssd_fla
 from sessa.ops.ssd import ssd_sequential_ref
 from sessa.ops.ssd_fla import simple_gla_inputs, ssd_via_simple_gla
-from tests.baselines.mixer_checks import assert_same, randn
+from tests.helpers import assert_same, randn
 
 
 def simple_gla_recurrence(

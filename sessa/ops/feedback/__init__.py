@@ -1,4 +1,4 @@
-"""The feedback solve (I - B_fb) s = f of SPEC §2.2, with selectable backends.
+"""The feedback solve (I - B_fb) s = f of DESIGN §2.2, with selectable backends.
 
 Shapes: q_b, k_b, f: (B, T, D); gamma: (B, T, 1) or (B, T); key_mask: (B, T) bool (False = padding key).
 

@@ -1,4 +1,4 @@
-"""Blocked forward substitution for (I - B_fb) s = f (SPEC §2.4) with a memory-efficient backward (§2.3).
+"""Blocked forward substitution for (I - B_fb) s = f (DESIGN §2.4) with a memory-efficient backward (§2.3).
 
 Rows are processed in chunks of C. For the chunk of rows [a, e) the feedback probabilities against the keys
 [0, e) form one C x e tile; the part left of the chunk multiplies the finished outputs s[:a] (an
@@ -87,7 +87,7 @@ def backward_rows(
     chunk_size: int,
     key_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients (dq_b, dk_b, dgamma (B,T,1), df) of SPEC §2.3 in one reverse pass over row chunks.
+    """Gradients (dq_b, dk_b, dgamma (B,T,1), df) of DESIGN §2.3 in one reverse pass over row chunks.
 
     ``pushed[:, j]`` collects sum_{t in later chunks} gamma_t P[t, j] df_t, so when chunk i is reached its
     adjoint is the solution of the transposed C x C system with right-hand side ds_i + pushed_i.

@@ -1,4 +1,4 @@
-"""Readable dense reference of the feedback solve (SPEC §2.2): builds the T x T matrices, O(T^2) memory."""
+"""Readable dense reference of the feedback solve (DESIGN §2.2): builds the T x T matrices, O(T^2) memory."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Triton kernels of the backward feedback solve (SPEC §2.3), and their launcher.
+"""Triton kernels of the backward feedback solve (DESIGN §2.3), and their launcher.
 
 Super-chunks [a, a + L) are visited in reverse. ``push`` (B, T, D) fp32 collects, for every earlier row j,
 sum_{t in later super-chunks} gamma_t P[t, j] df_t. Per super-chunk (4 launches):

@@ -1,4 +1,4 @@
-"""Triton kernels of the forward feedback solve (SPEC §2.4), and their launcher.
+"""Triton kernels of the forward feedback solve (DESIGN §2.4), and their launcher.
 
 Two-level blocking: the sequence is cut into *super-chunks* of L rows (``chunk_size``), each into
 *sub-blocks* of C rows (16..64). Per batch element:
