@@ -58,24 +58,58 @@ def fla_available() -> bool:
     return _import_chunk_simple_gla()[0] is not None
 
 
-def fla_usable(x: torch.Tensor) -> bool:
-    """Whether "auto" runs x on fla: a CUDA tensor that is not float64, with fla-core importable.
+# fla-core 0.6 refuses its simple-GLA backward on Hopper (sm_90) with Triton >= 3.4 and < 3.7.1 ("produces
+# incorrect results", its issue #640) unless tilelang is installed: seen on an H200 with Triton 3.6.0,
+# 2026-12-01 (benchmarks/RESULTS.md). The forward runs; training fails at the first backward.
+BAD_TRITON_ON_HOPPER = ((3, 4, 0), (3, 7, 1))
 
-    CPU tensors never import fla. On CUDA without fla-core, warns once and returns False.
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int("".join(ch for ch in part if ch.isdigit()) or 0) for part in text.split(".")[:3])
+
+
+def fla_blocker(device: torch.device, triton_version: str | None = None, tilelang: bool | None = None) -> str:
+    """Why fla's kernels cannot train on ``device`` here ("" when they can): the Triton range fla-core
+    refuses on Hopper without tilelang."""
+    import importlib.util
+
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] != 9:
+        return ""
+    if triton_version is None:
+        import triton
+
+        triton_version = triton.__version__
+    if tilelang is None:
+        tilelang = importlib.util.find_spec("tilelang") is not None
+    low, high = BAD_TRITON_ON_HOPPER
+    if low <= _version(triton_version) < high and not tilelang:
+        return (f"fla-core's simple-GLA backward refuses Triton {triton_version} on Hopper GPUs (it needs "
+                "Triton >= 3.7.1, or tilelang installed: pip install tilelang)")
+    return ""
+
+
+def fla_usable(x: torch.Tensor) -> bool:
+    """Whether "auto" runs x on fla: a CUDA tensor that is not float64, with fla-core importable and able
+    to train on this GPU (:func:`fla_blocker`).
+
+    CPU tensors never import fla. On CUDA without a usable fla-core, warns once and returns False.
     """
     if not x.is_cuda or x.dtype == torch.float64:
         return False
-    if fla_available():
-        return True
-    _warn_no_fla()
-    return False
+    if not fla_available():
+        _warn_no_fla(f"fla-core is not importable ({_import_chunk_simple_gla()[1]})")
+        return False
+    blocker = fla_blocker(x.device)
+    if blocker:
+        _warn_no_fla(blocker)
+        return False
+    return True
 
 
 @functools.cache
-def _warn_no_fla() -> None:
+def _warn_no_fla(why: str) -> None:
     warnings.warn(
-        f"Mamba-2 ssm_backend 'auto': fla-core is not importable ({_import_chunk_simple_gla()[1]}); "
-        f"using the PyTorch chunked scan. For the fast path: {INSTALL_HINT}",
+        f"Mamba-2 ssm_backend 'auto': {why}; using the PyTorch chunked scan (fast path: {INSTALL_HINT})",
         stacklevel=3,
     )
 
@@ -156,4 +190,7 @@ def ssd_fla(
     if x.dtype == torch.float64:
         raise ValueError("ssm backend 'fla' has no float64 kernels; use 'chunked' or 'auto' for float64")
     chunk_fn = require_chunk_simple_gla()
+    blocker = fla_blocker(x.device)
+    if blocker:
+        raise ValueError(f"ssm backend 'fla': {blocker}; use 'auto' or 'chunked' meanwhile")
     return ssd_via_simple_gla(chunk_fn, x, dt, A, B, C, D, initial_state)

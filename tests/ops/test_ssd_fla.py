@@ -157,3 +157,17 @@ def test_auto_never_picks_fla_for_cpu_tensors(monkeypatch):
     monkeypatch.setattr(ssd_fla, "_import_chunk_simple_gla", _no_import)
     assert not ssd_fla.fla_usable(torch.zeros(2, 3))
     assert not ssd_fla.fla_usable(torch.zeros(2, dtype=torch.float64))
+
+
+def test_the_triton_range_fla_refuses_on_hopper(monkeypatch):
+    """fla-core 0.6 refuses its backward on Hopper with Triton 3.6 (seen on an H200): "auto" must not pick
+    it there and an explicit "fla" must say why before any kernel runs."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    cuda = torch.device("cuda")
+    assert "Triton >= 3.7.1" in ssd_fla.fla_blocker(cuda, "3.6.0", tilelang=False)
+    assert ssd_fla.fla_blocker(cuda, "3.6.0", tilelang=True) == ""
+    assert ssd_fla.fla_blocker(cuda, "3.7.1", tilelang=False) == ""
+    assert ssd_fla.fla_blocker(cuda, "3.3.1", tilelang=False) == ""
+    assert ssd_fla.fla_blocker(torch.device("cpu"), "3.6.0", tilelang=False) == ""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert ssd_fla.fla_blocker(cuda, "3.6.0", tilelang=False) == ""  # Ampere: not affected
