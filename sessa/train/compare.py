@@ -14,7 +14,7 @@ from sessa import registry
 from sessa.progress import Progress
 from sessa.train.config import TrainConfig
 from sessa.train.evaluate import primary_metric
-from sessa.train.runs import finished_summary, guard_folder, start_mode
+from sessa.train.runs import check_writable, finished_summary, guard_folder, start_mode
 from sessa.train.trainer import train
 
 # Built-in CPU defaults: small task variants that separate the models within minutes on a 2-core CPU.
@@ -184,8 +184,8 @@ def compare(
         + list(out.glob("*_metric_vs_step.png"))
         + list(out.glob("*_accuracy_vs_*.png"))
     )
+    check_writable(out)
     guard_folder(out, owned, resume, overwrite, "a comparison")
-    out.mkdir(parents=True, exist_ok=True)
     (out / "compare_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     runs: list[dict[str, Any]] = []
     start = time.perf_counter()

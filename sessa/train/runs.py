@@ -4,12 +4,26 @@ and never replace earlier results silently."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from sessa.train import checkpoint as ckpt
 from sessa.train.config import TrainConfig
+
+
+def check_writable(out: Path) -> None:
+    """Create ``out`` if needed; ValueError when it is a file or cannot be written."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output directory {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"output directory {out} is not writable: {exc}") from exc
 
 
 def finished_summary(run: TrainConfig) -> dict[str, Any] | None:

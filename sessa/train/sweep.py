@@ -35,7 +35,7 @@ from sessa.progress import Progress
 from sessa.train.compare import SUITES, suite_run_config
 from sessa.train.config import TrainConfig
 from sessa.train.evaluate import primary_metric
-from sessa.train.runs import finished_summary, guard_folder, start_mode
+from sessa.train.runs import check_writable, finished_summary, guard_folder, start_mode
 
 DEFAULT_LRS = [1e-4, 2e-4, 3e-4, 5e-4, 1e-3]
 DEFAULT_MODELS = ["sessa", "attention", "mamba2", "sessa_nofb"]
@@ -123,8 +123,8 @@ def sweep(cfg: SweepConfig, *, resume: bool = False, overwrite: bool = False, lo
         out / name
         for name in ("results.json", "results.md", "sweep_config.json", "valid_vs_lr.png", "curves.png")
     ] + [out / m for m in cfg.models]
+    check_writable(out)
     guard_folder(out, owned, resume, overwrite, "a sweep")
-    out.mkdir(parents=True, exist_ok=True)
     (out / "sweep_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     plan = cfg.plan()
     start = time.perf_counter()

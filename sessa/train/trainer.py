@@ -29,6 +29,7 @@ from sessa.train.data import Batches
 from sessa.train.evaluate import autocast_for, evaluate, logits_of, primary_metric
 from sessa.train.health import HealthMonitor
 from sessa.train.resume import check_resume, saved_config
+from sessa.train.runs import check_writable
 
 PROBE_ROWS, PROBE_LEN = 4, 1024  # the health monitor's fixed batch: first rows of the first eval split
 
@@ -103,7 +104,7 @@ class Trainer:
         self.device = self.dist.device
         self.amp = amp_dtype(cfg, self.device)
         if self.dist.is_main:
-            _check_writable(self.out)
+            check_writable(self.out)
             _guard_out_dir(self.out, resume, overwrite)
             _remove_stale_temporaries(self.out / "checkpoints")
         resume_from = self._checkpoint_to_resume() if resume else None
@@ -490,16 +491,6 @@ def _remove_stale_temporaries(root: Path) -> None:
     """Checkpoint folders a killed save left half-written (never the complete ones)."""
     for path in root.glob(".tmp-*") if root.is_dir() else ():
         shutil.rmtree(path, ignore_errors=True)
-
-
-def _check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{id(out)}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise ValueError(f"output directory {out} is not writable: {exc}") from exc
 
 
 RUN_FILES = ("config.json", "metrics.csv", "summary.json", "checkpoints", "tensorboard")  # what a run owns
