@@ -428,6 +428,8 @@ class Trainer:
             "tokens_seen": self.tokens_seen,
             "train_time_s": self.train_time,
             "tokens_per_s": self.tokens_seen / max(self.train_time, 1e-9),
+            "peak_memory_gib": (torch.cuda.max_memory_allocated(self.device) / 2**30
+                                if self.device.type == "cuda" else None),  # this rank's GPU
             "metric": self.data.metric,
             "final": final,
             "history": self.history,
