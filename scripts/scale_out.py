@@ -172,7 +172,8 @@ def main() -> int:
         )
         tps = f"{r['tokens_per_s']:,.0f}" if r.get("ok") else r.get("error", "failed")[:30]
         print(
-            f"{r['preset']:6s} {r['model']:9s} {r['strategy']:8s} {r['gpus']:4d} {tps:>11s} {eff:>6s} {mem:>9s} {diff:>10s}"
+            f"{r['preset']:6s} {r['model']:9s} {r['strategy']:8s} {r['gpus']:4d} {tps:>11s} {eff:>6s} "
+            f"{mem:>9s} {diff:>10s}"
         )
     return 0
 
