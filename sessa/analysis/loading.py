@@ -102,16 +102,6 @@ def _width(block: nn.Module) -> int:
     raise ValueError(f"cannot tell the width of block {type(block).__name__}; give it a d_model attribute")
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A Hugging Face model directory; a training checkpoint root with a ``latest`` pointer resolves to it."""
-    path = Path(path)
-    if (path / "latest").is_file():
-        path = path / (path / "latest").read_text().strip()
-    if not (path / "config.json").is_file():
-        raise ValueError(f"checkpoint must be a directory with config.json (or a 'latest' file), got {path}")
-    return path
-
-
 def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float64) -> LoadedModel:
     """Load a causal LM with ``transformers.AutoModelForCausalLM.from_pretrained`` (Sessa models register
     themselves on ``import sessa.models``) and split it with :func:`find_blocks`."""
@@ -123,7 +113,9 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float64) -> Loa
         import sessa.models  # noqa: F401  (registers the Sessa architectures with the Auto classes)
     except ImportError:
         pass
-    model = AutoModelForCausalLM.from_pretrained(str(resolve_checkpoint(path)))
+    from sessa.models.loading import resolve_model_dir
+
+    model = AutoModelForCausalLM.from_pretrained(str(resolve_model_dir(path)))
     return find_blocks(model.to(dtype).eval())
 
 

@@ -4,9 +4,7 @@ GenerateConfig)."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import math
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -84,38 +82,15 @@ def add_generate(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def load_model_dir(path: str, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A save_pretrained / checkpoint folder -> (model in eval mode, its train_config.json or {})."""
-    folder = Path(path)
-    if not (folder / "config.json").exists():
-        raise ValueError(
-            f"{folder} is not a model directory (no config.json); pass a checkpoint or save_pretrained folder"
-        )
-    from transformers.utils import logging as hf_logging
-
-    from sessa.models import SessaForCausalLM
-
-    hf_logging.disable_progress_bar()
-    try:
-        model = SessaForCausalLM.from_pretrained(str(folder))
-    except Exception as exc:  # safetensors and transformers raise their own types for damaged files
-        raise ValueError(f"cannot load the model in {folder}: {exc}") from exc
-    train_cfg = folder / "train_config.json"
-    try:
-        meta = json.loads(train_cfg.read_text()) if train_cfg.exists() else {}
-    except ValueError as exc:
-        raise ValueError(f"corrupt {train_cfg}: {exc}") from exc
-    return model.to(device).eval(), meta
-
-
 def run_eval(args: argparse.Namespace) -> int:
+    from sessa.models.loading import load_model
     from sessa.tasks import get_task
     from sessa.train.distributed import resolve_device
     from sessa.train.evaluate import evaluate
 
     cfg = EvalConfig(**given(args, EvalConfig), task_options=parse_kv(args.task_option, "--task-option"))
     device = resolve_device(cfg.device)
-    model, meta = load_model_dir(cfg.path, device)
+    model, meta = load_model(cfg.path, device)
     trained_on = meta.get("task")
     task = cfg.task or trained_on
     if task is None:
@@ -199,11 +174,12 @@ def run_generate(args: argparse.Namespace) -> int:
     from transformers import TextStreamer
 
     from sessa.models import SessaByteTokenizer
+    from sessa.models.loading import load_model
     from sessa.train.distributed import resolve_device
 
     cfg = GenerateConfig(**given(args, GenerateConfig))
     device = resolve_device(cfg.device)
-    model, _ = load_model_dir(cfg.path, device)
+    model, _ = load_model(cfg.path, device)
     folder = Path(cfg.path)
     tokenizer = (
         SessaByteTokenizer.from_pretrained(str(folder))
@@ -246,12 +222,4 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = [
-    "EvalConfig",
-    "GenerateConfig",
-    "load_model_dir",
-    "run_eval",
-    "run_generate",
-    "dataclasses",
-    "math",
-]
+__all__ = ["EvalConfig", "GenerateConfig", "run_eval", "run_generate"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import difflib
 import inspect
 import math
 import re
@@ -15,6 +14,8 @@ import typing
 from collections.abc import Iterable, Mapping
 from functools import cache
 from typing import Any
+
+from sessa.validation import did_you_mean
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -143,6 +144,4 @@ def parse_kv(items: list[str] | None, flag: str, valid: Iterable[str] | None = N
 
 def unknown_key_message(what: str, key: str, valid: Iterable[str]) -> str:
     names = sorted(valid)
-    close = difflib.get_close_matches(key, names, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"{what}: unknown key {key!r}{hint} (valid: {', '.join(names)})"
+    return f"{what}: unknown key {key!r}{did_you_mean(key, names)} (valid: {', '.join(names)})"

@@ -47,6 +47,18 @@ def build_final_norm(config: SessaConfig) -> nn.Module:
     return registry.resolve(registry.block_spec(config.block).final_norm)(config.d_model, eps=config.ln_eps)
 
 
+def token_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of logits (B, T, V) against targets (B, T) at the same positions (already shifted),
+    in float32; ``IGNORE_INDEX`` (-100) is ignored. reduction: "mean" (over counted tokens), "sum" or
+    "none" ((B, T)). The package's one loss: ``causal_lm_loss``, the trainer and the evaluation use it."""
+    if targets.shape != logits.shape[:2]:
+        raise ValueError(
+            f"targets must have shape (B, T) = {tuple(logits.shape[:2])}, got {tuple(targets.shape)}"
+        )
+    targets = targets.to(logits.device)
+    return F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction=reduction)
+
+
 def causal_lm_loss(
     logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -60,13 +72,9 @@ def causal_lm_loss(
         raise ValueError(
             f"labels must have shape (B, T) = {tuple(logits.shape[:2])}, got {tuple(labels.shape)}"
         )
-    flat_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    targets = labels[:, 1:].reshape(-1).to(flat_logits.device)
     if num_items_in_batch is None:
-        return F.cross_entropy(flat_logits, targets, ignore_index=IGNORE_INDEX)
-    return (
-        F.cross_entropy(flat_logits, targets, ignore_index=IGNORE_INDEX, reduction="sum") / num_items_in_batch
-    )
+        return token_loss(logits[:, :-1], labels[:, 1:])
+    return token_loss(logits[:, :-1], labels[:, 1:], reduction="sum") / num_items_in_batch
 
 
 @dataclass

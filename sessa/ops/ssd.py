@@ -5,7 +5,7 @@ Per head h (scalar decay), on discretised inputs dt_t >= 0 and A_h < 0:
     S_t = exp(dt_t A_h) S_{t-1} + dt_t x_t B_tᵀ        S: (headdim, d_state)
     y_t = S_t C_t + D_h x_t
 
-Three ways to compute the same thing (SPEC §5, M = L ∘ (C Bᵀ) block-wise):
+Three ways to compute the same thing (DESIGN §5, M = L ∘ (C Bᵀ) block-wise):
 
 * :func:`ssd_chunked` — the fast PyTorch path: quadratic (attention-like) inside chunks, chunk states, a
   linear state-passing recurrence between chunks, state -> output; any T (padded to the chunk internally).

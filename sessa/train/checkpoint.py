@@ -22,8 +22,9 @@ from typing import Any
 
 import torch
 
+from sessa.models.loading import LATEST, latest_in
+
 STATE_FILE = "training_state.pt"
-LATEST = "latest"
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -84,13 +85,8 @@ def save_checkpoint(
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    pointer = root / LATEST
-    if not pointer.exists():
-        return None
-    path = root / pointer.read_text().strip()
-    if not path.is_dir():
-        raise ValueError(f"checkpoint pointer {pointer} names {path.name}, which does not exist")
-    return path
+    """The newest complete checkpoint under ``root`` (its ``latest`` pointer), or None."""
+    return latest_in(root)
 
 
 def check_model_config(path: Path, config: Any) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sessa import registry
+from sessa.validation import did_you_mean
 
 # what `--resume --allow-change FIELD` may change (applied from the checkpoint on); see sessa.train.resume
 RESUME_CHANGEABLE = frozenset({"lr", "min_lr_ratio", "weight_decay", "grad_clip"})
@@ -97,7 +98,8 @@ class TrainConfig:
         valid = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - valid)
         if unknown:
-            raise ValueError(f"unknown training option(s) {unknown}; valid: {sorted(valid)}")
+            raise ValueError(f"unknown training option {unknown[0]!r}{did_you_mean(unknown[0], valid)}; "
+                             f"valid: {', '.join(sorted(valid))}")
         return cls(**data)
 
 

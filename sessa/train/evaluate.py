@@ -6,8 +6,8 @@ import contextlib
 import math
 
 import torch
-import torch.nn.functional as F
 
+from sessa.models.modeling import token_loss
 from sessa.progress import Progress
 from sessa.tasks.base import IGNORE_INDEX, TaskSplit
 from sessa.train.data import eval_batches
@@ -60,7 +60,7 @@ def evaluate(
             logits = logits_of(model, inputs)
         logits = logits.float()
         scored = targets != IGNORE_INDEX
-        loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+        loss = token_loss(logits, targets, reduction="none")
         correct = (logits.argmax(-1) == targets) & scored
         stats[rows.to(device)] = torch.stack(
             [loss.sum(1).double(), scored.sum(1).double(), correct.sum(1).double()], dim=1

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from sessa.models.modeling import token_loss
 from sessa.progress import Progress
 from sessa.tasks import IGNORE_INDEX, TaskData, get_task
 from sessa.train import checkpoint as ckpt
@@ -221,9 +221,7 @@ class Trainer:
             ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
             with ctx, autocast_for(self.device, self.amp):
                 logits = logits_of(self.model, x)
-            loss = F.cross_entropy(
-                logits.float().transpose(1, 2), y, ignore_index=IGNORE_INDEX, reduction="sum"
-            )
+            loss = token_loss(logits, y, reduction="sum")
             # Sum over this rank / all scored tokens * world: DDP's gradient mean then equals the global mean.
             (loss * self.dist.world_size / total).backward()
             loss_sum += loss.detach()

@@ -45,7 +45,7 @@ def test_chunked_equals_minimal_and_sequential(T, chunk_size, with_initial_state
 
 
 def test_sequential_matches_explicit_operator():
-    """M = L ∘ (C Bᵀ) (SPEC §5) written out entry by entry, one head, one group."""
+    """M = L ∘ (C Bᵀ) (DESIGN §5) written out entry by entry, one head, one group."""
     x, dt, A, B, C, _ = ssd_inputs(b=1, T=9, h=1, g=1)
     y, _ = ssd_sequential_ref(x, dt, A, B, C)
     a = (dt * A)[0, :, 0]

@@ -13,6 +13,7 @@ import torch
 
 pytest.importorskip("transformers")
 
+from sessa import registry  # noqa: E402
 from sessa.train import checkpoint as ckpt  # noqa: E402
 from sessa.train.config import TrainConfig  # noqa: E402
 from sessa.train.trainer import Trainer, TrainingDiverged, train  # noqa: E402
@@ -44,7 +45,7 @@ def losses(summary):
     return [h["loss"] for h in summary["history"] if "loss" in h and h.get("loss") is not None]
 
 
-@pytest.mark.parametrize("model", ["sessa", "attention", "mamba2", "sessa_nofb"])
+@pytest.mark.parametrize("model", registry.model_names())
 def test_train_runs_and_learns_something(tmp_path, model):
     summary = train(tiny(tmp_path, model=model, steps=12), quiet=True)
     ls = losses(summary)

@@ -1,4 +1,4 @@
-"""Incremental decoding of the feedback solve (SPEC §2.5): rows of n new tokens given t cached outputs.
+"""Incremental decoding of the feedback solve (DESIGN §2.5): rows of n new tokens given t cached outputs.
 
 Shapes: q_new, f_new: (B, n, D) for the new tokens at positions t..t+n-1; gamma_new: (B, n, 1) or (B, n);
 k_all: (B, t + n, D) feedback keys of every position so far (cached and new); s_past: (B, t, D) the cached
