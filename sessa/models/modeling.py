@@ -55,8 +55,8 @@ def token_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "me
         raise ValueError(
             f"targets must have shape (B, T) = {tuple(logits.shape[:2])}, got {tuple(targets.shape)}"
         )
-    targets = targets.to(logits.device)
-    return F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction=reduction)
+    scores = logits.float().transpose(1, 2)  # (B, V, T), the layout cross_entropy takes
+    return F.cross_entropy(scores, targets.to(logits.device), ignore_index=IGNORE_INDEX, reduction=reduction)
 
 
 def causal_lm_loss(
