@@ -93,11 +93,7 @@ class CompareConfig:
     train_overrides: dict[str, Any] = field(default_factory=dict)  # any other TrainConfig field
 
     def __post_init__(self) -> None:
-        if self.suite not in SUITES:
-            raise ValueError(f"suite must be one of {sorted(SUITES)}, got {self.suite!r}")
-        bad = [m for m in self.models if m not in registry.model_names()]
-        if bad:
-            raise ValueError(f"unknown model(s) {bad}; valid models: {', '.join(registry.model_names())}")
+        check_suite_and_models(self.suite, self.models)
         if not self.models or not self.tasks or not self.seeds:
             raise ValueError("tasks, models and seeds must each name at least one entry")
 
@@ -121,6 +117,15 @@ class CompareConfig:
             out_dir=str(Path(self.out_dir) / task / f"{model}-seed{seed}"),
             overrides=overrides,
         )
+
+
+def check_suite_and_models(suite: str, models: list[str]) -> None:
+    """ValueError unless ``suite`` is a suite and every model a trainable model of the registry."""
+    if suite not in SUITES:
+        raise ValueError(f"suite must be one of {sorted(SUITES)}, got {suite!r}")
+    bad = [m for m in models if m not in registry.model_names()]
+    if bad:
+        raise ValueError(f"unknown model(s) {bad}; valid models: {', '.join(registry.model_names())}")
 
 
 def suite_run_config(

@@ -30,9 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sessa import registry
 from sessa.progress import Progress
-from sessa.train.compare import SUITES, suite_run_config
+from sessa.train.compare import check_suite_and_models, suite_run_config
 from sessa.train.config import TrainConfig
 from sessa.train.evaluate import primary_metric
 from sessa.train.runs import check_writable, finished_summary, guard_folder, start_mode
@@ -62,11 +61,7 @@ class SweepConfig:
     train_overrides: dict[str, Any] = field(default_factory=dict)  # any other TrainConfig field
 
     def __post_init__(self) -> None:
-        if self.suite not in SUITES:
-            raise ValueError(f"suite must be one of {sorted(SUITES)}, got {self.suite!r}")
-        bad = [m for m in self.models if m not in registry.model_names()]
-        if bad:
-            raise ValueError(f"unknown model(s) {bad}; valid models: {', '.join(registry.model_names())}")
+        check_suite_and_models(self.suite, self.models)
         if not self.models or not self.lrs or not self.seeds:
             raise ValueError("models, lrs and seeds must each name at least one entry")
         for lr in self.lrs:
