@@ -175,6 +175,7 @@ class Trainer:
         self.train_time, self.history = float(state["train_time"]), json.loads(state["history"])
         if self.health is not None and state.get("health"):
             self.health.load_state_dict(json.loads(state["health"]))
+        self.resume_state = None  # the optimizer state is in the optimizer now; do not hold a second copy
         self._log(f"resumed from {path} at step {self.step}")
 
     def _save(self) -> None:
