@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from sessa.ops.feedback import feedback_solve
+from sessa.progress import Progress
 
 GiB = 1024**3
 
@@ -130,7 +131,7 @@ def _layer_case(backend: str, B: int, T: int, D: int, dtype, device):
     return (lambda: layer(x)), [x, *layer.parameters()]
 
 
-def _run_case(timer, name, make, record, **meta) -> None:
+def _run_case(timer, name, make, record, log=print, **meta) -> None:
     try:
         forward, leaves = make()
         res = measure(timer, forward, leaves)
@@ -141,7 +142,7 @@ def _run_case(timer, name, make, record, **meta) -> None:
         torch.cuda.empty_cache()
     record.append({"name": name, **meta, **res})
     shown = " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items())
-    print(f"  {name:22s} B={meta['B']} T={meta['T']:6d}  {shown}", flush=True)
+    log(f"  {name:22s} B={meta['B']} T={meta['T']:6d}  {shown}")
 
 
 def _ref_bytes(B: int, T: int) -> float:
@@ -175,9 +176,12 @@ def run_sweep(args, device, dtype, timer) -> list[dict]:
     if args.tokens:  # fixed B * T = tokens
         extra = [(args.tokens // T, T) for T in args.T if T <= args.tokens]
         shapes += [bt for bt in extra if bt not in shapes]
+    progress = Progress(len(shapes), "bench")
     for B, T in shapes:
         for name, make in _cases_for(args, device, dtype, B, T):
-            _run_case(timer, name, make, record, B=B, T=T, D=args.D)
+            _run_case(timer, name, make, record, log=progress.write, B=B, T=T, D=args.D)
+        progress.update(1, f"B={B} T={T}")
+    progress.close()
     return record
 
 

@@ -276,13 +276,15 @@ class SessaForCausalLM(SessaPreTrainedModel, GenerationMixin):
         batch_size: int,
         max_cache_length: int,
     ) -> None:
-        """Put a fresh :class:`SessaCache` sized for the whole generation into ``model_kwargs["cache"]``
-        (unless the caller passed one or turned caching off)."""
+        """Put a fresh :class:`SessaCache` into ``model_kwargs["cache"]`` (unless the caller passed one or
+        turned caching off): sized for the whole generation up to ``max_position_embeddings`` tokens, and
+        grown (doubling) as tokens come beyond that, so a huge ``max_new_tokens`` allocates as it goes."""
         super()._prepare_cache_for_generation(
             generation_config, model_kwargs, generation_mode, batch_size, max_cache_length
         )
         if generation_config.use_cache and model_kwargs.get("cache") is None:
-            model_kwargs["cache"] = self.model.new_cache(max(int(max_cache_length), 1))
+            first = min(int(max_cache_length), self.config.max_position_embeddings)
+            model_kwargs["cache"] = self.model.new_cache(max(first, 1))
 
 
 def _check_extra_kwargs(kwargs: dict[str, Any], allowed: tuple[str, ...]) -> None:
