@@ -186,3 +186,23 @@ def test_text_generation_pipeline_with_byte_tokenizer() -> None:
     expected = model.generate(ids, max_new_tokens=6, do_sample=False)
     assert text == tok.decode(expected[0], skip_special_tokens=True)
     assert text.startswith("héllo") and len(text) > len("héllo")
+
+
+def test_generate_allocates_the_cache_as_it_goes(monkeypatch):
+    """A huge max_new_tokens does not allocate its whole cache up front: the first allocation stops at
+    max_position_embeddings and the cache grows as tokens come."""
+    from sessa.models import cache as cache_module
+
+    sizes = []
+    original = cache_module.SessaCache.__init__
+
+    def record(self, layers, max_len):
+        sizes.append(max_len)
+        original(self, layers, max_len)
+
+    monkeypatch.setattr(cache_module.SessaCache, "__init__", record)
+    model = tiny_model("sessa", max_position_embeddings=16)
+    ids = torch.tensor([[72, 105, 33, 10]])
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=40, do_sample=False, min_new_tokens=40)
+    assert out.shape == (1, 44) and sizes == [16]
