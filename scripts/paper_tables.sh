@@ -14,7 +14,7 @@ LIMIT=${LIMIT:-320}   # start no new run after this many seconds
 T1_LRS="2.5e-4 5e-4 1e-3 2e-3"
 LM_LRS="5e-4 1e-3 2e-3"
 MODELS="sessa attention mamba2 sessa_nofb"
-S=(python3 -m sessa sweep --suite paper --models $MODELS --device cuda --out-dir runs/paper --seeds 0)
+S=(python3 -m sessa sweep --suite paper --models $MODELS --device cuda --out-dir runs/paper --seeds 0 --resume)
 case "${STAGE:-sweep}" in
   sweep)
     for t in symbolsoup diffuse_mqar; do
