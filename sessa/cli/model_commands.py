@@ -194,9 +194,10 @@ def run_generate(args: argparse.Namespace) -> int:
         )
     inputs = tokenizer(cfg.prompt, return_tensors="pt").to(device)
     total = inputs["input_ids"].shape[1] + cfg.max_new_tokens
-    need, budget = cache_bytes_per_token(model) * total, memory_budget(device)
+    per_token, budget = cache_bytes_per_token(model), memory_budget(device)
+    need = per_token * total
     if need > budget:
-        limit = budget // max(cache_bytes_per_token(model), 1) - inputs["input_ids"].shape[1]
+        limit = budget // max(per_token, 1) - inputs["input_ids"].shape[1]
         raise ValueError(
             f"--max-new-tokens {cfg.max_new_tokens} needs a {need / 2**30:.1f} GiB cache, more than "
             f"the {budget / 2**30:.1f} GiB available on {device}; at most about {max(limit, 0):,}"

@@ -189,7 +189,7 @@ def _finished(  # noqa: ANN001
     results[run.out_dir] = _read_summary(run)
     progress.update(1)
     log(
-        f"[{progress.done}/{progress.total}] {_describe(run)}: {_outcome(results[run.out_dir])} "
+        f"[{progress.done}/{progress.total}] {_describe(run)}: {_outcome(run, results[run.out_dir])} "
         f"({time.perf_counter() - t0:.0f} s{extra}; {progress.eta_text()})"
     )
     on_done(results)
@@ -249,10 +249,10 @@ def _read_summary(run: TrainConfig) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _outcome(summary: dict[str, Any] | None) -> str:
+def _outcome(run: TrainConfig, summary: dict[str, Any] | None) -> str:
     if summary is None:
         return "failed (no summary; see its log.txt)"
-    row = run_row(TrainConfig(**summary["config"]), summary)
+    row = run_row(run, summary)
     if row["status"] == "diverged":
         return "diverged (non-finite loss)"
     return f"{row['status']}, valid {row['valid']:.4f}" + (
