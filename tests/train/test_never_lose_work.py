@@ -20,31 +20,11 @@ from sessa.train import checkpoint as ckpt  # noqa: E402
 from sessa.train.compare import CompareConfig, compare  # noqa: E402
 from sessa.train.config import TrainConfig  # noqa: E402
 from sessa.train.trainer import Trainer, TrainingInterrupted, lr_lambda, train  # noqa: E402
-
-TASK = {"vocab_size": 64, "seq_len": 24, "n_pairs": 4, "n_train": 256, "n_valid": 32, "n_test": 32}
+from tests.train.common import TASK, losses, tiny_config  # noqa: E402
 
 
 def tiny(out: Path, **kw) -> TrainConfig:
-    base = dict(
-        task="mqar",
-        task_options=TASK,
-        preset="tiny",
-        steps=8,
-        batch_size=8,
-        lr=3e-3,
-        warmup_steps=2,
-        eval_every=4,
-        eval_examples=16,
-        log_every=1,
-        ckpt_every=4,
-        out_dir=str(out),
-        model_options={"n_layers": 1},
-    )
-    return TrainConfig(**{**base, **kw})
-
-
-def losses(summary: dict) -> list[float]:
-    return [h["loss"] for h in summary["history"] if h.get("loss") is not None]
+    return tiny_config(out, **{"ckpt_every": 4, "model_options": {"n_layers": 1}, **kw})
 
 
 def test_a_finished_run_is_never_replaced_silently(tmp_path):

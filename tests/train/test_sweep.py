@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("transformers")
 
 from sessa.train.sweep import SweepConfig, select  # noqa: E402
+from tests.train.common import TASK  # noqa: E402
 
-TASK = {"vocab_size": 64, "seq_len": 24, "n_pairs": 4, "n_train": 256, "n_valid": 32, "n_test": 32}
 RUN_KEYS = {
     "task",
     "model",

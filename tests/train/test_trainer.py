@@ -17,32 +17,11 @@ from sessa import registry  # noqa: E402
 from sessa.train import checkpoint as ckpt  # noqa: E402
 from sessa.train.config import TrainConfig  # noqa: E402
 from sessa.train.trainer import Trainer, TrainingDiverged, train  # noqa: E402
-
-TASK = {"vocab_size": 64, "seq_len": 24, "n_pairs": 4, "n_train": 256, "n_valid": 32, "n_test": 32}
+from tests.train.common import TASK, losses, tiny_config  # noqa: E402
 
 
 def tiny(tmp_path: Path, **kw) -> TrainConfig:
-    base = dict(
-        task="mqar",
-        task_options=TASK,
-        model="sessa",
-        preset="tiny",
-        steps=8,
-        batch_size=8,
-        lr=3e-3,
-        warmup_steps=2,
-        eval_every=4,
-        eval_examples=16,
-        log_every=1,
-        out_dir=str(tmp_path / "run"),
-        model_options={"n_layers": 2},
-    )
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def losses(summary):
-    return [h["loss"] for h in summary["history"] if "loss" in h and h.get("loss") is not None]
+    return tiny_config(kw.pop("out_dir", tmp_path / "run"), **kw)
 
 
 @pytest.mark.parametrize("model", registry.model_names())
