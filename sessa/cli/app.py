@@ -85,11 +85,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(command: str, exc: Exception) -> int:
-    from sessa.train.trainer import TrainingInterrupted
-
-    if isinstance(exc, TrainingInterrupted):
+    exit_code = getattr(exc, "exit_code", None)  # TrainingInterrupted: it saved and says how to resume
+    if isinstance(exit_code, int):  # (no import of the trainer here: tail/operators run without it)
         print(f"sessa {command}: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return exit_code
     user = isinstance(
         exc,
         (
