@@ -62,8 +62,13 @@ def guard_folder(folder: Path, owned: list[Path], resume: bool, overwrite: bool,
             f"{folder} already holds {what} ({shown}): pass --resume to continue (finished runs "
             "are reused, interrupted ones resumed), --overwrite to replace them, or another --out-dir"
         )
-    for path in present:
+    remove(present)
+
+
+def remove(paths: list[Path]) -> None:
+    """Delete each existing path (a folder with all it holds): what --overwrite does to the paths it owns."""
+    for path in paths:
         if path.is_dir():
             shutil.rmtree(path)
-        else:
+        elif path.exists():
             path.unlink()

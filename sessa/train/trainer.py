@@ -29,7 +29,7 @@ from sessa.train.data import Batches
 from sessa.train.evaluate import autocast_for, evaluate, logits_of, primary_metric
 from sessa.train.health import HealthMonitor
 from sessa.train.resume import check_resume, saved_config
-from sessa.train.runs import check_writable
+from sessa.train.runs import check_writable, remove
 
 PROBE_ROWS, PROBE_LEN = 4, 1024  # the health monitor's fixed batch: first rows of the first eval split
 
@@ -508,12 +508,7 @@ def _guard_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
             f"output directory {out} is not empty ({shown}): pass --resume to continue the run in it, "
             "--overwrite to replace it, or choose another --out-dir"
         )
-    for name in RUN_FILES:
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    remove([out / name for name in RUN_FILES])
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
