@@ -229,6 +229,16 @@ class BenchConfig:
     warmup: int = 2  # untimed runs first
     repeats: int = 5  # timed runs (median)
     out: str | None = None  # write the JSON results here
+    generate: bool = False  # time generate() instead of the kernels: prefill and decode of models vs HF Llama
+    models: list[str] = field(
+        default_factory=lambda: ["sessa", "attention", "mamba2", "llama", "llama-static"]
+    )
+    preset: str | None = None  # --generate: model size (default 125m on CUDA, tiny on CPU)
+    contexts: list[int] | None = (
+        None  # --generate: prompt lengths (default 1024 8192 32768 on CUDA, 32 64 CPU)
+    )
+    new_tokens: int = 32  # --generate: decoded tokens per timed generate
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 64])  # --generate: at the first context
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -238,8 +248,31 @@ class BenchConfig:
             raise ValueError(f"unknown backend(s) {bad}; valid: triton, chunked, reference")
         if any(t < 1 for t in self.T or [1]) or self.B < 1 or (self.D is not None and self.D < 1):
             raise ValueError(f"--T, --B and --D must be positive, got T={self.T} B={self.B} D={self.D}")
+        if self.generate:
+            self._check_generate()
         if self.warmup < 0 or self.repeats < 1:
             raise ValueError(f"need --warmup >= 0 and --repeats >= 1, got {self.warmup}, {self.repeats}")
+
+    def _check_generate(self) -> None:
+        from sessa import registry
+        from sessa.bench.generate import LLAMA_MODELS
+        from sessa.models.presets import parse_preset_name
+
+        valid = [*registry.model_names(), *LLAMA_MODELS]
+        bad = [m for m in self.models if m not in valid]
+        if bad or not self.models:
+            raise ValueError(f"--models: unknown or no model(s) {bad}; valid: {', '.join(valid)}")
+        if self.preset is not None and parse_preset_name(self.preset)[1] is not None:
+            raise ValueError(f"--preset takes a size (tiny, small, 125m, 350m), got {self.preset!r}")
+        numbers = [*(self.contexts or [1]), *self.batch_sizes, self.new_tokens]
+        if (
+            any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in numbers)
+            or not self.batch_sizes
+        ):
+            raise ValueError(
+                f"--contexts, --batch-sizes and --new-tokens must be positive ints, got {self.contexts}, "
+                f"{self.batch_sizes}, {self.new_tokens}"
+            )
 
 
 DTYPES = ("bfloat16", "float16", "float32")
@@ -257,6 +290,8 @@ def run_bench(cfg: BenchConfig) -> dict:
         T=cfg.T or ([1024 * 2**i for i in range(7)] if device.type == "cuda" else [64, 128]),
     )
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    if cfg.generate:
+        return _run_generate(cfg, device, dtype, name)
     print(f"device {name}  dtype {args.dtype}  D {args.D}  torch {torch.__version__}", flush=True)
     timer = Timer(device, args.warmup, args.repeats)
     record = run_sweep(args, device, dtype, timer)
@@ -281,6 +316,31 @@ def run_bench(cfg: BenchConfig) -> dict:
     }
     if args.out:
         with open(args.out, "w") as fh:
+            json.dump(result, fh, indent=1, default=str)
+    return result
+
+
+def _run_generate(cfg: BenchConfig, device: torch.device, dtype: torch.dtype, name: str) -> dict:
+    import transformers
+
+    from sessa.bench.generate import format_table, run_generate_bench
+
+    versions = f"torch {torch.__version__}  transformers {transformers.__version__}"
+    print(f"device {name}  dtype {cfg.dtype}  {versions}")
+    record = run_generate_bench(cfg, device, dtype, log_rows=True)
+    print("\nratios to llama (same context and batch):")
+    print(format_table(record))
+    result = {
+        "device": name,
+        "dtype": cfg.dtype,
+        "date": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "config": dataclasses.asdict(cfg),
+        **record,
+    }
+    if cfg.out:
+        with open(cfg.out, "w") as fh:
             json.dump(result, fh, indent=1, default=str)
     return result
 

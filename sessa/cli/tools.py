@@ -7,7 +7,10 @@ from typing import Any
 
 from sessa.cli.options import add_config_options, given
 
-BENCH_HELP = "time and memory of the feedback solve and layer vs SDPA (GPU; tiny sizes on CPU)"
+BENCH_HELP = (
+    "time and memory of the feedback solve and layer vs SDPA; --generate: prefill and decode of the models "
+    "vs a Hugging Face Llama (GPU; tiny sizes on CPU)"
+)
 TAIL_HELP = "measure memory tails (influence vs lag, power law vs exponential)"
 OPERATORS_HELP = "interaction operators of a model: heatmaps and ranks"
 

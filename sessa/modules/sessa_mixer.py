@@ -208,8 +208,19 @@ class SessaMixer(nn.Module):
         if self.use_feedback:
             q_b, k_b, gamma = self.feedback_inputs(bar_a)
             cache["k_b"][:, t : t + n] = k_b.to(cache["k_b"].dtype)
-            k_all = cache["k_b"][:, : t + n].to(k_b.dtype)
-            f = feedback_continue(q_b, k_all, gamma, f, cache["s"][:, :t], key_mask=mask)
+            if t == 0 and n > 1:  # a prompt into an empty cache: the parallel solve (Triton on CUDA)
+                f = feedback_solve(
+                    q_b,
+                    k_b,
+                    gamma,
+                    f,
+                    backend=self.feedback_backend,
+                    chunk_size=self.chunk_size,
+                    key_mask=mask,
+                )
+            else:
+                k_all = cache["k_b"][:, : t + n].to(k_b.dtype)
+                f = feedback_continue(q_b, k_all, gamma, f, cache["s"][:, :t], key_mask=mask)
             cache["s"][:, t : t + n] = f.to(cache["s"].dtype)
         cache["t"] = t + n
         return f

@@ -57,7 +57,8 @@ PAPER_LRS: dict[str, dict[str, float]] = {
     # scripts/paper_tables.sh STAGE=sweep/final on one H200, 2026-12-01 (docs/paper/<task>/results.json)
     "symbolsoup": {"sessa": 5e-4, "attention": 2e-3, "mamba2": 5e-4, "sessa_nofb": 1e-3},
     "diffuse_mqar": {"sessa": 2e-3, "attention": 2.5e-4, "mamba2": 5e-4, "sessa_nofb": 2.5e-4},
-    "bytelm": {},  # not swept yet: pass --lr
+    # STAGE=lm, 2026-12-01: every model picked the largest lr of {5e-4, 1e-3, 2e-3, 4e-3} (larger not tried)
+    "bytelm": {"sessa": 4e-3, "attention": 4e-3, "mamba2": 4e-3, "sessa_nofb": 4e-3},
 }
 PAPER_TASKS: dict[str, dict[str, Any]] = {
     "symbolsoup": {"task_options": {}, "steps": 600, "batch_size": 128, "warmup_fraction": 0.1},

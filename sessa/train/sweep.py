@@ -388,7 +388,13 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"| {r['model']} | {r['lr']:g} | {r['seed']} | {_fmt(r['valid'])} | {_fmt(r['test'])} | "
             f"{r['status']} |"
         )
-    lines.append(f"\nTotal wall time: {result['total_wall_time_s'] / 60:.1f} min.")
+    train = sum(r.get("train_time_s") or 0.0 for r in runs)
+    wall = result.get("total_wall_time_s")
+    lines.append(
+        f"\nTraining time summed over runs: {train / 60:.1f} min"
+        + ("" if wall is None else f"; wall time of the last invocation: {wall / 60:.1f} min")
+        + " (runs of earlier invocations are reused on --resume)."
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -164,7 +164,7 @@ def test_paper_suite_resolves_to_the_lrs_the_sweep_selected():
     from sessa.train.compare import PAPER_LRS, CompareConfig
 
     root = Path(__file__).resolve().parents[2] / "docs" / "paper"
-    for task in ("symbolsoup", "diffuse_mqar"):
+    for task in ("symbolsoup", "diffuse_mqar", "bytelm"):
         recorded = json.loads((root / task / "results.json").read_text())
         picks = {m: p["lr"] for m, p in recorded["selected"].items()}
         assert picks == PAPER_LRS[task]
@@ -181,3 +181,11 @@ def test_paper_suite_resolves_to_the_lrs_the_sweep_selected():
     with pytest.raises(ValueError, match="no selected lr for model 'mamba'"):
         paper = CompareConfig(suite="paper", tasks=["symbolsoup"], models=["mamba"])
         paper.run_config("symbolsoup", "mamba", 0)
+    table = json.loads((root / "results.json").read_text())["runs"]
+    for setting in ("symbolsoup", "diffuse_mqar", "bytelm", "symbolsoup_d384"):
+        per_setting = json.loads((root / setting / "results.json").read_text())["runs"]
+        rows = [r for r in table if r["setting"] == setting]
+        assert [(r["model"], r["lr"], r["seed"], r["test"]) for r in rows] == [
+            (r["model"], r["lr"], r["seed"], r["test"]) for r in per_setting
+        ]
+        assert all(r["status"] != "ok" or r["valid"] is not None for r in rows)

@@ -4,7 +4,8 @@ Shapes: q_new, f_new: (B, n, D) for the new tokens at positions t..t+n-1; gamma_
 k_all: (B, t + n, D) feedback keys of every position so far (cached and new); s_past: (B, t, D) the cached
 mixer outputs; key_mask: optional (B, t + n) bool over every position (False = padding key).
 
-Pair: :func:`feedback_continue` (the chunked solve's blocked forward rows; the mixer's decode step calls it)
+Pair: :func:`feedback_continue` (the chunked solve's blocked forward rows; one new token is a single attention
+call over the cache; the mixer's decode step calls it)
 and :func:`feedback_continue_ref` (the equations, dense). Both are differentiable through plain autograd.
 """
 
@@ -13,7 +14,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
+from torch.nn.attention import sdpa_kernel
 
+from sessa.ops.attention import NO_CUDNN
 from sessa.ops.feedback.chunked import DEFAULT_CHUNK, forward_rows
 from sessa.ops.precision import work_dtype
 
@@ -58,10 +62,34 @@ def feedback_continue(
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     B, n, D = f_new.shape
     t = s_past.shape[1]
+    if n == 1:
+        return _one_row(
+            q_new, k_all[:, :t], gamma_new, f_new, s_past, None if key_mask is None else key_mask[:, :t]
+        )
     work = work_dtype(f_new.dtype)
     s = torch.cat([s_past.to(work), f_new.new_zeros(B, n, D, dtype=work)], 1)
     forward_rows(q_new, k_all, gamma_new, f_new, s, t, chunk_size, key_mask)
     return s[:, t:].to(f_new.dtype)
+
+
+def _one_row(q_new, k_past, gamma_new, f_new, s_past, past_mask) -> torch.Tensor:  # noqa: ANN001
+    """One new token at position t: s = f + gamma * softmax(q . k_j / sqrt(D)) s_j over the readable j < t.
+
+    The weighted sum is one attention call (query q_new, keys k_past, values s_past; a single head of width
+    D), so no copy of the cache is made and the per-token work is one pass over it. cuDNN is left out: it
+    plans again for every new length (:data:`sessa.ops.attention.NO_CUDNN`)."""
+    t = s_past.shape[1]
+    if t == 0:
+        return f_new.clone()
+    q = q_new[:, None]
+    k, v = k_past.to(q.dtype)[:, None], s_past.to(q.dtype)[:, None]
+    mask = None if past_mask is None else past_mask[:, None, None, :]
+    with sdpa_kernel(NO_CUDNN):
+        read = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)[:, 0]  # (B, 1, D)
+    if past_mask is not None:  # a token with no readable key reads nothing (SDPA gives NaN there)
+        read = read.masked_fill(~past_mask.any(-1)[:, None, None], 0.0)
+    work = work_dtype(f_new.dtype)
+    return (f_new.to(work) + gamma_new.to(work) * read.to(work)).to(f_new.dtype)
 
 
 def feedback_continue_ref(
