@@ -13,7 +13,14 @@ import torch
 from torch import nn
 
 from sessa.modules.contract import MixerState, check_input, key_mask, reorder_state_tensors, step_position
-from sessa.ops.attention import BACKENDS, apply_rope, causal_attention, rope_cos_sin, rope_inv_freq
+from sessa.ops.attention import (
+    BACKENDS,
+    apply_rope,
+    cached_inv_freq,
+    causal_attention,
+    positions_from,
+    rope_cos_sin,
+)
 from sessa.ops.precision import work_dtype
 from sessa.validation import check_choice, check_int, check_positive_float
 
@@ -118,6 +125,22 @@ class AttentionMixer(nn.Module):
         state["t"] = end
         return self.out_proj(out.reshape(B, T_new, self.d_model))
 
+    def step_static(
+        self, x: torch.Tensor, state: MixerState, pos: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """One token x: (B, 1, D) at position ``pos`` (0-d device tensor) of the fixed-size state; mask (B, L)
+        over every cache position with the new column set. Shapes do not depend on the position (graph
+        capture); equals :meth:`step`; the state's "t" is left to the caller."""
+        q, k, v = self.qkv(x, start=pos)
+        index = pos.reshape(1)
+        state["k"].index_copy_(1, index, k.to(state["k"].dtype))
+        state["v"].index_copy_(1, index, v.to(state["v"].dtype))
+        readable = (torch.arange(mask.shape[1], device=mask.device) <= pos) & mask
+        out = causal_attention(
+            q, state["k"], state["v"], key_mask=readable, backend=self.backend, every_key=True
+        )
+        return self.out_proj(out.reshape(x.shape[0], 1, self.d_model))
+
     def reorder_state(self, state: MixerState, index: torch.Tensor) -> MixerState:
         return reorder_state_tensors(state, index)
 
@@ -135,15 +158,18 @@ class AttentionMixer(nn.Module):
             state["key_mask"][:, :end] = mask
         return state["key_mask"][:, :end]
 
-    def qkv(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Project x (B, T, D) to q (B, T, H, hd) and k, v (B, T, Hkv, hd); RoPE at positions start.."""
+    def qkv(
+        self, x: torch.Tensor, start: int | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project x (B, T, D) to q (B, T, H, hd) and k, v (B, T, Hkv, hd); RoPE at positions start..
+        (start may be a 0-d device tensor)."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
         if self.rope:
-            inv_freq = rope_inv_freq(self.head_dim, self.rope_base, dtype=work_dtype(q.dtype))
-            positions = torch.arange(start, start + T, device=x.device)
+            inv_freq = cached_inv_freq(self.head_dim, self.rope_base, work_dtype(q.dtype), x.device)
+            positions = positions_from(start, T, x.device)
             cos, sin = rope_cos_sin(positions, inv_freq, q.dtype)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return q, k, v

@@ -109,6 +109,18 @@ class RecurrentMixer(nn.Module):
         state["t"] = t + x.shape[1]
         return out
 
+    def step_static(
+        self, x: torch.Tensor, state: MixerState, pos: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """One token x: (B, 1, D) at position ``pos`` (0-d device tensor); mask: (B, L) over every position.
+        The states are updated in place (their tensors stay the same objects: graph capture); equals
+        :meth:`step`; the state's "t" is left to the caller."""
+        real = mask.index_select(1, pos.reshape(1))  # (B, 1): is the new token real?
+        out, conv, ssm = self._mix(x, real, state["conv"], state["ssm"])
+        state["conv"].copy_(conv)
+        state["ssm"].copy_(ssm)
+        return out
+
     def reorder_state(self, state: MixerState, index: torch.Tensor) -> MixerState:
         return reorder_state_tensors(state, index)
 

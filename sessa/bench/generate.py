@@ -8,11 +8,14 @@ generate's own per-token work (logits processing, stopping checks) included for 
 random weights in ``dtype``, prompts of random tokens, the EOS token suppressed (``min_new_tokens``).
 ``peak_gib_per_seq``: the peak memory above the weights during the longer generate, per sequence (CUDA).
 
-Models: any of :func:`sessa.registry.model_names` at ``preset`` (parameter-matched to Sessa), ``llama``
-(``transformers.LlamaForCausalLM`` with Sessa's width and heads, depth and MLP chosen to match its
-parameter count; dynamic cache, eager) and ``llama-static`` (the same model with
-``cache_implementation="static"``, whose decode step transformers compiles with ``torch.compile``).
-Medians of ``repeats`` timed runs after one warm-up run (the warm-up also compiles).
+Models: any of :func:`sessa.registry.model_names` at ``preset`` (parameter-matched to Sessa), the same with
+``-static`` (``cache_implementation="static"``: a :class:`~sessa.models.static_cache.StaticSessaCache`, whose
+one-token step is a CUDA graph), ``llama`` (``transformers.LlamaForCausalLM`` with Sessa's width and heads,
+depth and MLP chosen to match its parameter count; dynamic cache, eager) and ``llama-static`` (the same
+model with ``cache_implementation="static"``, whose decode step transformers compiles with
+``torch.compile``).
+Medians of ``repeats`` timed runs after one warm-up run of the longer generate (it compiles every kernel
+specialisation and graph the timed runs use).
 """
 
 from __future__ import annotations
@@ -27,6 +30,15 @@ import torch
 from sessa.progress import Progress
 
 LLAMA_MODELS = ("llama", "llama-static")
+STATIC = "-static"  # suffix: generate with cache_implementation="static"
+
+
+def valid_models() -> list[str]:
+    from sessa import registry
+
+    return [*(n + suffix for n in registry.model_names() for suffix in ("", STATIC)), *LLAMA_MODELS]
+
+
 VOCAB = 256 + 3  # byte vocabulary with pad/bos/eos, as the offline tasks use
 
 
@@ -67,7 +79,8 @@ def build(name: str, preset: str, max_len: int, device: torch.device, dtype: tor
         params = sum(p.numel() for p in SessaForCausalLM(target).parameters())
         model = LlamaForCausalLM(llama_like(params, target.d_model, target.n_heads, VOCAB, max_len))
     else:
-        model = SessaForCausalLM(target if name == "sessa" else model_config(target, name))
+        base = name.removesuffix(STATIC)
+        model = SessaForCausalLM(target if base == "sessa" else model_config(target, base))
     return model.to(device=device, dtype=dtype).eval()
 
 
@@ -94,18 +107,16 @@ def measure(
     device = next(model.parameters()).device
     prompt = torch.randint(3, VOCAB, (batch, context), device=device)
     options: dict[str, Any] = dict(do_sample=False, pad_token_id=0, attention_mask=torch.ones_like(prompt))
-    if name == "llama-static":
+    if name.endswith(STATIC):
         options["cache_implementation"] = "static"
 
     def generate(n: int) -> torch.Tensor:
         return model.generate(prompt, max_new_tokens=n, min_new_tokens=n, **options)
 
     with torch.inference_mode():
-        out = generate(2)  # warm-up (and compilation for llama-static)
-        if out.shape != (batch, context + 2):
-            raise RuntimeError(
-                f"{name}: generate returned {tuple(out.shape)}, expected {(batch, context + 2)}"
-            )
+        out = generate(new_tokens + 1)  # warm-up: every kernel and graph of the timed runs compiles here
+        if out.shape != (batch, context + new_tokens + 1):
+            raise RuntimeError(f"{name}: generate returned {tuple(out.shape)} for a {context}-token prompt")
         prefill = _timed(lambda: generate(1), device, repeats)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -147,6 +158,8 @@ def run_generate_bench(
             except torch.OutOfMemoryError:
                 row = {"model": name, "context": context, "batch": batch, "error": "out of memory"}
                 torch.cuda.empty_cache()
+            except Exception as e:  # one failing case is reported; the others still run
+                row = {"model": name, "context": context, "batch": batch, "error": f"{type(e).__name__}: {e}"}
             rows.append({**row, "params": params})
             if log_rows:
                 progress.write(format_row(rows[-1]))
@@ -165,19 +178,19 @@ def run_generate_bench(
 
 
 HEADER = (
-    f"{'model':14s} {'params':>11s} {'ctx':>6s} {'B':>3s} {'prefill s':>10s} {'ms/token':>9s} "
+    f"{'model':16s} {'params':>11s} {'ctx':>6s} {'B':>3s} {'prefill s':>10s} {'ms/token':>9s} "
     f"{'tokens/s':>9s} {'GiB/seq':>8s} {'x llama':>8s}"
 )
 
 
 def format_row(r: dict[str, Any]) -> str:
     if "error" in r:
-        return f"{r['model']:14s} {r['params']:11,d} {r['context']:6d} {r['batch']:3d}  {r['error']}"
+        return f"{r['model']:16s} {r['params']:11,d} {r['context']:6d} {r['batch']:3d}  {r['error']}"
     gib = "-" if r["peak_gib_per_seq"] is None else f"{r['peak_gib_per_seq']:.3f}"
     ratio = r.get("decode_vs_llama")
     tps = "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.0f}"
     return (
-        f"{r['model']:14s} {r['params']:11,d} {r['context']:6d} {r['batch']:3d} {r['prefill_s']:10.4f} "
+        f"{r['model']:16s} {r['params']:11,d} {r['context']:6d} {r['batch']:3d} {r['prefill_s']:10.4f} "
         f"{r['decode_ms']:9.2f} {tps:>9s} {gib:>8s} {'-' if ratio is None else f'{ratio:.2f}':>8s}"
     )
 

@@ -230,8 +230,11 @@ class BenchConfig:
     repeats: int = 5  # timed runs (median)
     out: str | None = None  # write the JSON results here
     generate: bool = False  # time generate() instead of the kernels: prefill and decode of models vs HF Llama
-    models: list[str] = field(
-        default_factory=lambda: ["sessa", "attention", "mamba2", "llama", "llama-static"]
+    models: list[str] = field(  # --generate: "-static" = generate(cache_implementation="static")
+        default_factory=lambda: [
+            *("sessa", "sessa-static", "attention", "attention-static", "mamba2", "mamba2-static"),
+            *("llama", "llama-static"),
+        ]
     )
     preset: str | None = None  # --generate: model size (default 125m on CUDA, tiny on CPU)
     contexts: list[int] | None = (
@@ -254,11 +257,10 @@ class BenchConfig:
             raise ValueError(f"need --warmup >= 0 and --repeats >= 1, got {self.warmup}, {self.repeats}")
 
     def _check_generate(self) -> None:
-        from sessa import registry
-        from sessa.bench.generate import LLAMA_MODELS
+        from sessa.bench.generate import valid_models
         from sessa.models.presets import parse_preset_name
 
-        valid = [*registry.model_names(), *LLAMA_MODELS]
+        valid = valid_models()
         bad = [m for m in self.models if m not in valid]
         if bad or not self.models:
             raise ValueError(f"--models: unknown or no model(s) {bad}; valid: {', '.join(valid)}")

@@ -25,6 +25,7 @@ from transformers.utils import ModelOutput
 from sessa import registry
 from sessa.models.cache import SessaCache
 from sessa.models.configuration import SessaConfig
+from sessa.models.static_cache import StaticSessaCache
 from sessa.tokens import IGNORE_INDEX
 
 
@@ -140,6 +141,27 @@ class SessaModel(SessaPreTrainedModel):
             self.layers, max_len if max_len is not None else self.config.max_position_embeddings
         )
 
+    def new_static_cache(
+        self,
+        batch_size: int,
+        max_len: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        graphs: bool = True,
+    ) -> StaticSessaCache:
+        """A fixed-size cache for ``batch_size`` rows and ``max_len`` tokens whose one-token step is captured
+        as a CUDA graph on CUDA (:class:`~sessa.models.static_cache.StaticSessaCache`). Device and dtype
+        default to the embedding's."""
+        weight = self.embed_tokens.weight
+        return StaticSessaCache(
+            self.layers,
+            max_len,
+            batch_size,
+            weight.device if device is None else device,
+            weight.dtype if dtype is None else dtype,
+            graphs=graphs,
+        )
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -159,6 +181,14 @@ class SessaModel(SessaPreTrainedModel):
         if use_cache and cache is None:
             cache = self.new_cache(h.shape[1])
         _check_mask(attention_mask, h.shape[:2], cache)
+        if isinstance(cache, StaticSessaCache) and h.shape[1] == 1 and not output_hidden_states:
+            h = cache.decode(self, h, attention_mask)  # the fixed-shape step (a CUDA graph on CUDA)
+            out = SessaModelOutput(last_hidden_state=h, cache=cache, hidden_states=None)
+            return (
+                out
+                if (return_dict if return_dict is not None else self.config.return_dict)
+                else out.to_tuple()
+            )
         hidden = [h] if output_hidden_states else None
         for i, layer in enumerate(self.layers):
             h = (
@@ -278,7 +308,16 @@ class SessaForCausalLM(SessaPreTrainedModel, GenerationMixin):
     ) -> None:
         """Put a fresh :class:`SessaCache` into ``model_kwargs["cache"]`` (unless the caller passed one or
         turned caching off): sized for the whole generation up to ``max_position_embeddings`` tokens, and
-        grown (doubling) as tokens come beyond that, so a huge ``max_new_tokens`` allocates as it goes."""
+        grown (doubling) as tokens come beyond that, so a huge ``max_new_tokens`` allocates as it goes.
+        ``cache_implementation="static"``: a :class:`StaticSessaCache` for exactly this batch and length,
+        whose one-token step is replayed as a CUDA graph."""
+        if generation_config.cache_implementation == "static":
+            if generation_config.use_cache and model_kwargs.get("cache") is None:
+                rows = batch_size * max(
+                    generation_config.num_beams or 1, generation_config.num_return_sequences or 1
+                )
+                model_kwargs["cache"] = self.model.new_static_cache(rows, int(max_cache_length))
+            return
         super()._prepare_cache_for_generation(
             generation_config, model_kwargs, generation_mode, batch_size, max_cache_length
         )

@@ -62,6 +62,13 @@ class GatedBlock(nn.Module):
         bar_a, g = self._gate_in(x)
         return x + self.W_out(self.mixer.step(bar_a, state, attention_mask=attention_mask) * g)
 
+    def step_static(
+        self, x: torch.Tensor, state: MixerState, pos: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """One token at device position ``pos`` of a fixed-size state (the mixer's ``step_static``)."""
+        bar_a, g = self._gate_in(x)
+        return x + self.W_out(self.mixer.step_static(bar_a, state, pos, mask) * g)
+
     def reorder_state(self, state: MixerState, index: torch.Tensor) -> MixerState:
         return self.mixer.reorder_state(state, index)
 
@@ -124,6 +131,12 @@ class PreNormBlock(nn.Module):
     ) -> torch.Tensor:
         check_input(x, self.d_model)
         return self._mlp(x + self.mixer.step(self.norm1(x), state, attention_mask=attention_mask))
+
+    def step_static(
+        self, x: torch.Tensor, state: MixerState, pos: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """One token at device position ``pos`` of a fixed-size state (the mixer's ``step_static``)."""
+        return self._mlp(x + self.mixer.step_static(self.norm1(x), state, pos, mask))
 
     def reorder_state(self, state: MixerState, index: torch.Tensor) -> MixerState:
         return self.mixer.reorder_state(state, index)

@@ -14,6 +14,10 @@ changes one name. Shapes: B batch, T sequence length, D = d_model.
   outputs equal the matching rows of ``forward`` on the whole sequence. Raises ``ValueError`` when the
   state is full or shapes do not match, ``TypeError`` when ``state`` is not a dict from ``init_state``.
 * ``reorder_state(state, index)``: select/reorder the batch rows of a state (beam search, batch pruning).
+* optional, for ``StaticSessaCache``: ``step_static(x, state, pos, mask) -> y`` for one token x: (B, 1, D)
+  at the position held by the 0-d device tensor ``pos``, mask: (B, max_len) bool over every position of
+  the fixed-size state (its column ``pos`` already set). No shape or host value may depend on ``pos`` (the
+  step is graph-captured); tensors of the state are updated in place; outputs equal ``step``'s.
 """
 
 from __future__ import annotations

@@ -11,8 +11,16 @@ from torch import nn
 from sessa.modules.contract import MixerState, check_input, key_mask, reorder_state_tensors, step_position
 from sessa.ops import attention as attention_ops
 from sessa.ops import feedback as feedback_ops
-from sessa.ops.attention import apply_rope, causal_attention, rope_cos_sin, rope_inv_freq
+from sessa.ops.attention import (
+    apply_rope,
+    cached_inv_freq,
+    causal_attention,
+    positions_from,
+    rope_cos_sin,
+    rope_inv_freq,
+)
 from sessa.ops.feedback import feedback_continue, feedback_solve
+from sessa.ops.feedback.decode import feedback_decode
 from sessa.ops.precision import work_dtype
 from sessa.validation import check_choice, check_float, check_int
 
@@ -103,23 +111,33 @@ class SessaMixer(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- pieces shared by the parallel and the incremental paths ------------------------------------
-    def qkv(self, a: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q (B, T, H, hd), k, v (B, T, Hkv, hd) of a: (B, T, D) at positions start.. (RoPE applied)."""
+    def qkv(
+        self, a: torch.Tensor, start: int | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (B, T, H, hd), k, v (B, T, Hkv, hd) of a: (B, T, D) at positions start.. (RoPE applied; start
+        may be a 0-d device tensor)."""
         B, T, _ = a.shape
         q = self.q_proj(a).view(B, T, self.n_heads, self.head_dim)
         k = self.k_proj(a).view(B, T, self.n_kv_heads, self.head_dim)
         v = self.v_proj(a).view(B, T, self.n_kv_heads, self.head_dim)
         if self.use_forward_rope:
-            positions = torch.arange(start, start + T, device=a.device)
-            inv_freq = rope_inv_freq(self.head_dim, dtype=work_dtype(q.dtype))
+            positions = positions_from(start, T, a.device)
+            inv_freq = cached_inv_freq(self.head_dim, 10000.0, work_dtype(q.dtype), a.device)
             cos, sin = rope_cos_sin(positions, inv_freq, q.dtype)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return q, k, v
 
     def _attend(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+        every_key: bool = False,
     ) -> torch.Tensor:
-        f = causal_attention(q, k, v, key_mask=mask, backend=self.attention_backend)
+        """``every_key``: the queries may read every key the mask allows (a static-cache step: the mask
+        already excludes the positions after the token)."""
+        f = causal_attention(q, k, v, key_mask=mask, backend=self.attention_backend, every_key=every_key)
         return self.out_proj(f.reshape(q.shape[0], q.shape[1], self.D))
 
     def feedback_inputs(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -224,6 +242,29 @@ class SessaMixer(nn.Module):
             cache["s"][:, t : t + n] = f.to(cache["s"].dtype)
         cache["t"] = t + n
         return f
+
+    def step_static(
+        self, bar_a: torch.Tensor, cache: MixerState, pos: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """One new token bar_a: (B, 1, D) at position ``pos`` (0-d long tensor on the device) of a fixed-size
+        cache; mask: (B, L) bool over every cache position (False = padding), the new token's column set.
+        No shape depends on the position, so the step can be graph-captured; equals :meth:`step`. The
+        cache's "t" is left to the caller."""
+        q, k, v = self.qkv(bar_a, pos)
+        index = pos.reshape(1)
+        cache["k_f"].index_copy_(1, index, k.to(cache["k_f"].dtype))
+        cache["v_f"].index_copy_(1, index, v.to(cache["v_f"].dtype))
+        readable = (torch.arange(mask.shape[1], device=mask.device) <= pos) & mask
+        keys, values = cache["k_f"].to(q.dtype), cache["v_f"].to(q.dtype)
+        f = self._attend(q, keys, values, readable, every_key=True)
+        if not self.use_feedback:
+            return f
+        q_b, k_b, gamma = self.feedback_inputs(bar_a)
+        cache["k_b"].index_copy_(1, index, k_b.to(cache["k_b"].dtype))
+        k_all, s_all = cache["k_b"].to(k_b.dtype), cache["s"]
+        s_new = feedback_decode(q_b, k_all, gamma, f, s_all.to(f.dtype), pos, key_mask=mask)
+        cache["s"].index_copy_(1, index, s_new.to(cache["s"].dtype))
+        return s_new
 
     def prefill(self, bar_a: torch.Tensor, cache: MixerState) -> MixerState:
         """Original API: run a prompt chunk (B, T, D) through the cache (continuing from cache["t"])."""

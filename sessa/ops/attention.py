@@ -24,6 +24,25 @@ def rope_inv_freq(head_dim: int, base: float = 10000.0, dtype: torch.dtype = tor
     return base ** (-2 * torch.arange(head_dim // 2, dtype=torch.float64) / head_dim).to(dtype)
 
 
+_INV_FREQ: dict[tuple, torch.Tensor] = {}
+
+
+def cached_inv_freq(head_dim: int, base: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """:func:`rope_inv_freq` kept on ``device`` (made once per head width, base, dtype and device): a decode
+    step then copies nothing from the host, which a graph-captured step could not do."""
+    key = (head_dim, float(base), dtype, str(device))
+    if key not in _INV_FREQ:
+        _INV_FREQ[key] = rope_inv_freq(head_dim, base, dtype).to(device)
+    return _INV_FREQ[key]
+
+
+def positions_from(start: int | torch.Tensor, T: int, device: torch.device) -> torch.Tensor:
+    """Positions start .. start + T - 1 (T,); ``start`` may be a 0-d device tensor (a static-cache step)."""
+    if isinstance(start, torch.Tensor):
+        return start.reshape(()) + torch.arange(T, device=device)
+    return torch.arange(start, start + T, device=device)
+
+
 def rope_cos_sin(
     positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,8 +89,22 @@ def _allowed(T: int, S: int, key_mask: torch.Tensor | None, device: torch.device
     return allowed
 
 
+def _readable(
+    T: int, S: int, key_mask: torch.Tensor | None, every_key: bool, device: torch.device
+) -> torch.Tensor:
+    if not every_key:
+        return _allowed(T, S, key_mask, device)
+    if key_mask is None:
+        return torch.ones(1, 1, T, S, dtype=torch.bool, device=device)
+    return key_mask.to(device=device, dtype=torch.bool)[:, None, None, :].expand(-1, 1, T, S)
+
+
 def causal_attention_ref(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+    every_key: bool = False,
 ) -> torch.Tensor:
     """Readable einsum reference of :func:`causal_attention` (materialises the (B, H, T, S) weights)."""
     _check_qkv(q, k, v)
@@ -80,7 +113,7 @@ def causal_attention_ref(
     g = H // Hkv
     qg = q.view(B, T, Hkv, g, hd)
     logits = torch.einsum("bthgd,bshd->bhgts", qg, k) / math.sqrt(hd)
-    allowed = _allowed(T, S, key_mask, q.device)[:, :, None]  # (B|1, 1, 1, T, S)
+    allowed = _readable(T, S, key_mask, every_key, q.device)[:, :, None]  # (B|1, 1, 1, T, S)
     logits = logits.masked_fill(~allowed, float("-inf"))
     work = torch.float64 if logits.dtype == torch.float64 else torch.float32
     weights = torch.softmax(logits.to(work), dim=-1).nan_to_num(0.0).to(v.dtype)  # rows with no key -> 0
@@ -95,15 +128,18 @@ def causal_attention(
     *,
     key_mask: torch.Tensor | None = None,
     backend: str = "sdpa",
+    every_key: bool = False,
 ) -> torch.Tensor:
     """Causal softmax attention with GQA: q (B,T,H,hd), k/v (B,S,Hkv,hd) -> (B,T,H,hd).
 
     Query i is at position S - T + i and reads keys j <= S - T + i (diagonal included) whose
     ``key_mask[b, j]`` is True (all keys when None). A query with no readable key outputs zeros.
+    ``every_key=True``: every query reads exactly the keys ``key_mask`` allows (a fixed-size cache whose mask
+    already leaves out the later positions).
     backend: "sdpa" (``F.scaled_dot_product_attention``) or "reference" (:func:`causal_attention_ref`).
     """
     if backend == "reference":
-        return causal_attention_ref(q, k, v, key_mask)
+        return causal_attention_ref(q, k, v, key_mask, every_key)
     if backend != "sdpa":
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     _check_qkv(q, k, v)
@@ -112,12 +148,12 @@ def causal_attention(
     if Hkv != H:
         kt = kt.repeat_interleave(H // Hkv, dim=1)
         vt = vt.repeat_interleave(H // Hkv, dim=1)
-    if key_mask is None and T == S:
+    if key_mask is None and T == S and not every_key:
         return F.scaled_dot_product_attention(qt, kt, vt, is_causal=True).transpose(1, 2)
     # Queries continuing a cache (T < S: decoding, chunked prefill): the key length changes every call, and
     # cuDNN's attention builds a new plan per length (~3.6 ms of host time per call on an H200), so it is
     # left out. One query with no padding reads every key: no mask, which lets the flash kernel run.
-    allowed = None if key_mask is None and T == 1 else _allowed(T, S, key_mask, q.device)
+    allowed = None if key_mask is None and T == 1 else _readable(T, S, key_mask, every_key, q.device)
     with sdpa_kernel(NO_CUDNN):
         out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=allowed)
     if key_mask is not None:

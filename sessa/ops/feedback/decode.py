@@ -11,7 +11,9 @@ and :func:`feedback_continue_ref` (the equations, dense). Both are differentiabl
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +74,70 @@ def feedback_continue(
     return s[:, t:].to(f_new.dtype)
 
 
+TRITON_MAX_D = 2048  # the decode kernel keeps a row of width D (and 8 keys of it) per program
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    if not x.is_cuda or x.shape[-1] > TRITON_MAX_D or os.environ.get("SESSA_TRITON_DECODE", "1") == "0":
+        return False
+    return importlib.util.find_spec("triton") is not None
+
+
+def feedback_decode(
+    q_new: torch.Tensor,
+    k_cache: torch.Tensor,
+    gamma_new: torch.Tensor,
+    f_new: torch.Tensor,
+    s_cache: torch.Tensor,
+    length: torch.Tensor | int,
+    key_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """s of one new token per row that reads the first ``length`` positions of fixed-size caches.
+
+    q_new, f_new: (B, 1, D); gamma_new: (B, 1, 1); k_cache, s_cache: (B, L, D) (positions >= length are
+    ignored); length: int, or a 0-d / (B,) integer tensor on the caches' device (a graph-captured step passes
+    its position tensor); key_mask: (B, L) bool or None. On CUDA the split-context Triton kernels
+    (:mod:`sessa.ops.feedback.triton_decode`) run, elsewhere :func:`feedback_decode_ref`. Returns (B, 1, D)
+    in f_new's dtype; forward only."""
+    B, L, D = k_cache.shape
+    if f_new.shape != (B, 1, D) or q_new.shape != f_new.shape or s_cache.shape != k_cache.shape:
+        raise ValueError(
+            "feedback_decode needs q_new, f_new (B, 1, D) and caches (B, L, D) alike; got "
+            f"q {tuple(q_new.shape)}, f {tuple(f_new.shape)}, k {tuple(k_cache.shape)}, "
+            f"s {tuple(s_cache.shape)}"
+        )
+    if not isinstance(length, torch.Tensor):
+        length = torch.full((B,), int(length), dtype=torch.int32, device=k_cache.device)
+    if _use_triton(k_cache) and k_cache.stride(-1) == 1 and s_cache.stride(-1) == 1:
+        from sessa.ops.feedback.triton_decode import feedback_decode_triton
+
+        return feedback_decode_triton(
+            q_new, k_cache, gamma_new.reshape(B, 1, 1), f_new, s_cache, length, key_mask
+        )
+    return feedback_decode_ref(q_new, k_cache, gamma_new, f_new, s_cache, length, key_mask)
+
+
+def feedback_decode_ref(
+    q_new: torch.Tensor,
+    k_cache: torch.Tensor,
+    gamma_new: torch.Tensor,
+    f_new: torch.Tensor,
+    s_cache: torch.Tensor,
+    length: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`feedback_decode` from the equations, over the whole cache with the unread positions masked."""
+    B, L, D = k_cache.shape
+    work = work_dtype(f_new.dtype)
+    logits = torch.einsum("bd,bjd->bj", q_new.reshape(B, D).to(work), k_cache.to(work)) / math.sqrt(D)
+    readable = torch.arange(L, device=k_cache.device)[None, :] < length.reshape(-1, 1)
+    if key_mask is not None:
+        readable = readable & key_mask
+    alpha = torch.softmax(logits.masked_fill(~readable, float("-inf")), dim=-1).nan_to_num(0.0)
+    read = torch.einsum("bj,bjd->bd", alpha, s_cache.to(work))[:, None]
+    return (f_new.to(work) + gamma_new.reshape(B, 1, 1).to(work) * read).to(f_new.dtype)
+
+
 def _one_row(q_new, k_past, gamma_new, f_new, s_past, past_mask) -> torch.Tensor:  # noqa: ANN001
     """One new token at position t: s = f + gamma * softmax(q . k_j / sqrt(D)) s_j over the readable j < t.
 
@@ -81,6 +147,8 @@ def _one_row(q_new, k_past, gamma_new, f_new, s_past, past_mask) -> torch.Tensor
     t = s_past.shape[1]
     if t == 0:
         return f_new.clone()
+    if _use_triton(k_past):
+        return feedback_decode(q_new, k_past, gamma_new, f_new, s_past, t, past_mask)
     q = q_new[:, None]
     k, v = k_past.to(q.dtype)[:, None], s_past.to(q.dtype)[:, None]
     mask = None if past_mask is None else past_mask[:, None, None, :]
