@@ -237,9 +237,7 @@ class BenchConfig:
         ]
     )
     preset: str | None = None  # --generate: model size (default 125m on CUDA, tiny on CPU)
-    contexts: list[int] | None = (
-        None  # --generate: prompt lengths (default 1024 8192 32768 on CUDA, 32 64 CPU)
-    )
+    contexts: list[int] | None = None  # --generate: prompt lengths (default 1K 8K 32K; CPU: 32 64)
     new_tokens: int = 32  # --generate: decoded tokens per timed generate
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 64])  # --generate: at the first context
 

@@ -154,7 +154,10 @@ def causal_attention(
     # cuDNN's attention builds a new plan per length (~3.6 ms of host time per call on an H200), so it is
     # left out. One query with no padding reads every key: no mask, which lets the flash kernel run.
     allowed = None if key_mask is None and T == 1 else _readable(T, S, key_mask, every_key, q.device)
-    with sdpa_kernel(NO_CUDNN):
+    if T < S or every_key:
+        with sdpa_kernel(NO_CUDNN):
+            out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=allowed)
+    else:  # a padded batch in training: every backend
         out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=allowed)
     if key_mask is not None:
         out = out.masked_fill(~allowed.any(-1, keepdim=True), 0.0)  # fully masked rows -> 0, not NaN

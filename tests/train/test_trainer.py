@@ -279,3 +279,7 @@ def test_cli_bytelm_train_then_generate_streams_text(tmp_path):
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.startswith("def ") and len(res.stdout) > len("def ")
+    greedy = ("generate", str(step_dir), "--prompt", "def ", "--max-new-tokens", "8")
+    dynamic, static = run_cli(*greedy), run_cli(*greedy, "--static-cache")
+    assert dynamic.returncode == static.returncode == 0, static.stderr[-2000:]
+    assert static.stdout == dynamic.stdout  # the fixed-size cache decodes the same tokens
