@@ -1,10 +1,11 @@
 """``sessa bench --generate``: prefill time and decode ms/token of our models and a Hugging Face Llama of the
 same size, all through ``generate()`` in one process.
 
-For every model, prompt length (context) and batch size: ``prefill_s`` is the time of ``generate`` with one
-new token (the prompt's forward plus one sampling step); ``decode_ms`` is (time of ``generate`` with
-``new_tokens + 1`` tokens minus that) / ``new_tokens``: the cost of one more token at that context, with
-generate's own per-token work (logits processing, stopping checks) included for every model alike. Greedy,
+For every model, prompt length (context) and batch size, one ``generate`` of ``new_tokens + 1`` tokens is
+timed step by step (a stopping criterion that records when each token exists): ``prefill_s`` is the time to
+the first new token (the prompt's forward plus one sampling step), ``decode_ms`` the mean time of each
+further token at that context, generate's own per-token work (logits processing, stopping checks)
+included for every model alike. Greedy,
 random weights in ``dtype``, prompts of random tokens, the EOS token suppressed (``min_new_tokens``).
 ``peak_gib_per_seq``: the peak memory above the weights during the longer generate, per sequence (CUDA).
 
@@ -14,7 +15,7 @@ one-token step is a CUDA graph), ``llama`` (``transformers.LlamaForCausalLM`` wi
 depth and MLP chosen to match its parameter count; dynamic cache, eager) and ``llama-static`` (the same
 model with ``cache_implementation="static"``, whose decode step transformers compiles with
 ``torch.compile``).
-Medians of ``repeats`` timed runs after one warm-up run of the longer generate (it compiles every kernel
+Medians over ``repeats`` timed runs, after one untimed run of the same generate (it compiles every kernel
 specialisation and graph the timed runs use).
 """
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -84,53 +84,65 @@ def build(name: str, preset: str, max_len: int, device: torch.device, dtype: tor
     return model.to(device=device, dtype=dtype).eval()
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class _StepClock:
+    """A stopping criterion that never stops: it records the time at which each new token exists (after a
+    device synchronisation), so prefill and per-token decode come from one ``generate`` call."""
 
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.times = device, []
 
-def _timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.times.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 def measure(
     model: torch.nn.Module, name: str, context: int, batch: int, new_tokens: int, repeats: int
 ) -> dict[str, Any]:
     """One (model, context, batch) row: prefill_s, decode_ms, tokens_per_s, peak_gib_per_seq."""
+    from transformers import StoppingCriteriaList
+
     device = next(model.parameters()).device
     prompt = torch.randint(3, VOCAB, (batch, context), device=device)
     options: dict[str, Any] = dict(do_sample=False, pad_token_id=0, attention_mask=torch.ones_like(prompt))
     if name.endswith(STATIC):
         options["cache_implementation"] = "static"
+    n = new_tokens + 1
 
-    def generate(n: int) -> torch.Tensor:
-        return model.generate(prompt, max_new_tokens=n, min_new_tokens=n, **options)
+    def generate(clock: _StepClock | None = None) -> torch.Tensor:
+        criteria = StoppingCriteriaList([clock] if clock else [])
+        return model.generate(
+            prompt, max_new_tokens=n, min_new_tokens=n, stopping_criteria=criteria, **options
+        )
 
+    prefills, decodes = [], []
     with torch.inference_mode():
-        out = generate(new_tokens + 1)  # warm-up: every kernel and graph of the timed runs compiles here
-        if out.shape != (batch, context + new_tokens + 1):
+        out = generate()  # warm-up: every kernel and graph of the timed runs compiles here
+        if out.shape != (batch, context + n):
             raise RuntimeError(f"{name}: generate returned {tuple(out.shape)} for a {context}-token prompt")
-        prefill = _timed(lambda: generate(1), device, repeats)
         if device.type == "cuda":
+            torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-        total = _timed(lambda: generate(new_tokens + 1), device, repeats)
+        for _ in range(repeats):
+            clock = _StepClock(device)
+            t0 = time.perf_counter()
+            generate(clock)
+            if len(clock.times) != n:
+                raise RuntimeError(f"{name}: {len(clock.times)} generation steps timed, expected {n}")
+            prefills.append(clock.times[0] - t0)
+            decodes.append((clock.times[-1] - clock.times[0]) / new_tokens * 1e3)
         peak = torch.cuda.max_memory_allocated(device) - base if device.type == "cuda" else None
-    decode_ms = max(total - prefill, 0.0) / new_tokens * 1e3
+    decode_ms = statistics.median(decodes)
     return {
         "model": name,
         "context": context,
         "batch": batch,
-        "prefill_s": prefill,
+        "prefill_s": statistics.median(prefills),
         "decode_ms": decode_ms,
-        "tokens_per_s": batch * 1e3 / decode_ms if decode_ms > 0 else None,
+        "tokens_per_s": batch * 1e3 / decode_ms,
         "peak_gib_per_seq": None if peak is None else peak / batch / 2**30,
     }
 

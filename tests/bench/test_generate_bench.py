@@ -32,7 +32,7 @@ def test_generate_bench_times_every_model_and_case(tmp_path, capsys):
         "mamba2-static",
         "llama",
         "--repeats",
-        "1",
+        "2",
         "--out",
         str(out),
     ]
