@@ -16,10 +16,8 @@ import math
 import os
 
 import torch
-import torch.nn.functional as F
-from torch.nn.attention import sdpa_kernel
 
-from sessa.ops.attention import NO_CUDNN
+from sessa.ops.attention import sdpa_without_cudnn
 from sessa.ops.feedback.chunked import DEFAULT_CHUNK, forward_rows
 from sessa.ops.precision import work_dtype
 
@@ -143,7 +141,7 @@ def _one_row(q_new, k_past, gamma_new, f_new, s_past, past_mask) -> torch.Tensor
 
     The weighted sum is one attention call (query q_new, keys k_past, values s_past; a single head of width
     D), so no copy of the cache is made and the per-token work is one pass over it. cuDNN is left out: it
-    plans again for every new length (:data:`sessa.ops.attention.NO_CUDNN`)."""
+    plans again for every new length (:func:`sessa.ops.attention.sdpa_without_cudnn`)."""
     t = s_past.shape[1]
     if t == 0:
         return f_new.clone()
@@ -152,8 +150,7 @@ def _one_row(q_new, k_past, gamma_new, f_new, s_past, past_mask) -> torch.Tensor
     q = q_new[:, None]
     k, v = k_past.to(q.dtype)[:, None], s_past.to(q.dtype)[:, None]
     mask = None if past_mask is None else past_mask[:, None, None, :]
-    with sdpa_kernel(NO_CUDNN):
-        read = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)[:, 0]  # (B, 1, D)
+    read = sdpa_without_cudnn(q, k, v, attn_mask=mask)[:, 0]  # (B, 1, D)
     if past_mask is not None:  # a token with no readable key reads nothing (SDPA gives NaN there)
         read = read.masked_fill(~past_mask.any(-1)[:, None, None], 0.0)
     work = work_dtype(f_new.dtype)
