@@ -75,10 +75,13 @@ def feedback_continue(
 TRITON_MAX_D = 2048  # the decode kernel keeps a row of width D (and 8 keys of it) per program
 
 
+_HAS_TRITON = importlib.util.find_spec("triton") is not None  # looked up once: decoding calls this per layer
+
+
 def _use_triton(x: torch.Tensor) -> bool:
     if not x.is_cuda or x.shape[-1] > TRITON_MAX_D or os.environ.get("SESSA_TRITON_DECODE", "1") == "0":
         return False
-    return importlib.util.find_spec("triton") is not None
+    return _HAS_TRITON
 
 
 def feedback_decode(
