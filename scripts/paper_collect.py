@@ -1,6 +1,6 @@
 """Copy the paper sweeps from runs/ into docs/paper/ and write docs/paper/results.json (one row per run).
 
-    python scripts/paper_collect.py [--runs runs] [--docs docs/paper]
+    python scripts/paper_collect.py [--runs runs] [--docs docs/paper] [--device NAME] [--date YYYY-MM-DD]
 
 Settings (each a folder of docs/paper/):
   symbolsoup, diffuse_mqar  Table 1: `small` preset, 600 steps x 128 (scripts/paper_tables.sh sweep/final)
@@ -99,6 +99,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="runs")
     parser.add_argument("--docs", default="docs/paper")
+    parser.add_argument("--device", default="one NVIDIA H200", help="where the runs ran (recorded as is)")
+    parser.add_argument("--date", default="2026-12-01", help="when the runs ran (recorded as is)")
     args = parser.parse_args()
     runs_root, docs = Path(args.runs), Path(args.docs)
     table: list[dict[str, Any]] = []
@@ -138,7 +140,7 @@ def main() -> None:
     )
     rows = [{k: r.get(k) for k in keep} for r in table]
     (docs / "results.json").write_text(
-        json.dumps({"device": "one NVIDIA H200", "date": "2026-12-01", "runs": rows}, indent=1) + "\n"
+        json.dumps({"device": args.device, "date": args.date, "runs": rows}, indent=1) + "\n"
     )
     print(f"{len(rows)} runs -> {docs / 'results.json'}")
 
