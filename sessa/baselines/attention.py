@@ -16,6 +16,7 @@ from sessa.modules.contract import MixerState, check_input, key_mask, reorder_st
 from sessa.ops.attention import (
     BACKENDS,
     apply_rope,
+    attend_static,
     cached_inv_freq,
     causal_attention,
     positions_from,
@@ -132,13 +133,7 @@ class AttentionMixer(nn.Module):
         over every cache position with the new column set. Shapes do not depend on the position (graph
         capture); equals :meth:`step`; the state's "t" is left to the caller."""
         q, k, v = self.qkv(x, start=pos)
-        index = pos.reshape(1)
-        state["k"].index_copy_(1, index, k.to(state["k"].dtype))
-        state["v"].index_copy_(1, index, v.to(state["v"].dtype))
-        readable = (torch.arange(mask.shape[1], device=mask.device) <= pos) & mask
-        out = causal_attention(
-            q, state["k"], state["v"], key_mask=readable, backend=self.backend, every_key=True
-        )
+        out = attend_static(q, k, v, state["k"], state["v"], pos, mask, self.backend)
         return self.out_proj(out.reshape(x.shape[0], 1, self.d_model))
 
     def reorder_state(self, state: MixerState, index: torch.Tensor) -> MixerState:

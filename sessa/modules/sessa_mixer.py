@@ -13,6 +13,7 @@ from sessa.ops import attention as attention_ops
 from sessa.ops import feedback as feedback_ops
 from sessa.ops.attention import (
     apply_rope,
+    attend_static,
     cached_inv_freq,
     causal_attention,
     positions_from,
@@ -128,16 +129,9 @@ class SessaMixer(nn.Module):
         return q, k, v
 
     def _attend(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        mask: torch.Tensor | None,
-        every_key: bool = False,
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """``every_key``: the queries may read every key the mask allows (a static-cache step: the mask
-        already excludes the positions after the token)."""
-        f = causal_attention(q, k, v, key_mask=mask, backend=self.attention_backend, every_key=every_key)
+        f = causal_attention(q, k, v, key_mask=mask, backend=self.attention_backend)
         return self.out_proj(f.reshape(q.shape[0], q.shape[1], self.D))
 
     def feedback_inputs(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -251,15 +245,12 @@ class SessaMixer(nn.Module):
         No shape depends on the position, so the step can be graph-captured; equals :meth:`step`. The
         cache's "t" is left to the caller."""
         q, k, v = self.qkv(bar_a, pos)
-        index = pos.reshape(1)
-        cache["k_f"].index_copy_(1, index, k.to(cache["k_f"].dtype))
-        cache["v_f"].index_copy_(1, index, v.to(cache["v_f"].dtype))
-        readable = (torch.arange(mask.shape[1], device=mask.device) <= pos) & mask
-        keys, values = cache["k_f"].to(q.dtype), cache["v_f"].to(q.dtype)
-        f = self._attend(q, keys, values, readable, every_key=True)
+        f = attend_static(q, k, v, cache["k_f"], cache["v_f"], pos, mask, self.attention_backend)
+        f = self.out_proj(f.reshape(bar_a.shape[0], 1, self.D))
         if not self.use_feedback:
             return f
         q_b, k_b, gamma = self.feedback_inputs(bar_a)
+        index = pos.reshape(1)
         cache["k_b"].index_copy_(1, index, k_b.to(cache["k_b"].dtype))
         k_all, s_all = cache["k_b"].to(k_b.dtype), cache["s"]
         s_new = feedback_decode(q_b, k_all, gamma, f, s_all.to(f.dtype), pos, key_mask=mask)

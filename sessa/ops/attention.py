@@ -176,3 +176,24 @@ def causal_attention(
     if key_mask is not None:
         out = out.masked_fill(~allowed.any(-1, keepdim=True), 0.0)  # fully masked rows -> 0, not NaN
     return out.transpose(1, 2)
+
+
+def attend_static(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    pos: torch.Tensor,
+    mask: torch.Tensor,
+    backend: str = "sdpa",
+) -> torch.Tensor:
+    """One token of a fixed-size cache: write its k, v (B, 1, Hkv, hd) at position ``pos`` (0-d device tensor)
+    of k_cache, v_cache (B, L, Hkv, hd), then attend q (B, 1, H, hd) over positions <= pos that ``mask``
+    (B, L) allows. No shape depends on ``pos`` (a graph-captured step); returns (B, 1, H, hd)."""
+    index = pos.reshape(1)
+    k_cache.index_copy_(1, index, k.to(k_cache.dtype))
+    v_cache.index_copy_(1, index, v.to(v_cache.dtype))
+    readable = (torch.arange(mask.shape[1], device=mask.device) <= pos) & mask
+    keys, values = k_cache.to(q.dtype), v_cache.to(q.dtype)
+    return causal_attention(q, keys, values, key_mask=readable, backend=backend, every_key=True)
