@@ -2,10 +2,14 @@
 
     python scripts/check_decode_gpu.py OUT.json
 
-1. The split-context Triton decode kernels (``feedback_decode`` on CUDA) against the float64 reference at
-   real shapes, every dtype: error / (the reference's own error in that dtype) must stay <= 4.
-2. The static cache's CUDA-graph decode against the ordinary cache (float32 tiny models, left padding, 8
-   decode steps, every model): logits must agree to 1e-4.
+1. The split-context Triton decode kernels on CUDA (``feedback_decode``: the feedback row;
+   ``decode_attention``: the forward branch's heads, GQA) against the float64 reference at real shapes,
+   every dtype: error / (the reference's own error in that dtype) must stay <= 4.
+2. The continuation of a cache by n > 1 tokens (``feedback_continue``: the Triton solve of the new block)
+   against the float64 reference at real shapes, every dtype, same rule; and a chunked prefill (two prompt
+   chunks through the cache) of a tiny float32 Sessa model against its one-shot forward (logits to 1e-4).
+3. The static cache's CUDA-graph decode, eager and compiled (``compile=True``), against the ordinary cache
+   (float32 tiny models, left padding, 8 decode steps, every model): logits must agree to 1e-4.
 Prints one line per check and exits 1 if any fails.
 """
 
@@ -18,7 +22,14 @@ import torch
 
 from sessa import registry
 from sessa.models import SessaConfig, SessaForCausalLM, model_config
-from sessa.ops.feedback.decode import feedback_decode, feedback_decode_ref
+from sessa.ops.attention import decode_attention, decode_attention_ref
+from sessa.ops.feedback import feedback_solve_ref
+from sessa.ops.feedback.decode import (
+    feedback_continue,
+    feedback_continue_ref,
+    feedback_decode,
+    feedback_decode_ref,
+)
 
 
 def kernel_checks() -> list[dict]:
@@ -53,10 +64,72 @@ def kernel_checks() -> list[dict]:
                     "ok": ratio <= 4.0,
                 }
             )
+    return rows + attention_kernel_checks()
+
+
+def attention_kernel_checks() -> list[dict]:
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for B, L, H, Hkv, hd, lens in (
+            (1, 33000, 12, 12, 64, [33000]),
+            (8, 8192, 16, 4, 64, [8192, 1, 0, 5000, 8000, 64, 65, 4097]),
+            (64, 1100, 12, 12, 64, [1024 + i for i in range(64)]),
+            (2, 3000, 8, 8, 128, [2999, 17]),
+        ):
+            gen = torch.Generator(device="cuda").manual_seed(L + H)
+            q = torch.randn(B, 1, H, hd, device="cuda", generator=gen).to(dtype)
+            k, v = (torch.randn(B, L, Hkv, hd, device="cuda", generator=gen).to(dtype) for _ in range(2))
+            mask = torch.rand(B, L, device="cuda", generator=gen) > 0.2
+            length = torch.tensor(lens, device="cuda", dtype=torch.int32)
+            got = decode_attention(q, k, v, length, mask).double()
+            low = decode_attention_ref(q, k, v, length, mask).double()
+            exact = decode_attention_ref(q.double(), k.double(), v.double(), length, mask)
+            own = max((low - exact).abs().max().item(), torch.finfo(dtype).eps)
+            ratio = (got - exact).abs().max().item() / own
+            rows.append({"check": "attention kernel", "dtype": str(dtype), "B": B, "L": L, "H": H, "Hkv": Hkv,
+                         "hd": hd, "ratio": ratio, "ok": ratio <= 4.0})  # fmt: skip
+    return rows
+
+
+def continue_checks() -> list[dict]:
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for B, t, n, D in ((2, 4096, 1024, 768), (1, 300, 4100, 1024), (4, 1000, 37, 768)):
+            gen = torch.Generator(device="cuda").manual_seed(t + n)
+            q, k, f = (
+                torch.randn(B, t + n, D, device="cuda", generator=gen, dtype=torch.float64) for _ in range(3)
+            )
+            g = 0.9 * torch.tanh(torch.randn(B, t + n, 1, device="cuda", generator=gen, dtype=torch.float64))
+            mask = torch.rand(B, t + n, device="cuda", generator=gen) > 0.2
+            s_past = feedback_solve_ref(q[:, :t], k[:, :t], g[:, :t], f[:, :t], mask[:, :t])
+            exact = feedback_continue_ref(q[:, t:], k, g[:, t:], f[:, t:], s_past, key_mask=mask)
+            low = [x.to(dtype) for x in (q[:, t:], k, g[:, t:], f[:, t:], s_past)]
+            got = feedback_continue(*low, key_mask=mask).double()
+            own = max((feedback_continue_ref(*low, key_mask=mask).double() - exact).abs().max().item(),
+                      torch.finfo(dtype).eps)  # fmt: skip
+            ratio = (got - exact).abs().max().item() / own
+            rows.append({"check": "continue", "dtype": str(dtype), "B": B, "t": t, "n": n, "D": D,
+                         "ratio": ratio, "ok": ratio <= 4.0})  # fmt: skip
+    torch.manual_seed(0)
+    model = SessaForCausalLM(SessaConfig.from_preset("tiny", mixer="sessa")).cuda().eval()
+    ids = torch.randint(3, 200, (2, 600), device="cuda")
+    mask = torch.ones_like(ids)
+    mask[1, :7] = 0
+    with torch.inference_mode():
+        whole = model(ids, attention_mask=mask).logits
+        cache = model.model.new_cache(640)
+        model(ids[:, :256], attention_mask=mask[:, :256], cache=cache)
+        tail = model(ids[:, 256:], attention_mask=mask, cache=cache).logits
+    diff = (tail - whole[:, 256:]).abs().max().item()
+    rows.append({"check": "chunked prefill", "model": "sessa", "max_abs_diff": diff, "ok": diff <= 1e-4})
     return rows
 
 
 def graph_checks() -> list[dict]:
+    return [row for compiled in (False, True) for row in _graph_checks(compiled)]
+
+
+def _graph_checks(compiled: bool) -> list[dict]:
     rows = []
     for name in registry.model_names():
         torch.manual_seed(0)
@@ -66,7 +139,8 @@ def graph_checks() -> list[dict]:
         ids = torch.randint(3, 200, (2, 40), device="cuda")
         mask = torch.ones_like(ids)
         mask[1, :5] = 0
-        static, dynamic = model.model.new_static_cache(2, 64), model.model.new_cache(64)
+        static = model.model.new_static_cache(2, 64, compile=compiled)
+        dynamic = model.model.new_cache(64)
         worst = 0.0
         with torch.inference_mode():
             for cache in (static, dynamic):
@@ -83,6 +157,7 @@ def graph_checks() -> list[dict]:
             {
                 "check": "graph",
                 "model": name,
+                "compiled": compiled,
                 "max_abs_diff": worst,
                 "captured": captured,
                 "ok": worst <= 1e-4 and captured,
@@ -92,7 +167,12 @@ def graph_checks() -> list[dict]:
 
 
 def main() -> int:
-    rows = kernel_checks() + graph_checks()
+    rows = []
+    for check in (kernel_checks, continue_checks, graph_checks):
+        try:
+            rows += check()
+        except Exception as e:  # noqa: BLE001 - reported as a failed check, the others still run
+            rows.append({"check": check.__name__, "error": f"{type(e).__name__}: {e}"[:2000], "ok": False})
     for r in rows:
         print(json.dumps(r))
     record = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}

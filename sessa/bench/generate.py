@@ -10,11 +10,12 @@ random weights in ``dtype``, prompts of random tokens, the EOS token suppressed 
 ``peak_gib_per_seq``: the peak memory above the weights during the longer generate, per sequence (CUDA).
 
 Models: any of :func:`sessa.registry.model_names` at ``preset`` (parameter-matched to Sessa), the same with
-``-static`` (``cache_implementation="static"``: a :class:`~sessa.models.static_cache.StaticSessaCache`, whose
-one-token step is a CUDA graph), ``llama`` (``transformers.LlamaForCausalLM`` with Sessa's width and heads,
-depth and MLP chosen to match its parameter count; dynamic cache, eager) and ``llama-static`` (the same
-model with ``cache_implementation="static"``, whose decode step transformers compiles with
-``torch.compile``).
+``-static`` (``cache_implementation="static"``: a :class:`~sessa.models.static_cache.StaticSessaCache`,
+whose one-token step is a CUDA graph; ``disable_compile=True``), with ``-compiled`` (the same step compiled
+by ``torch.compile`` before the capture: a static cache's default on CUDA), ``llama``
+(``transformers.LlamaForCausalLM`` with Sessa's width and heads, depth and MLP chosen to match its parameter
+count; dynamic cache, eager) and ``llama-static`` (the same model with ``cache_implementation="static"``,
+whose decode step transformers compiles with ``torch.compile``).
 Medians over ``repeats`` timed runs, after one untimed run of the same generate (it compiles every kernel
 specialisation and graph the timed runs use).
 """
@@ -30,13 +31,15 @@ import torch
 from sessa.progress import Progress
 
 LLAMA_MODELS = ("llama", "llama-static")
-STATIC = "-static"  # suffix: generate with cache_implementation="static"
+STATIC = "-static"  # suffix: generate with cache_implementation="static", the step graph-captured eagerly
+COMPILED = "-compiled"  # suffix: the same, the step compiled with torch.compile before the capture
 
 
 def valid_models() -> list[str]:
     from sessa import registry
 
-    return [*(n + suffix for n in registry.model_names() for suffix in ("", STATIC)), *LLAMA_MODELS]
+    suffixes = ("", STATIC, COMPILED)
+    return [*(n + suffix for n in registry.model_names() for suffix in suffixes), *LLAMA_MODELS]
 
 
 VOCAB = 256 + 3  # byte vocabulary with pad/bos/eos, as the offline tasks use
@@ -79,7 +82,7 @@ def build(name: str, preset: str, max_len: int, device: torch.device, dtype: tor
         params = sum(p.numel() for p in SessaForCausalLM(target).parameters())
         model = LlamaForCausalLM(llama_like(params, target.d_model, target.n_heads, VOCAB, max_len))
     else:
-        base = name.removesuffix(STATIC)
+        base = name.removesuffix(STATIC).removesuffix(COMPILED)
         model = SessaForCausalLM(target if base == "sessa" else model_config(target, base))
     return model.to(device=device, dtype=dtype).eval()
 
@@ -107,8 +110,10 @@ def measure(
     device = next(model.parameters()).device
     prompt = torch.randint(3, VOCAB, (batch, context), device=device)
     options: dict[str, Any] = dict(do_sample=False, pad_token_id=0, attention_mask=torch.ones_like(prompt))
-    if name.endswith(STATIC):
+    if name.endswith((STATIC, COMPILED)):
         options["cache_implementation"] = "static"
+        if name not in LLAMA_MODELS:
+            options["disable_compile"] = not name.endswith(COMPILED)
     n = new_tokens + 1
 
     def generate(clock: _StepClock | None = None) -> torch.Tensor:
@@ -162,6 +167,9 @@ def run_generate_bench(
     if log_rows:
         progress.write(HEADER)
     for name in cfg.models:
+        # Compiled steps (ours and llama-static) compile once per batch and cache size; dynamo allows a few
+        # recompilations of one function, so each model starts from an empty compile cache.
+        torch._dynamo.reset()
         model = build(name, preset, max_len, device, dtype)
         params = sum(p.numel() for p in model.parameters())
         for context, batch in cases:

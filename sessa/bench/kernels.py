@@ -230,9 +230,10 @@ class BenchConfig:
     repeats: int = 5  # timed runs (median)
     out: str | None = None  # write the JSON results here
     generate: bool = False  # time generate() instead of the kernels: prefill and decode of models vs HF Llama
-    models: list[str] = field(  # --generate: "-static" = generate(cache_implementation="static")
+    models: list[str] = field(  # --generate: "-static": static cache, graphed; "-compiled": also compiled
         default_factory=lambda: [
-            *("sessa", "sessa-static", "attention", "attention-static", "mamba2", "mamba2-static"),
+            *("sessa", "sessa-static", "sessa-compiled", "attention", "attention-compiled"),
+            *("mamba2", "mamba2-compiled"),
             *("llama", "llama-static"),
         ]
     )

@@ -53,6 +53,7 @@ class GenerateConfig:
     seed: int = 0  # sampling seed
     device: str = "auto"  # auto, cpu, cuda, ...
     static_cache: bool = False  # a fixed-size cache whose one-token step is a CUDA graph (fastest on CUDA)
+    compile: bool = True  # with --static-cache on CUDA: torch.compile the step before capturing it
 
     def __post_init__(self) -> None:
         if not self.prompt:
@@ -220,6 +221,7 @@ def run_generate(args: argparse.Namespace) -> int:
         streamer=TextStreamer(tokenizer, skip_prompt=False),
         pad_token_id=tokenizer.pad_token_id,
         cache_implementation="static" if cfg.static_cache else None,
+        disable_compile=not cfg.compile,
     )
     sys.stdout.flush()
     return 0

@@ -148,10 +148,12 @@ class SessaModel(SessaPreTrainedModel):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         graphs: bool = True,
+        compile: bool = False,
     ) -> StaticSessaCache:
         """A fixed-size cache for ``batch_size`` rows and ``max_len`` tokens whose one-token step is captured
-        as a CUDA graph on CUDA (:class:`~sessa.models.static_cache.StaticSessaCache`). Device and dtype
-        default to the embedding's."""
+        as a CUDA graph on CUDA, after ``torch.compile`` with ``compile=True``
+        (:class:`~sessa.models.static_cache.StaticSessaCache`). Device and dtype default to the
+        embedding's."""
         weight = self.embed_tokens.weight
         return StaticSessaCache(
             self.layers,
@@ -160,6 +162,7 @@ class SessaModel(SessaPreTrainedModel):
             weight.device if device is None else device,
             weight.dtype if dtype is None else dtype,
             graphs=graphs,
+            compile=compile,
         )
 
     def forward(
@@ -310,13 +313,17 @@ class SessaForCausalLM(SessaPreTrainedModel, GenerationMixin):
         turned caching off): sized for the whole generation up to ``max_position_embeddings`` tokens, and
         grown (doubling) as tokens come beyond that, so a huge ``max_new_tokens`` allocates as it goes.
         ``cache_implementation="static"``: a :class:`StaticSessaCache` for exactly this batch and length,
-        whose one-token step is replayed as a CUDA graph."""
+        whose one-token step is replayed as a CUDA graph; on CUDA the step is compiled first (transformers'
+        convention for static caches) unless ``disable_compile=True``."""
         if generation_config.cache_implementation == "static":
             if generation_config.use_cache and model_kwargs.get("cache") is None:
                 rows = batch_size * max(
                     generation_config.num_beams or 1, generation_config.num_return_sequences or 1
                 )
-                model_kwargs["cache"] = self.model.new_static_cache(rows, int(max_cache_length))
+                compile_step = self.device.type == "cuda" and not generation_config.disable_compile
+                model_kwargs["cache"] = self.model.new_static_cache(
+                    rows, int(max_cache_length), compile=compile_step
+                )
             return
         super()._prepare_cache_for_generation(
             generation_config, model_kwargs, generation_mode, batch_size, max_cache_length

@@ -29,7 +29,9 @@ class StaticSessaCache(SessaCache):
     """States of ``layers`` for exactly ``batch_size`` rows and up to ``max_len`` tokens (no growth).
 
     ``graphs``: capture the one-token step as a CUDA graph (CUDA only, not under autocast); with False, or
-    on CPU, the same fixed-shape step runs eagerly.
+    on CPU, the same fixed-shape step runs eagerly. ``compile``: compile the one-token step with
+    ``torch.compile`` first (inductor fuses its elementwise work; the Triton decode kernels stay opaque
+    custom ops), then capture that; the first token pays the compilation.
     """
 
     is_compileable = False  # the step is graph-captured here, not by torch.compile
@@ -42,6 +44,7 @@ class StaticSessaCache(SessaCache):
         device: torch.device | str,
         dtype: torch.dtype,
         graphs: bool = True,
+        compile: bool = False,
     ) -> None:
         super().__init__(layers, max_len)
         check_int("batch_size", batch_size)
@@ -60,6 +63,7 @@ class StaticSessaCache(SessaCache):
         self.mask = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)
         self.pos = torch.zeros((), dtype=torch.long, device=device)
         self.graphs = bool(graphs) and self.device.type == "cuda"
+        self.compiled = bool(compile)
         self._graph: Any = None
         self._warm = False
         self._io: dict[str, torch.Tensor] = {}
@@ -110,13 +114,14 @@ class StaticSessaCache(SessaCache):
             if attention_mask is None
             else (attention_mask[:, -1:] != 0).to(self.device)
         )
+        step = _compiled_step() if self.compiled else _step
         if not self.graphs or torch.is_autocast_enabled():
-            out = self._body(model, h, col)
+            out = step(self, model, h, col)
         elif not self._warm:  # the first token: eagerly on a side stream (kernel compilation, library setup)
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
-                out = self._body(model, h, col)
+                out = step(self, model, h, col)
             torch.cuda.current_stream(self.device).wait_stream(side)
             self._warm = True
         else:
@@ -124,7 +129,7 @@ class StaticSessaCache(SessaCache):
                 self._io = {"h": h.clone(), "col": col.clone()}
                 self._graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(self._graph):
-                    self._io["out"] = self._body(model, self._io["h"], self._io["col"])
+                    self._io["out"] = step(self, model, self._io["h"], self._io["col"])
             self._io["h"].copy_(h)
             self._io["col"].copy_(col)
             self._graph.replay()
@@ -132,13 +137,6 @@ class StaticSessaCache(SessaCache):
         for state in self.states:
             state["t"] += 1
         return out
-
-    def _body(self, model: nn.Module, h: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
-        self.mask.index_copy_(1, self.pos.reshape(1), col)
-        for layer, state in zip(model.layers, self.states, strict=True):
-            h = layer.step_static(h, state, self.pos, self.mask)
-        self.pos.add_(1)
-        return model.norm(h)
 
     # -- batch operations keep the buffers (a captured graph reads them) -------------------------------
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
@@ -156,5 +154,28 @@ class StaticSessaCache(SessaCache):
     def __repr__(self) -> str:
         return (
             f"StaticSessaCache(layers={len(self.layers)}, batch_size={self.batch_size}, "
-            f"max_len={self.max_len}, seen={self.get_seq_length()}, graphs={self.graphs})"
+            f"max_len={self.max_len}, seen={self.get_seq_length()}, graphs={self.graphs}, "
+            f"compiled={self.compiled})"
         )
+
+
+def _step(cache: StaticSessaCache, model: nn.Module, h: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+    """The fixed-shape one-token step: the new mask column, every block's ``step_static``, ``pos += 1``,
+    the final norm. A module-level function (not a method kept on the cache: that would be a reference
+    cycle holding a finished cache's buffers until the garbage collector runs)."""
+    cache.mask.index_copy_(1, cache.pos.reshape(1), col)
+    for layer, state in zip(model.layers, cache.states, strict=True):
+        h = layer.step_static(h, state, cache.pos, cache.mask)
+    cache.pos.add_(1)
+    return model.norm(h)
+
+
+_COMPILED: list = []
+
+
+def _compiled_step() -> Any:
+    """:func:`_step` through ``torch.compile`` (made once; it compiles once per batch size, cache size and
+    dtype, and every cache of the same shapes reuses that)."""
+    if not _COMPILED:
+        _COMPILED.append(torch.compile(_step, dynamic=False))
+    return _COMPILED[0]

@@ -6,12 +6,31 @@ Hkv key/value heads (GQA: head h reads kv head h // (H / Hkv)), hd head width.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 
+import sessa.ops.decode_ops  # noqa: F401  (registers torch.ops.sessa.*, called while compiling)
+
 BACKENDS = ("sdpa", "reference")  # the valid ``backend`` values of causal_attention (and of the mixers)
+TRITON_DECODE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+TRITON_DECODE_MAX_WIDTH = 2048  # a decode program keeps one value row of this width in registers
+_HAS_TRITON = importlib.util.find_spec("triton") is not None  # looked up once: decoding asks per layer
+
+
+def triton_decode_usable(*tensors: torch.Tensor) -> bool:
+    """Whether the split-context Triton decode kernels (:mod:`sessa.ops.triton_decode`) take a one-query
+    step on these tensors (the first one is the cache): CUDA, float32 / bfloat16 / float16, a row width of
+    at most 2048, no gradient wanted (the kernels are forward only), and ``SESSA_TRITON_DECODE`` not "0"."""
+    x = tensors[0]
+    if not (x.is_cuda and _HAS_TRITON) or x.dtype not in TRITON_DECODE_DTYPES:
+        return False
+    if x.shape[-1] > TRITON_DECODE_MAX_WIDTH or os.environ.get("SESSA_TRITON_DECODE", "1") == "0":
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
 def sdpa_without_cudnn(
@@ -165,6 +184,8 @@ def causal_attention(
         vt = vt.repeat_interleave(H // Hkv, dim=1)
     if key_mask is None and T == S and not every_key:
         return F.scaled_dot_product_attention(qt, kt, vt, is_causal=True).transpose(1, 2)
+    if T == 1 and triton_decode_usable(k, q, v) and k.stride(-1) == 1 and v.stride(-1) == 1:
+        return decode_attention(q, k, v, S, key_mask)  # one query reads every key (S - 1 + 1 of them)
     # Queries continuing a cache (T < S: decoding, chunked prefill): the key length changes every call, and
     # cuDNN's attention builds a new plan per length (~3.6 ms of host time per call on an H200), so it is
     # left out. One query with no padding reads every key: no mask, which lets the flash kernel run.
@@ -194,6 +215,53 @@ def attend_static(
     index = pos.reshape(1)
     k_cache.index_copy_(1, index, k.to(k_cache.dtype))
     v_cache.index_copy_(1, index, v.to(v_cache.dtype))
-    readable = (torch.arange(mask.shape[1], device=mask.device) <= pos) & mask
     keys, values = k_cache.to(q.dtype), v_cache.to(q.dtype)
+    if backend == "sdpa" and triton_decode_usable(keys, q, values):
+        return decode_attention(q, keys, values, pos + 1, mask)
+    readable = (torch.arange(mask.shape[1], device=mask.device) <= pos) & mask
     return causal_attention(q, keys, values, key_mask=readable, backend=backend, every_key=True)
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    length: int | torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One query per row, q (B, 1, H, hd), over caches k_cache, v_cache (B, L, Hkv, hd): row b reads the
+    positions j < length (an int, or a 0-d / (B,) integer tensor on the device: no launch depends on it)
+    that key_mask (B, L) allows; a row with none reads zeros. The split-context Triton kernels on CUDA
+    (:func:`triton_decode_usable`), else :func:`decode_attention_ref`. Returns (B, 1, H, hd)."""
+    _check_qkv(q, k_cache, v_cache)
+    if q.shape[1] != 1:
+        raise ValueError(f"decode_attention takes one query per row, got q {tuple(q.shape)}")
+    B, L = k_cache.shape[:2]
+    if key_mask is not None and (key_mask.shape != (B, L) or key_mask.dtype != torch.bool):
+        raise ValueError(f"key_mask must be a bool tensor of shape {(B, L)}, got {key_mask.dtype} "
+                         f"{tuple(key_mask.shape)}")  # fmt: skip
+    if not isinstance(length, torch.Tensor):
+        length = torch.full((B,), int(length), dtype=torch.int32, device=q.device)
+    if triton_decode_usable(k_cache, q, v_cache) and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1:
+        if torch.compiler.is_compiling():  # an opaque op for torch.compile (see sessa.ops.decode_ops)
+            return torch.ops.sessa.decode_attention(q, k_cache, v_cache, length, key_mask)
+        from sessa.ops.triton_decode import decode_attention_triton
+
+        return decode_attention_triton(q, k_cache, v_cache, length, key_mask)
+    return decode_attention_ref(q, k_cache, v_cache, length, key_mask)
+
+
+def decode_attention_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    length: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`decode_attention` from the equations: :func:`causal_attention_ref` over the whole cache with the
+    positions j >= length masked."""
+    B, L = k_cache.shape[:2]
+    readable = torch.arange(L, device=q.device)[None, :] < length.reshape(-1, 1)
+    if key_mask is not None:
+        readable = readable & key_mask
+    return causal_attention_ref(q, k_cache, v_cache, readable.expand(B, L), every_key=True)

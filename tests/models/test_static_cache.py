@@ -95,3 +95,46 @@ def test_a_mixer_without_step_static_is_refused_clearly():
 
     with pytest.raises(TypeError, match="Plain has no step_static"):
         StaticSessaCache([Plain()], 8, 1, "cpu", torch.float32)
+
+
+def test_a_compiled_static_step_equals_the_eager_one():
+    """``compile=True`` runs the one-token step through torch.compile (inductor on CPU here): same logits as
+    the eager fixed-shape step, with no recompilation from one position to the next, and a second cache
+    reuses the compiled step on its own buffers."""
+    torch.manual_seed(0)
+    model = SessaForCausalLM(SessaConfig.from_preset("tiny", mixer="sessa")).eval()
+    torch._dynamo.reset()
+    for _ in range(2):
+        ids, mask = _prompt()
+        compiled = model.model.new_static_cache(2, 16, compile=True)
+        eager = model.model.new_static_cache(2, 16)
+        assert "compiled=True" in repr(compiled)
+        with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
+            model(ids, attention_mask=mask, cache=compiled), model(ids, attention_mask=mask, cache=eager)
+            gen = torch.Generator().manual_seed(2)
+            for step in range(4):
+                token = torch.randint(3, 200, (2, 1), generator=gen)
+                mask = torch.cat([mask, torch.tensor([[1], [0 if step == 1 else 1]])], dim=1)
+                a = model(token, attention_mask=mask, cache=compiled).logits
+                b = model(token, attention_mask=mask, cache=eager).logits
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("compile_step", [False, True])
+def test_a_finished_static_cache_is_freed_without_the_garbage_collector(compile_step):
+    """No reference cycle keeps a static cache (and its buffers) alive after its last use."""
+    import gc
+    import weakref
+
+    model, (ids, mask) = _model("sessa"), _prompt()
+    cache = model.model.new_static_cache(2, 16, compile=compile_step)
+    with torch.no_grad():
+        model(ids, attention_mask=mask, cache=cache)
+        model(ids[:, :1], attention_mask=torch.cat([mask, mask[:, :1]], 1), cache=cache)
+    ref = weakref.ref(cache)
+    gc.disable()
+    try:
+        del cache
+        assert ref() is None
+    finally:
+        gc.enable()

@@ -105,18 +105,23 @@ def _launch(kernel, consts: dict, args: tuple) -> Launch:
     positional = [n for n in names if n not in consts]
     assert len(positional) == len(args), f"{kernel.__name__}: {len(args)} arguments for {positional}"
     values = dict(zip(positional, args, strict=True))
+    plain = {p.name for p in kernel.params if p.do_not_specialize}  # ints Triton passes unspecialised
     signature, ones, aligned = [], [], []
     for i, name in enumerate(names):
         kind, div16 = ("constexpr", False) if name in consts else _arg_type(values[name])
+        if name in plain and kind == "constexpr":
+            kind = "i32"
         signature.append((name, kind))
         if kind == "constexpr" and name not in consts:
             ones.append(name)
-        elif div16:
+        elif div16 and name not in plain:
             aligned.append(i)
     constexprs = tuple((n, consts[n]) for n in names if n in consts)
     options = tuple(sorted((k, v) for k, v in consts.items() if k not in names))
-    return Launch(kernel.fn.__module__, kernel.__name__, tuple(signature), constexprs, tuple(ones),
-                  tuple(aligned), options)
+    module = importlib.import_module(kernel.fn.__module__)  # one function may back several JIT objects
+    attr = next((n for n, obj in vars(module).items() if obj is kernel), kernel.__name__)
+    return Launch(kernel.fn.__module__, attr, tuple(signature), constexprs, tuple(ones), tuple(aligned),
+                  options)
 
 
 def record_launches(dtype: str, B: int, T: int, D: int, mask: bool, chunk_size: int | None,

@@ -11,13 +11,12 @@ and :func:`feedback_continue_ref` (the equations, dense). Both are differentiabl
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 
 import torch
 
-from sessa.ops.attention import sdpa_without_cudnn
+from sessa.ops.attention import sdpa_without_cudnn, triton_decode_usable
 from sessa.ops.feedback.chunked import DEFAULT_CHUNK, forward_rows
 from sessa.ops.precision import work_dtype
 
@@ -54,34 +53,30 @@ def feedback_continue(
     s_past: torch.Tensor,
     key_mask: torch.Tensor | None = None,
     chunk_size: int = DEFAULT_CHUNK,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """s of the n new tokens (B, n, D), in f_new's dtype, given the t cached outputs s_past (shapes: module
-    docstring). Blocked like the chunked solve (chunk_size rows at a time); meant for short n."""
+    docstring). ``backend="auto"``: on CUDA with Triton, n > 1 new tokens after a non-empty cache go through
+    :func:`feedback_continue_split` with the Triton solve of the new block; otherwise (and with "chunked")
+    the rows are blocked like the chunked solve (chunk_size rows at a time), which suits short n and the CPU.
+    One new token is always one attention-like pass over the cache."""
     gamma_new = _check(q_new, k_all, gamma_new, f_new, s_past, key_mask)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if backend not in ("auto", "chunked"):
+        raise ValueError(f"backend must be 'auto' or 'chunked', got {backend!r}")
     B, n, D = f_new.shape
     t = s_past.shape[1]
     if n == 1:
         return _one_row(
             q_new, k_all[:, :t], gamma_new, f_new, s_past, None if key_mask is None else key_mask[:, :t]
         )
+    if backend == "auto" and t > 0 and f_new.is_cuda and _triton_solve_available(f_new.dtype):
+        return feedback_continue_split(q_new, k_all, gamma_new, f_new, s_past, key_mask, backend="triton")
     work = work_dtype(f_new.dtype)
     s = torch.cat([s_past.to(work), f_new.new_zeros(B, n, D, dtype=work)], 1)
     forward_rows(q_new, k_all, gamma_new, f_new, s, t, chunk_size, key_mask)
     return s[:, t:].to(f_new.dtype)
-
-
-TRITON_MAX_D = 2048  # the decode kernel keeps a row of width D (and 8 keys of it) per program
-
-
-_HAS_TRITON = importlib.util.find_spec("triton") is not None  # looked up once: decoding calls this per layer
-
-
-def _use_triton(x: torch.Tensor) -> bool:
-    if not x.is_cuda or x.shape[-1] > TRITON_MAX_D or os.environ.get("SESSA_TRITON_DECODE", "1") == "0":
-        return False
-    return _HAS_TRITON
 
 
 def feedback_decode(
@@ -98,8 +93,8 @@ def feedback_decode(
     q_new, f_new: (B, 1, D); gamma_new: (B, 1, 1); k_cache, s_cache: (B, L, D) (positions >= length are
     ignored); length: int, or a 0-d / (B,) integer tensor on the caches' device (a graph-captured step passes
     its position tensor); key_mask: (B, L) bool or None. On CUDA the split-context Triton kernels
-    (:mod:`sessa.ops.feedback.triton_decode`) run, elsewhere :func:`feedback_decode_ref`. Returns (B, 1, D)
-    in f_new's dtype; forward only."""
+    (:mod:`sessa.ops.triton_decode`) run (forward only), elsewhere, or when a gradient is needed,
+    :func:`feedback_decode_ref`. Returns (B, 1, D) in f_new's dtype."""
     B, L, D = k_cache.shape
     if f_new.shape != (B, 1, D) or q_new.shape != f_new.shape or s_cache.shape != k_cache.shape:
         raise ValueError(
@@ -109,12 +104,15 @@ def feedback_decode(
         )
     if not isinstance(length, torch.Tensor):
         length = torch.full((B,), int(length), dtype=torch.int32, device=k_cache.device)
-    if _use_triton(k_cache) and k_cache.stride(-1) == 1 and s_cache.stride(-1) == 1:
-        from sessa.ops.feedback.triton_decode import feedback_decode_triton
+    usable = triton_decode_usable(q_new, k_cache, gamma_new, f_new, s_cache)
+    if usable and k_cache.stride(-1) == 1 and s_cache.stride(-1) == 1:
+        gamma_new = gamma_new.reshape(B, 1, 1)
+        if torch.compiler.is_compiling():  # an opaque op for torch.compile (see sessa.ops.decode_ops)
+            op = torch.ops.sessa.feedback_decode
+            return op(q_new, k_cache, gamma_new, f_new, s_cache, length, key_mask)
+        from sessa.ops.triton_decode import feedback_decode_triton
 
-        return feedback_decode_triton(
-            q_new, k_cache, gamma_new.reshape(B, 1, 1), f_new, s_cache, length, key_mask
-        )
+        return feedback_decode_triton(q_new, k_cache, gamma_new, f_new, s_cache, length, key_mask)
     return feedback_decode_ref(q_new, k_cache, gamma_new, f_new, s_cache, length, key_mask)
 
 
@@ -148,7 +146,7 @@ def _one_row(q_new, k_past, gamma_new, f_new, s_past, past_mask) -> torch.Tensor
     t = s_past.shape[1]
     if t == 0:
         return f_new.clone()
-    if _use_triton(k_past):
+    if triton_decode_usable(q_new, k_past, gamma_new, f_new, s_past):
         return feedback_decode(q_new, k_past, gamma_new, f_new, s_past, t, past_mask)
     q = q_new[:, None]
     k, v = k_past.to(q.dtype)[:, None], s_past.to(q.dtype)[:, None]
@@ -158,6 +156,79 @@ def _one_row(q_new, k_past, gamma_new, f_new, s_past, past_mask) -> torch.Tensor
         read = read.masked_fill(~past_mask.any(-1)[:, None, None], 0.0)
     work = work_dtype(f_new.dtype)
     return (f_new.to(work) + gamma_new.to(work) * read.to(work)).to(f_new.dtype)
+
+
+def _triton_solver():  # noqa: ANN202
+    from sessa.ops.feedback import _triton_solver
+
+    return _triton_solver()
+
+
+def _triton_solve_available(dtype: torch.dtype) -> bool:
+    from sessa.ops.feedback import TRITON_DTYPES
+
+    return dtype in TRITON_DTYPES and _triton_solver() is not None
+
+
+PAST_TILE = 2**26  # logits (batch x rows x keys, float32) of one block of rows of the past product
+
+
+def feedback_continue_split(
+    q_new: torch.Tensor,
+    k_all: torch.Tensor,
+    gamma_new: torch.Tensor,
+    f_new: torch.Tensor,
+    s_past: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """:func:`feedback_continue` as one product with the past and one solve of the new block.
+
+    With x_ij the logits of new row i (position t + i), lse_i the log-sum-exp over all its readable keys,
+    lse_p,i over the past ones (j < t) and lse_n,i over the earlier new ones (t <= j < t + i):
+
+        s_new = f' + gamma' * softmax_new(q_new k_new^T) s_new,   softmax over the new block alone, with
+        gamma'_i = gamma_i exp(lse_n,i - lse_i)                    (the new keys' share of row i's mass)
+        f'_i = f_i + gamma_i exp(lse_p,i - lse_i) softmax_past(x_i) s_past
+
+    so the new rows are an ordinary feedback solve (:func:`sessa.ops.feedback.feedback_solve` with
+    ``backend``; "triton" on CUDA) of the block with modified gains and right-hand side. The past product is
+    one batched float32 matmul per block of rows (no sequential dependency). Shapes and result as
+    :func:`feedback_continue`; differentiable (the solve's backward and plain autograd)."""
+    from sessa.ops.feedback import feedback_solve
+
+    gamma_new = _check(q_new, k_all, gamma_new, f_new, s_past, key_mask)
+    B, n, D = f_new.shape
+    t = s_past.shape[1]
+    work = work_dtype(f_new.dtype)
+    mask = (
+        torch.ones(B, t + n, dtype=torch.bool, device=f_new.device) if key_mask is None else key_mask
+    )
+    causal = torch.arange(n, device=f_new.device)
+    rows = max(1, PAST_TILE // max(1, B * (t + n)))
+    lse_p, lse_n, read = [], [], []
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        x = torch.matmul(q_new[:, r0:r1].to(work), k_all[:, : t + r1].to(work).transpose(1, 2)) / math.sqrt(D)
+        past = x[:, :, :t].masked_fill(~mask[:, None, :t], float("-inf"))
+        strict = causal[None, :r1] < causal[r0:r1, None]  # new key j before new row i
+        new = x[:, :, t:].masked_fill(~(strict[None] & mask[:, None, t : t + r1]), float("-inf"))
+        lse_p.append(torch.logsumexp(past, -1))
+        lse_n.append(torch.logsumexp(new, -1))
+        probs = torch.exp(past - torch.where(torch.isinf(lse_p[-1]), 0.0, lse_p[-1])[..., None])
+        read.append(torch.matmul(probs, s_past.to(work)))
+    lse_p, lse_n, read = torch.cat(lse_p, 1), torch.cat(lse_n, 1), torch.cat(read, 1)
+    lse = torch.logaddexp(lse_p, lse_n)
+    safe = torch.where(torch.isinf(lse), 0.0, lse)  # a row with no readable key: both shares 0
+    share_new, share_past = torch.exp(lse_n - safe)[..., None], torch.exp(lse_p - safe)[..., None]
+    g = gamma_new.to(work)
+    f_block = f_new.to(work) + g * share_past * read
+    g_block = g * share_new
+    dt = f_new.dtype
+    block = (q_new, k_all[:, t:].to(dt), g_block.to(dt), f_block.to(dt))
+    if backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1":  # CPU tensors in the interpreter
+        return _triton_solver()(*block, key_mask=mask[:, t:]).to(dt)
+    return feedback_solve(*block, backend=backend, key_mask=mask[:, t:]).to(dt)
 
 
 def feedback_continue_ref(

@@ -1,0 +1,225 @@
+"""The split-context Triton decode kernels (one new query per row: the feedback row and the forward branch's
+multi-head attention) and the Triton continuation of a cache by several tokens against their references, and
+the decode kernels' sm_90 compile check (the continuation runs the solve's kernels, checked in
+test_triton_compile.py).
+
+The interpreter checks run in a child process with TRITON_INTERPRET=1 (Triton reads it when first imported;
+see test_feedback_triton.py): this file, run as a script, prints the largest error per case as JSON.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+# (B, capacity L, D, lengths per row, key mask, dtype): a row with no key, one key, a full cache; widths
+# that are not powers of two; a cache long enough for many splits (ragged last split)
+CASES = [
+    (2, 1, 16, [0, 1], False, "float32"),
+    (2, 70, 24, [0, 70], True, "float32"),
+    (3, 200, 40, [1, 137, 200], True, "float32"),
+    (2, 9000, 16, [8999, 4097], True, "float32"),
+    (2, 130, 32, [129, 64], True, "bfloat16"),
+    (2, 130, 32, [129, 64], False, "float16"),
+]
+
+
+# attention: (B, capacity L, H, Hkv, hd, lengths per row, key mask, dtype): GQA, a row with no key, widths
+# that are not powers of two, many splits
+ATTENTION_CASES = [
+    (2, 1, 2, 2, 16, [0, 1], False, "float32"),
+    (2, 70, 4, 2, 24, [0, 70], True, "float32"),
+    (3, 300, 6, 2, 40, [1, 137, 300], True, "float32"),
+    (1, 9000, 2, 1, 64, [8999], False, "float32"),
+    (2, 130, 4, 1, 64, [129, 64], True, "bfloat16"),
+    (2, 130, 4, 4, 32, [129, 64], False, "float16"),
+    (1, 50, 3, 1, 300, [50], True, "float32"),  # too wide for all heads in one program: one per head
+]
+
+
+def _attention_cases() -> dict[str, float]:
+    from sessa.ops.attention import decode_attention_ref
+    from sessa.ops.triton_decode import decode_attention_triton
+
+    out = {}
+    for B, L, H, Hkv, hd, lens, masked, dtype in ATTENTION_CASES:
+        gen = torch.Generator().manual_seed(L + hd)
+        dt = getattr(torch, dtype)
+        q = torch.randn(B, 1, H, hd, generator=gen).to(dt)
+        k, v = (torch.randn(B, L, Hkv, hd, generator=gen).mul(2).to(dt) for _ in range(2))
+        mask = torch.rand(B, L, generator=gen) > 0.3 if masked else None
+        length = torch.tensor(lens, dtype=torch.int32)
+        got = decode_attention_triton(q, k, v, length, mask).double()
+        want = decode_attention_ref(q, k, v, length, mask).double()
+        exact = decode_attention_ref(q.double(), k.double(), v.double(), length, mask)
+        scale = max((want - exact).abs().max().item(), torch.finfo(dt).eps)
+        out[f"attention-{B}x{L}x{H}/{Hkv}x{hd}-{dtype}-{masked}"] = (got - exact).abs().max().item() / scale
+    return out
+
+
+# the continuation of a cache by n > 1 tokens through the Triton solve of the new block:
+# (B, cached t, new n, D, key mask, dtype)
+CONTINUE_CASES = [
+    (2, 37, 50, 16, True, "float32"),
+    (1, 5, 70, 24, False, "float32"),
+    (2, 20, 33, 32, True, "bfloat16"),
+]
+
+
+def _continue_cases() -> dict[str, float]:
+    from sessa.ops.feedback import feedback_solve_ref
+    from sessa.ops.feedback.decode import feedback_continue_ref, feedback_continue_split
+
+    out = {}
+    for B, t, n, D, masked, dtype in CONTINUE_CASES:
+        gen = torch.Generator().manual_seed(t + n)
+        dt = getattr(torch, dtype)
+        q, k, f = (torch.randn(B, t + n, D, generator=gen, dtype=torch.float64) for _ in range(3))
+        g = 0.9 * torch.tanh(torch.randn(B, t + n, 1, generator=gen, dtype=torch.float64))
+        mask = torch.rand(B, t + n, generator=gen) > 0.3 if masked else None
+        past_mask = None if mask is None else mask[:, :t]
+        s_past = feedback_solve_ref(q[:, :t], k[:, :t], g[:, :t], f[:, :t], past_mask)
+        exact = feedback_continue_ref(q[:, t:], k, g[:, t:], f[:, t:], s_past, key_mask=mask)
+        low = [x.to(dt) for x in (q[:, t:], k, g[:, t:], f[:, t:], s_past)]
+        got = feedback_continue_split(*low, key_mask=mask, backend="triton").double()
+        own = (feedback_continue_ref(*low, key_mask=mask).double() - exact).abs().max().item()
+        out[f"continue-{B}x{t}+{n}x{D}-{dtype}-{masked}"] = (got - exact).abs().max().item() / max(
+            own, torch.finfo(dt).eps
+        )
+    return out
+
+
+def _run_cases() -> dict[str, float]:
+    from sessa.ops.feedback.decode import feedback_decode_ref
+    from sessa.ops.triton_decode import feedback_decode_triton
+
+    out = {}
+    for B, L, D, lens, masked, dtype in CASES:
+        gen = torch.Generator().manual_seed(L + D)
+        dt = getattr(torch, dtype)
+        q, f = (torch.randn(B, 1, D, generator=gen).to(dt) for _ in range(2))
+        k, s = torch.randn(B, L, D, generator=gen).mul(2).to(dt), torch.randn(B, L, D, generator=gen).to(dt)
+        gamma = torch.rand(B, 1, 1, generator=gen).to(dt)
+        mask = torch.rand(B, L, generator=gen) > 0.3 if masked else None
+        length = torch.tensor(lens, dtype=torch.int32)
+        got = feedback_decode_triton(q, k, gamma, f, s, length, mask).double()
+        want = feedback_decode_ref(q, k, gamma, f, s, length, mask).double()
+        exact = feedback_decode_ref(*(x.double() for x in (q, k, gamma, f, s)), length, mask)
+        scale = max((want - exact).abs().max().item(), torch.finfo(dt).eps)
+        out[f"{B}x{L}x{D}-{dtype}-{masked}"] = (got - exact).abs().max().item() / scale
+    return {**out, **_attention_cases(), **_continue_cases()}
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_decode_kernels_match_the_reference_in_the_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ratios = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(ratios) == len(CASES) + len(ATTENTION_CASES) + len(CONTINUE_CASES)
+    # error vs float64 within a few times the reference's own error in the same precision
+    assert all(r <= 4.0 for r in ratios.values()), ratios
+
+
+def test_feedback_decode_on_cpu_is_the_reference_and_checks_shapes():
+    from sessa.ops.feedback.decode import feedback_continue_ref, feedback_decode, feedback_decode_ref
+
+    gen = torch.Generator().manual_seed(0)
+    B, L, D, t = 2, 12, 8, 7
+    q, f = torch.randn(B, 1, D, generator=gen, dtype=torch.float64), torch.randn(B, 1, D, dtype=torch.float64)
+    k, s = torch.randn(B, L, D, dtype=torch.float64), torch.randn(B, L, D, dtype=torch.float64)
+    gamma = torch.rand(B, 1, 1, dtype=torch.float64)
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[1, :3] = False
+    got = feedback_decode(q, k, gamma, f, s, torch.tensor(t), key_mask=mask)
+    assert torch.equal(got, feedback_decode_ref(q, k, gamma, f, s, torch.tensor(t), mask))
+    # the same row as the continuation of t cached tokens (k_all includes the new token's key)
+    want = feedback_continue_ref(q, k[:, : t + 1], gamma, f, s[:, :t], key_mask=mask[:, : t + 1])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="feedback_decode needs"):
+        feedback_decode(q, k, gamma, f, s[:, :5], t)
+
+
+def test_decode_attention_on_cpu_is_the_last_row_of_causal_attention():
+    from sessa.ops.attention import causal_attention, decode_attention
+
+    gen = torch.Generator().manual_seed(1)
+    B, L, H, Hkv, hd, t = 2, 10, 4, 2, 8, 7
+    q_all = torch.randn(B, t, H, hd, generator=gen, dtype=torch.float64)
+    k, v = (torch.randn(B, L, Hkv, hd, generator=gen, dtype=torch.float64) for _ in range(2))
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[1, :3] = False
+    want = causal_attention(q_all, k[:, :t], v[:, :t], key_mask=mask[:, :t])[:, -1:]
+    got = decode_attention(q_all[:, -1:], k, v, torch.tensor(t), mask)  # positions >= t are not read
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    per_row = decode_attention(q_all[:, -1:], k, v, torch.tensor([t, 3]), mask)
+    assert torch.equal(per_row[0], got[0]) and not per_row[1].isnan().any()
+    with pytest.raises(ValueError, match="one query per row"):
+        decode_attention(q_all[:, -2:], k, v, t)
+    with pytest.raises(ValueError, match="key_mask must be a bool tensor"):
+        decode_attention(q_all[:, -1:], k, v, t, mask[:, :5])
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="interpreted kernels do not compile")
+@pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_decode_kernels_compile_for_sm90(dtype):
+    from sessa.ops.triton_decode import launches
+    from tests.ops.test_triton_compile import _check_one, _launch
+
+    dt = getattr(torch, dtype)
+    found = []
+    # (B, L, H, Hkv, hd, masked, feedback epilogue): the feedback row (H = 1, the model width) and the
+    # forward branch's heads (125m and 350m presets, GQA)
+    for B, L, H, Hkv, hd, masked, feedback in (
+        (1, 1024, 1, 1, 768, False, True),
+        (8, 33000, 1, 1, 768, True, True),
+        (2, 100, 1, 1, 2048, True, True),
+        (1, 5, 1, 1, 64, False, True),
+        (1, 33000, 12, 12, 64, False, False),
+        (64, 2048, 16, 4, 64, True, False),
+        (2, 100, 8, 8, 128, True, False),
+        (1, 4096, 16, 16, 128, False, False),
+    ):
+        q, out = (torch.empty(B, H, hd, device="meta", dtype=dt) for _ in range(2))
+        k, v = (torch.empty(B, L, Hkv, hd, device="meta", dtype=dt) for _ in range(2))
+        mask = torch.empty(B, L, device="meta", dtype=torch.bool) if masked else None
+        length = torch.empty(B, device="meta", dtype=torch.int32)
+        f, gamma = (torch.empty(B, hd, device="meta", dtype=dt), torch.empty(B, device="meta", dtype=dt)) \
+            if feedback else (None, None)  # fmt: skip
+        for kernel, _grid, args, consts in launches(q, k, v, mask, length, out, f, gamma):
+            found.append(_check_one(_launch(kernel, consts, args)))
+    assert found and all(problem is None for problem in found), [p for p in found if p]
+
+
+def _check_custom_ops() -> None:
+    """torch.ops.sessa.decode_attention / feedback_decode (what a compiled step calls): torch.library's
+    opcheck (schema, fake tensor shapes, dispatch) and the same result as the direct call."""
+    import sessa.ops.decode_ops  # noqa: F401
+    from sessa.ops.triton_decode import decode_attention_triton, feedback_decode_triton
+
+    gen = torch.Generator().manual_seed(3)
+    B, L, D = 2, 40, 16
+    q, k, v = torch.randn(B, 1, 4, D, generator=gen), torch.randn(B, L, 2, D), torch.randn(B, L, 2, D)
+    length, mask = torch.tensor([40, 7], dtype=torch.int32), torch.rand(B, L, generator=gen) > 0.2
+    args = (q, k, v, length, mask)
+    torch.library.opcheck(torch.ops.sessa.decode_attention.default, args)
+    assert torch.equal(torch.ops.sessa.decode_attention(*args), decode_attention_triton(*args))
+    qf, f, gamma = torch.randn(B, 1, D), torch.randn(B, 1, D), torch.rand(B, 1, 1)
+    kb, s = torch.randn(B, L, D), torch.randn(B, L, D)
+    args = (qf, kb, gamma, f, s, length, None)
+    torch.library.opcheck(torch.ops.sessa.feedback_decode.default, args)
+    assert torch.equal(torch.ops.sessa.feedback_decode(*args), feedback_decode_triton(*args))
+
+
+if __name__ == "__main__":
+    _check_custom_ops()
+    print(json.dumps(_run_cases()))
