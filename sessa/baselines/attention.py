@@ -17,12 +17,9 @@ from sessa.ops.attention import (
     BACKENDS,
     apply_rope,
     attend_static,
-    cached_inv_freq,
     causal_attention,
-    positions_from,
-    rope_cos_sin,
+    rope_tables,
 )
-from sessa.ops.precision import work_dtype
 from sessa.validation import check_choice, check_int, check_positive_float
 
 
@@ -163,8 +160,6 @@ class AttentionMixer(nn.Module):
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
         if self.rope:
-            inv_freq = cached_inv_freq(self.head_dim, self.rope_base, work_dtype(q.dtype), x.device)
-            positions = positions_from(start, T, x.device)
-            cos, sin = rope_cos_sin(positions, inv_freq, q.dtype)
+            cos, sin = rope_tables(start, T, self.head_dim, self.rope_base, q.dtype, x.device)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return q, k, v

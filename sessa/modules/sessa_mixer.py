@@ -14,15 +14,13 @@ from sessa.ops import feedback as feedback_ops
 from sessa.ops.attention import (
     apply_rope,
     attend_static,
-    cached_inv_freq,
     causal_attention,
-    positions_from,
-    rope_cos_sin,
     rope_inv_freq,
+    rope_tables,
 )
 from sessa.ops.feedback import feedback_continue, feedback_solve
 from sessa.ops.feedback.decode import feedback_decode
-from sessa.ops.precision import work_dtype
+from sessa.ops.precision import cast
 from sessa.validation import check_choice, check_float, check_int
 
 # Buffers the original implementation keeps in its state dict; they hold no learned information.
@@ -122,9 +120,7 @@ class SessaMixer(nn.Module):
         k = self.k_proj(a).view(B, T, self.n_kv_heads, self.head_dim)
         v = self.v_proj(a).view(B, T, self.n_kv_heads, self.head_dim)
         if self.use_forward_rope:
-            positions = positions_from(start, T, a.device)
-            inv_freq = cached_inv_freq(self.head_dim, 10000.0, work_dtype(q.dtype), a.device)
-            cos, sin = rope_cos_sin(positions, inv_freq, q.dtype)
+            cos, sin = rope_tables(start, T, self.head_dim, 10000.0, q.dtype, a.device)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return q, k, v
 
@@ -213,13 +209,13 @@ class SessaMixer(nn.Module):
             raise ValueError(f"cache is full: {t} cached + {n} new tokens > max_len {capacity}")
         mask = _update_mask(cache, attention_mask, B, t, n, bar_a.device)
         q, k, v = self.qkv(bar_a, t)
-        cache["k_f"][:, t : t + n] = k.to(cache["k_f"].dtype)
-        cache["v_f"][:, t : t + n] = v.to(cache["v_f"].dtype)
-        keys, values = cache["k_f"][:, : t + n].to(q.dtype), cache["v_f"][:, : t + n].to(q.dtype)
+        cache["k_f"][:, t : t + n] = k  # setitem casts to the cache's dtype
+        cache["v_f"][:, t : t + n] = v
+        keys, values = cast(cache["k_f"][:, : t + n], q.dtype), cast(cache["v_f"][:, : t + n], q.dtype)
         f = self._attend(q, keys, values, mask)
         if self.use_feedback:
             q_b, k_b, gamma = self.feedback_inputs(bar_a)
-            cache["k_b"][:, t : t + n] = k_b.to(cache["k_b"].dtype)
+            cache["k_b"][:, t : t + n] = k_b
             if t == 0 and n > 1:  # a prompt into an empty cache: the parallel solve (Triton on CUDA)
                 f = feedback_solve(
                     q_b,
@@ -231,9 +227,9 @@ class SessaMixer(nn.Module):
                     key_mask=mask,
                 )
             else:
-                k_all = cache["k_b"][:, : t + n].to(k_b.dtype)
+                k_all = cast(cache["k_b"][:, : t + n], k_b.dtype)
                 f = feedback_continue(q_b, k_all, gamma, f, cache["s"][:, :t], key_mask=mask)
-            cache["s"][:, t : t + n] = f.to(cache["s"].dtype)
+            cache["s"][:, t : t + n] = f
         cache["t"] = t + n
         return f
 

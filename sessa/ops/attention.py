@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import sessa.ops.decode_ops  # noqa: F401  (registers torch.ops.sessa.*, called while compiling)
+from sessa.ops.precision import work_dtype
 
 BACKENDS = ("sdpa", "reference")  # the valid ``backend`` values of causal_attention (and of the mixers)
 TRITON_DECODE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -90,11 +91,43 @@ def rope_cos_sin(
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
+_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_TABLES_KEPT = 8
+
+
+def rope_tables(
+    start: int | torch.Tensor, T: int, head_dim: int, base: float, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin (1, T, 1, hd/2) in ``dtype`` for positions start .. start + T - 1 (:func:`rope_cos_sin` with
+    :func:`cached_inv_freq`, shaped for :func:`apply_rope`). For an int start the last few tables are kept:
+    every layer of a step asks for the same positions, so a decoding step computes them once instead of once
+    per layer (host time). A device-tensor start (a graph-captured step) and code being compiled always
+    compute them."""
+
+    def make() -> tuple[torch.Tensor, torch.Tensor]:
+        inv_freq = cached_inv_freq(head_dim, base, work_dtype(dtype), device)
+        cos, sin = rope_cos_sin(positions_from(start, T, device), inv_freq, dtype)
+        return cos[None, :, None, :], sin[None, :, None, :]
+
+    if isinstance(start, torch.Tensor) or torch.compiler.is_compiling():
+        return make()
+    # tables made under inference_mode cannot be saved for a backward: kept apart from the others
+    key = (start, T, head_dim, float(base), dtype, str(device), torch.is_inference_mode_enabled())
+    tables = _TABLES.get(key)
+    if tables is None:
+        if len(_TABLES) >= _TABLES_KEPT:
+            _TABLES.pop(next(iter(_TABLES), None), None)
+        tables = _TABLES[key] = make()
+    return tables
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (x[2i], x[2i+1]) of x: (B, T, H, hd) by cos/sin: (T, hd/2) or (B, T, hd/2)."""
+    """Rotate interleaved pairs (x[2i], x[2i+1]) of x: (B, T, H, hd) by cos/sin: (T, hd/2), (B, T, hd/2) or
+    already broadcastable as (B or 1, T, 1, hd/2) (:func:`rope_tables`)."""
     if cos.dim() == 2:
         cos, sin = cos[None], sin[None]
-    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    if cos.dim() == 3:
+        cos, sin = cos[:, :, None, :], sin[:, :, None, :]
     x_even, x_odd = x[..., 0::2], x[..., 1::2]
     out = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)
     return out.flatten(-2)

@@ -7,7 +7,7 @@ import torch
 from transformers import pipeline
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-from sessa.models import SessaByteTokenizer, SessaCache, SessaConfig
+from sessa.models import SessaByteTokenizer, SessaCache, SessaConfig, SessaForCausalLM
 from tests.helpers import rel_err
 from tests.models.common import MIXERS, left_pad, prompts, tiny_model
 
@@ -206,3 +206,16 @@ def test_generate_allocates_the_cache_as_it_goes(monkeypatch):
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=40, do_sample=False, min_new_tokens=40)
     assert out.shape == (1, 44) and sizes == [16]
+
+
+def test_training_after_generating_under_inference_mode():
+    """Decoding keeps RoPE tables between layers; ones made under inference_mode must not reach a later
+    training step at the same positions (inference tensors cannot be saved for backward)."""
+    torch.manual_seed(0)
+    model = SessaForCausalLM(SessaConfig.from_preset("tiny", mixer="sessa"))
+    ids = torch.randint(3, 200, (2, 12))
+    with torch.inference_mode():
+        model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    loss = model(ids, labels=ids).loss
+    loss.backward()
+    assert all(p.grad is not None for p in model.model.layers[0].parameters() if p.requires_grad)

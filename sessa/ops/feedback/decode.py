@@ -18,7 +18,7 @@ import torch
 
 from sessa.ops.attention import sdpa_without_cudnn, triton_decode_usable
 from sessa.ops.feedback.chunked import DEFAULT_CHUNK, forward_rows
-from sessa.ops.precision import work_dtype
+from sessa.ops.precision import cast, work_dtype
 
 
 def _check(q_new, k_all, gamma_new, f_new, s_past, key_mask) -> torch.Tensor:
@@ -149,13 +149,13 @@ def _one_row(q_new, k_past, gamma_new, f_new, s_past, past_mask) -> torch.Tensor
     if triton_decode_usable(q_new, k_past, gamma_new, f_new, s_past):
         return feedback_decode(q_new, k_past, gamma_new, f_new, s_past, t, past_mask)
     q = q_new[:, None]
-    k, v = k_past.to(q.dtype)[:, None], s_past.to(q.dtype)[:, None]
+    k, v = cast(k_past, q.dtype)[:, None], cast(s_past, q.dtype)[:, None]
     mask = None if past_mask is None else past_mask[:, None, None, :]
     read = sdpa_without_cudnn(q, k, v, attn_mask=mask)[:, 0]  # (B, 1, D)
     if past_mask is not None:  # a token with no readable key reads nothing (SDPA gives NaN there)
         read = read.masked_fill(~past_mask.any(-1)[:, None, None], 0.0)
     work = work_dtype(f_new.dtype)
-    return (f_new.to(work) + gamma_new.to(work) * read.to(work)).to(f_new.dtype)
+    return cast(cast(f_new, work) + cast(gamma_new, work) * cast(read, work), f_new.dtype)
 
 
 def _triton_solver():  # noqa: ANN202
