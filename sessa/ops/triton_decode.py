@@ -29,8 +29,6 @@ import torch
 import triton
 import triton.language as tl
 
-from sessa.ops.feedback.triton_launch import BoundKernel, Streams, on_device
-
 MAX_SPLITS = 128  # programs per (row, head) at most
 MIN_SPLIT = 64  # keys per program at least
 TARGET_PROGRAMS = 2048  # splits are chosen so that the launch has about this many programs
@@ -229,29 +227,12 @@ def _lengths(length: torch.Tensor, B: int) -> torch.Tensor:
     return length.to(torch.int32).reshape(-1).expand(B).contiguous()
 
 
-_BOUND: dict[tuple, BoundKernel] = {}
-
-
-def _bound(kernel, consts: dict, device: torch.device) -> BoundKernel:  # noqa: ANN001
-    """The kernel bound to its constexprs and the current stream (kept: a decoding step launches the same
-    few every token). Its launches skip Triton's JIT entry once seen (``triton_launch``: ~7 instead of
-    ~27 us of host time per launch, measured for the solve's kernels on an H100 host)."""
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (kernel, tuple(sorted(consts.items())), device, stream)
-    bound = _BOUND.get(key)
-    if bound is None:
-        if len(_BOUND) > 256:  # each captured CUDA graph brings its own stream
-            _BOUND.clear()
-        bound = _BOUND[key] = BoundKernel(kernel, Streams(device), **consts)
-    return bound
-
-
 def _run(q, k, v, key_mask, length, out, f=None, gamma=None) -> None:  # noqa: ANN001
     mask = key_mask if key_mask is None or key_mask.stride(-1) == 1 else key_mask.contiguous()
     other = q.is_cuda and q.device.index != torch.cuda.current_device()
-    with on_device(q) if other else contextlib.nullcontext():  # Triton launches on the current device
+    with torch.cuda.device(q.device) if other else contextlib.nullcontext():  # launches go to the current one
         for kernel, grid, args, consts in launches(q, k, v, mask, length, out, f, gamma):
-            _bound(kernel, consts, q.device)(grid, *args)
+            kernel[grid](*args, **consts)
 
 
 def decode_attention_triton(
