@@ -29,7 +29,7 @@ from sessa.baselines.common import (
     init_dt_bias,
 )
 from sessa.ops import ssd_fla
-from sessa.ops.precision import work_dtype
+from sessa.ops.precision import cast, work_dtype
 from sessa.ops.ssd import BACKENDS as SSD_BACKENDS
 from sessa.ops.ssd import segsum, ssd_chunked, ssd_minimal_ref, ssd_sequential_ref, ssd_step
 
@@ -58,10 +58,10 @@ class GatedRMSNorm(nn.Module):
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         work = work_dtype(z.dtype)
-        gated = y.to(work) * F.silu(z.to(work))
+        gated = cast(y, work) * F.silu(cast(z, work))
         groups = gated.reshape(*gated.shape[:-1], gated.shape[-1] // self.group_size, self.group_size)
         groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (groups.reshape(gated.shape) * self.weight.to(work)).to(z.dtype)
+        return cast(groups.reshape(gated.shape) * cast(self.weight, work), z.dtype)
 
 
 class Mamba2Mixer(RecurrentMixer):
@@ -160,10 +160,10 @@ class Mamba2Mixer(RecurrentMixer):
         xbc, conv_history = causal_conv(xbc, self.conv1d.weight, self.conv1d.bias, conv_history)
         xs, Bm, Cm = torch.split(F.silu(xbc), [self.d_inner] + [self.ngroups * self.d_state] * 2, dim=-1)
         work = work_dtype(x.dtype)
-        dt = F.softplus(dt.to(work) + self.dt_bias.to(work))
+        dt = F.softplus(cast(dt, work) + cast(self.dt_bias, work))
         if mask is not None:
             dt = dt.masked_fill(~mask[..., None], 0.0)
-        A = -torch.exp(self.A_log.to(work))
+        A = -torch.exp(cast(self.A_log, work))
         xs = xs.reshape(b, T, self.n_heads, self.headdim)
         Bm, Cm = (m.reshape(b, T, self.ngroups, self.d_state) for m in (Bm, Cm))
         backend = self.backend

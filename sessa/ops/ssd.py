@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sessa.ops.precision import work_dtype
+from sessa.ops.precision import cast, work_dtype
 from sessa.ops.state_passing import chain_chunk_states
 
 # The Mamba-2 mixer's scan backends: "chunked" (ssd_chunked), "reference" (ssd_sequential_ref), "fla"
@@ -227,11 +227,12 @@ def ssd_step(
     """
     h = x.shape[1]
     work = state.dtype
-    B, C = (m.to(work).repeat_interleave(h // m.shape[1], dim=1) for m in (B, C))
-    xw, dt = x.to(work), dt.to(work)
-    decay = torch.exp(dt * A.to(work))[..., None, None]
+    B, C = (cast(m, work) if m.shape[1] == h else cast(m, work).repeat_interleave(h // m.shape[1], dim=1)
+            for m in (B, C))  # fmt: skip
+    xw, dt = cast(x, work), cast(dt, work)
+    decay = torch.exp(dt * cast(A, work))[..., None, None]
     state = decay * state + (dt[..., None] * xw)[..., None] * B[:, :, None, :]
     y = (state * C[:, :, None, :]).sum(-1)
     if D is not None:
-        y = y + D.to(work)[:, None] * xw
-    return y.to(x.dtype), state
+        y = y + cast(D, work)[:, None] * xw
+    return cast(y, x.dtype), state

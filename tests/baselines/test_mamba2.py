@@ -158,3 +158,22 @@ def test_auto_backend_on_cpu_is_the_chunked_scan():
 def test_fla_backend_on_cpu_is_a_clear_error():
     with pytest.raises(ValueError, match="CUDA tensors only"):
         make_mixer(backend="fla")(randn(2, 5, 16))
+
+
+@pytest.mark.parametrize("K,bias", [(4, True), (4, False), (1, True)])
+def test_causal_conv_one_step_at_a_time_equals_the_whole_sequence(K, bias):
+    """The decoding form of the depthwise conv (one weighted sum per step) against conv1d on the sequence."""
+    from sessa.baselines.common import causal_conv
+
+    gen = torch.Generator().manual_seed(K)
+    x = torch.randn(2, 9, 5, generator=gen, dtype=torch.float64)
+    w = torch.randn(5, 1, K, generator=gen, dtype=torch.float64)
+    b = torch.randn(5, generator=gen, dtype=torch.float64) if bias else None
+    whole, last = causal_conv(x, w, b)
+    history, steps = None, []
+    for t in range(9):
+        y, history = causal_conv(x[:, t : t + 1], w, b, history)
+        steps.append(y)
+    torch.testing.assert_close(torch.cat(steps, 1), whole, rtol=0, atol=1e-12)
+    torch.testing.assert_close(history, last, rtol=0, atol=0)
+    assert history.shape == (2, 5, K - 1)
