@@ -59,8 +59,10 @@ def fla_available() -> bool:
 
 
 # fla-core 0.6 refuses its simple-GLA backward on Hopper (sm_90) with Triton >= 3.4 and < 3.7.1 ("produces
-# incorrect results", its issue #640) unless tilelang is installed: seen on an H200 with Triton 3.6.0,
-# 2026-12-01 (benchmarks/RESULTS.md). The forward runs; training fails at the first backward.
+# incorrect results", its issue #640): seen on an H200 with Triton 3.6.0, 2026-12-01 (benchmarks/RESULTS.md).
+# The forward runs; training fails at the first backward. Its other way out, a tilelang kernel, is taken only
+# when the chunk states have q's dtype: simple GLA keeps them in float32, so only float32 inputs (no bf16 or
+# fp16 autocast) can use it (fla/ops/common/backends/tilelang, fla-core 0.6.0).
 BAD_TRITON_ON_HOPPER = ((3, 4, 0), (3, 7, 1))
 
 
@@ -68,9 +70,14 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int("".join(ch for ch in part if ch.isdigit()) or 0) for part in text.split(".")[:3])
 
 
-def fla_blocker(device: torch.device, triton_version: str | None = None, tilelang: bool | None = None) -> str:
-    """Why fla's kernels cannot train on ``device`` here ("" when they can): the Triton range fla-core
-    refuses on Hopper without tilelang."""
+def fla_blocker(
+    device: torch.device,
+    triton_version: str | None = None,
+    tilelang: bool | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+) -> str:
+    """Why fla's kernels cannot train ``dtype`` inputs on ``device`` here ("" when they can): the Triton
+    range fla-core refuses on Hopper, unless tilelang is installed and the inputs are float32."""
     import importlib.util
 
     if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] != 9:
@@ -79,13 +86,18 @@ def fla_blocker(device: torch.device, triton_version: str | None = None, tilelan
         import triton
 
         triton_version = triton.__version__
-    if tilelang is None:
-        tilelang = importlib.util.find_spec("tilelang") is not None
     low, high = BAD_TRITON_ON_HOPPER
-    if low <= _version(triton_version) < high and not tilelang:
+    if not low <= _version(triton_version) < high:
+        return ""
+    if dtype == torch.float32:
+        if tilelang is None:
+            tilelang = importlib.util.find_spec("tilelang") is not None
+        if tilelang:
+            return ""
         return (f"fla-core's simple-GLA backward refuses Triton {triton_version} on Hopper GPUs (it needs "
-                "Triton >= 3.7.1, or tilelang installed: pip install tilelang)")
-    return ""
+                "Triton >= 3.7.1, or for float32 inputs tilelang: pip install tilelang)")  # fmt: skip
+    return (f"fla-core's simple-GLA backward refuses Triton {triton_version} on Hopper GPUs for {dtype} "
+            "inputs (it needs Triton >= 3.7.1; its tilelang fallback takes float32 inputs only)")  # fmt: skip
 
 
 def fla_usable(x: torch.Tensor) -> bool:
@@ -99,7 +111,7 @@ def fla_usable(x: torch.Tensor) -> bool:
     if not fla_available():
         _warn_no_fla(f"fla-core is not importable ({_import_chunk_simple_gla()[1]})")
         return False
-    blocker = fla_blocker(x.device)
+    blocker = fla_blocker(x.device, dtype=x.dtype)
     if blocker:
         _warn_no_fla(blocker)
         return False
@@ -190,7 +202,7 @@ def ssd_fla(
     if x.dtype == torch.float64:
         raise ValueError("ssm backend 'fla' has no float64 kernels; use 'chunked' or 'auto' for float64")
     chunk_fn = require_chunk_simple_gla()
-    blocker = fla_blocker(x.device)
+    blocker = fla_blocker(x.device, dtype=x.dtype)
     if blocker:
         raise ValueError(f"ssm backend 'fla': {blocker}; use 'auto' or 'chunked' meanwhile")
     return ssd_via_simple_gla(chunk_fn, x, dt, A, B, C, D, initial_state)

@@ -165,7 +165,11 @@ def test_the_triton_range_fla_refuses_on_hopper(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     cuda = torch.device("cuda")
     assert "Triton >= 3.7.1" in ssd_fla.fla_blocker(cuda, "3.6.0", tilelang=False)
-    assert ssd_fla.fla_blocker(cuda, "3.6.0", tilelang=True) == ""
+    # tilelang is fla's way out for float32 inputs only (its kernel needs the float32 states' dtype in q)
+    assert ssd_fla.fla_blocker(cuda, "3.6.0", tilelang=True, dtype=torch.float32) == ""
+    bf16 = ssd_fla.fla_blocker(cuda, "3.6.0", tilelang=True, dtype=torch.bfloat16)
+    assert "takes float32 inputs only" in bf16
+    assert "tilelang" in ssd_fla.fla_blocker(cuda, "3.6.0", tilelang=False, dtype=torch.float32)
     assert ssd_fla.fla_blocker(cuda, "3.7.1", tilelang=False) == ""
     assert ssd_fla.fla_blocker(cuda, "3.3.1", tilelang=False) == ""
     assert ssd_fla.fla_blocker(torch.device("cpu"), "3.6.0", tilelang=False) == ""
