@@ -4,8 +4,8 @@ them as opaque calls with a known output shape instead of tracing Triton's launc
 Eager code calls :func:`sessa.ops.triton_decode.decode_attention_triton` and
 :func:`~sessa.ops.triton_decode.feedback_decode_triton` directly (a custom op's dispatch costs host time per
 call); :func:`sessa.ops.attention.decode_attention` and :func:`sessa.ops.feedback.decode.feedback_decode`
-switch to these ops while ``torch.compiler.is_compiling()``. Importing this module registers them (``sessa``
-imports it).
+switch to these ops while ``torch.compiler.is_compiling()``. Importing this module registers them
+(``sessa.ops.attention`` imports it).
 """
 
 from __future__ import annotations
