@@ -30,7 +30,9 @@ def test_segsum_is_sum_over_segments():
             torch.testing.assert_close(out[:, i, j], expected)
 
 
-@pytest.mark.parametrize("T, chunk_size", [(37, 16), (37, 1), (37, 64), (32, 8), (1, 4), (16, 16)])
+@pytest.mark.parametrize(
+    "T, chunk_size", [(37, 16), (37, 1), (37, 64), (32, 8), (1, 4), (16, 16), (5, 64), (100, 256)]
+)
 @pytest.mark.parametrize("with_initial_state", [False, True])
 def test_chunked_equals_minimal_and_sequential(T, chunk_size, with_initial_state):
     x, dt, A, B, C, D = ssd_inputs(T=T)
