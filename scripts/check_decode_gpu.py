@@ -32,6 +32,12 @@ from sessa.ops.feedback.decode import (
 )
 
 
+def _ratio(got: torch.Tensor, low: torch.Tensor, exact: torch.Tensor, dtype: torch.dtype) -> float:
+    """Largest error of ``got`` against float64 over that of the reference in the same precision (``low``),
+    the latter at least dtype's epsilon."""
+    return (got - exact).abs().max().item() / max((low - exact).abs().max().item(), torch.finfo(dtype).eps)
+
+
 def kernel_checks() -> list[dict]:
     rows = []
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
@@ -51,8 +57,7 @@ def kernel_checks() -> list[dict]:
             got = feedback_decode(q, k, gamma, f, s, length, mask).double()
             low = feedback_decode_ref(q, k, gamma, f, s, length, mask).double()
             exact = feedback_decode_ref(*(x.double() for x in (q, k, gamma, f, s)), length, mask)
-            own = max((low - exact).abs().max().item(), torch.finfo(dtype).eps)
-            ratio = (got - exact).abs().max().item() / own
+            ratio = _ratio(got, low, exact, dtype)
             rows.append(
                 {
                     "check": "kernel",
@@ -84,8 +89,7 @@ def attention_kernel_checks() -> list[dict]:
             got = decode_attention(q, k, v, length, mask).double()
             low = decode_attention_ref(q, k, v, length, mask).double()
             exact = decode_attention_ref(q.double(), k.double(), v.double(), length, mask)
-            own = max((low - exact).abs().max().item(), torch.finfo(dtype).eps)
-            ratio = (got - exact).abs().max().item() / own
+            ratio = _ratio(got, low, exact, dtype)
             rows.append({"check": "attention kernel", "dtype": str(dtype), "B": B, "L": L, "H": H, "Hkv": Hkv,
                          "hd": hd, "ratio": ratio, "ok": ratio <= 4.0})  # fmt: skip
     return rows
@@ -105,9 +109,7 @@ def continue_checks() -> list[dict]:
             exact = feedback_continue_ref(q[:, t:], k, g[:, t:], f[:, t:], s_past, key_mask=mask)
             low = [x.to(dtype) for x in (q[:, t:], k, g[:, t:], f[:, t:], s_past)]
             got = feedback_continue(*low, key_mask=mask).double()
-            own = max((feedback_continue_ref(*low, key_mask=mask).double() - exact).abs().max().item(),
-                      torch.finfo(dtype).eps)  # fmt: skip
-            ratio = (got - exact).abs().max().item() / own
+            ratio = _ratio(got, feedback_continue_ref(*low, key_mask=mask).double(), exact, dtype)
             rows.append({"check": "continue", "dtype": str(dtype), "B": B, "t": t, "n": n, "D": D,
                          "ratio": ratio, "ok": ratio <= 4.0})  # fmt: skip
     torch.manual_seed(0)

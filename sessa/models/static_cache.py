@@ -15,6 +15,7 @@ new token's embedding and mask column in and the hidden state out.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -170,12 +171,8 @@ def _step(cache: StaticSessaCache, model: nn.Module, h: torch.Tensor, col: torch
     return model.norm(h)
 
 
-_COMPILED: list = []
-
-
+@functools.cache
 def _compiled_step() -> Any:
     """:func:`_step` through ``torch.compile`` (made once; it compiles once per batch size, cache size and
     dtype, and every cache of the same shapes reuses that)."""
-    if not _COMPILED:
-        _COMPILED.append(torch.compile(_step, dynamic=False))
-    return _COMPILED[0]
+    return torch.compile(_step, dynamic=False)

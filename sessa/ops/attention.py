@@ -25,13 +25,24 @@ _HAS_TRITON = importlib.util.find_spec("triton") is not None  # looked up once: 
 def triton_decode_usable(*tensors: torch.Tensor) -> bool:
     """Whether the split-context Triton decode kernels (:mod:`sessa.ops.triton_decode`) take a one-query
     step on these tensors (the first one is the cache): CUDA, float32 / bfloat16 / float16, a row width of
-    at most 2048, no gradient wanted (the kernels are forward only), and ``SESSA_TRITON_DECODE`` not "0"."""
+    at most 2048, unit stride along that width (the kernels index rows as contiguous), no gradient wanted
+    (the kernels are forward only), and ``SESSA_TRITON_DECODE`` not "0"."""
     x = tensors[0]
     if not (x.is_cuda and _HAS_TRITON) or x.dtype not in TRITON_DECODE_DTYPES:
         return False
     if x.shape[-1] > TRITON_DECODE_MAX_WIDTH or os.environ.get("SESSA_TRITON_DECODE", "1") == "0":
         return False
+    if any(t.stride(-1) != 1 for t in tensors):
+        return False
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+def decode_lengths(length: int | torch.Tensor, B: int, device: torch.device) -> torch.Tensor:
+    """The readable length of each row as the decode kernels take it: an int becomes a (B,) int32 tensor on
+    ``device``; a tensor (0-d or (B,), e.g. a graph-captured step's position) is used as it is."""
+    if isinstance(length, torch.Tensor):
+        return length
+    return torch.full((B,), int(length), dtype=torch.int32, device=device)
 
 
 def sdpa_without_cudnn(
@@ -217,8 +228,8 @@ def causal_attention(
         vt = vt.repeat_interleave(H // Hkv, dim=1)
     if key_mask is None and T == S and not every_key:
         return F.scaled_dot_product_attention(qt, kt, vt, is_causal=True).transpose(1, 2)
-    if T == 1 and triton_decode_usable(k, q, v) and k.stride(-1) == 1 and v.stride(-1) == 1:
-        return decode_attention(q, k, v, S, key_mask)  # one query reads every key (S - 1 + 1 of them)
+    if T == 1 and triton_decode_usable(k, q, v):  # one query reads every key (S - 1 + 1 of them)
+        return _decode_attention_triton(q, k, v, decode_lengths(S, q.shape[0], q.device), key_mask)
     # Queries continuing a cache (T < S: decoding, chunked prefill): the key length changes every call, and
     # cuDNN's attention builds a new plan per length (~3.6 ms of host time per call on an H200), so it is
     # left out. One query with no padding reads every key: no mask, which lets the flash kernel run.
@@ -250,7 +261,7 @@ def attend_static(
     v_cache.index_copy_(1, index, v.to(v_cache.dtype))
     keys, values = k_cache.to(q.dtype), v_cache.to(q.dtype)
     if backend == "sdpa" and triton_decode_usable(keys, q, values):
-        return decode_attention(q, keys, values, pos + 1, mask)
+        return _decode_attention_triton(q, keys, values, pos + 1, mask)
     readable = (torch.arange(mask.shape[1], device=mask.device) <= pos) & mask
     return causal_attention(q, keys, values, key_mask=readable, backend=backend, every_key=True)
 
@@ -273,15 +284,26 @@ def decode_attention(
     if key_mask is not None and (key_mask.shape != (B, L) or key_mask.dtype != torch.bool):
         raise ValueError(f"key_mask must be a bool tensor of shape {(B, L)}, got {key_mask.dtype} "
                          f"{tuple(key_mask.shape)}")  # fmt: skip
-    if not isinstance(length, torch.Tensor):
-        length = torch.full((B,), int(length), dtype=torch.int32, device=q.device)
-    if triton_decode_usable(k_cache, q, v_cache) and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1:
-        if torch.compiler.is_compiling():  # an opaque op for torch.compile (see sessa.ops.decode_ops)
-            return torch.ops.sessa.decode_attention(q, k_cache, v_cache, length, key_mask)
-        from sessa.ops.triton_decode import decode_attention_triton
-
-        return decode_attention_triton(q, k_cache, v_cache, length, key_mask)
+    length = decode_lengths(length, B, q.device)
+    if triton_decode_usable(k_cache, q, v_cache):
+        return _decode_attention_triton(q, k_cache, v_cache, length, key_mask)
     return decode_attention_ref(q, k_cache, v_cache, length, key_mask)
+
+
+def _decode_attention_triton(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    length: torch.Tensor,
+    key_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """:func:`decode_attention` on the Triton kernels, for callers that :func:`triton_decode_usable`
+    accepted; while torch.compile traces, the opaque custom op (see sessa.ops.decode_ops)."""
+    if torch.compiler.is_compiling():
+        return torch.ops.sessa.decode_attention(q, k_cache, v_cache, length, key_mask)
+    from sessa.ops.triton_decode import decode_attention_triton
+
+    return decode_attention_triton(q, k_cache, v_cache, length, key_mask)
 
 
 def decode_attention_ref(

@@ -31,6 +31,12 @@ CASES = [
 ]
 
 
+def _ratio(got: torch.Tensor, low: torch.Tensor, exact: torch.Tensor, dt: torch.dtype) -> float:
+    """Largest error of ``got`` against float64 over that of the reference in the same precision (``low``),
+    the latter at least dt's epsilon."""
+    return (got - exact).abs().max().item() / max((low - exact).abs().max().item(), torch.finfo(dt).eps)
+
+
 # attention: (B, capacity L, H, Hkv, hd, lengths per row, key mask, dtype): GQA, a row with no key, widths
 # that are not powers of two, many splits
 ATTENTION_CASES = [
@@ -59,8 +65,7 @@ def _attention_cases() -> dict[str, float]:
         got = decode_attention_triton(q, k, v, length, mask).double()
         want = decode_attention_ref(q, k, v, length, mask).double()
         exact = decode_attention_ref(q.double(), k.double(), v.double(), length, mask)
-        scale = max((want - exact).abs().max().item(), torch.finfo(dt).eps)
-        out[f"attention-{B}x{L}x{H}/{Hkv}x{hd}-{dtype}-{masked}"] = (got - exact).abs().max().item() / scale
+        out[f"attention-{B}x{L}x{H}/{Hkv}x{hd}-{dtype}-{masked}"] = _ratio(got, want, exact, dt)
     return out
 
 
@@ -89,10 +94,8 @@ def _continue_cases() -> dict[str, float]:
         exact = feedback_continue_ref(q[:, t:], k, g[:, t:], f[:, t:], s_past, key_mask=mask)
         low = [x.to(dt) for x in (q[:, t:], k, g[:, t:], f[:, t:], s_past)]
         got = feedback_continue_split(*low, key_mask=mask, backend="triton").double()
-        own = (feedback_continue_ref(*low, key_mask=mask).double() - exact).abs().max().item()
-        out[f"continue-{B}x{t}+{n}x{D}-{dtype}-{masked}"] = (got - exact).abs().max().item() / max(
-            own, torch.finfo(dt).eps
-        )
+        want = feedback_continue_ref(*low, key_mask=mask).double()
+        out[f"continue-{B}x{t}+{n}x{D}-{dtype}-{masked}"] = _ratio(got, want, exact, dt)
     return out
 
 
@@ -112,8 +115,7 @@ def _run_cases() -> dict[str, float]:
         got = feedback_decode_triton(q, k, gamma, f, s, length, mask).double()
         want = feedback_decode_ref(q, k, gamma, f, s, length, mask).double()
         exact = feedback_decode_ref(*(x.double() for x in (q, k, gamma, f, s)), length, mask)
-        scale = max((want - exact).abs().max().item(), torch.finfo(dt).eps)
-        out[f"{B}x{L}x{D}-{dtype}-{masked}"] = (got - exact).abs().max().item() / scale
+        out[f"{B}x{L}x{D}-{dtype}-{masked}"] = _ratio(got, want, exact, dt)
     return {**out, **_attention_cases(), **_continue_cases()}
 
 

@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from sessa.ops.attention import sdpa_without_cudnn, triton_decode_usable
+from sessa.ops.attention import decode_lengths, sdpa_without_cudnn, triton_decode_usable
 from sessa.ops.feedback.chunked import DEFAULT_CHUNK, forward_rows
 from sessa.ops.precision import cast, work_dtype
 
@@ -102,18 +102,22 @@ def feedback_decode(
             f"q {tuple(q_new.shape)}, f {tuple(f_new.shape)}, k {tuple(k_cache.shape)}, "
             f"s {tuple(s_cache.shape)}"
         )
-    if not isinstance(length, torch.Tensor):
-        length = torch.full((B,), int(length), dtype=torch.int32, device=k_cache.device)
-    usable = triton_decode_usable(q_new, k_cache, gamma_new, f_new, s_cache)
-    if usable and k_cache.stride(-1) == 1 and s_cache.stride(-1) == 1:
-        gamma_new = gamma_new.reshape(B, 1, 1)
-        if torch.compiler.is_compiling():  # an opaque op for torch.compile (see sessa.ops.decode_ops)
-            op = torch.ops.sessa.feedback_decode
-            return op(q_new, k_cache, gamma_new, f_new, s_cache, length, key_mask)
-        from sessa.ops.triton_decode import feedback_decode_triton
-
-        return feedback_decode_triton(q_new, k_cache, gamma_new, f_new, s_cache, length, key_mask)
+    length = decode_lengths(length, B, k_cache.device)
+    if triton_decode_usable(k_cache, q_new, gamma_new, f_new, s_cache):
+        return _feedback_decode_triton(q_new, k_cache, gamma_new, f_new, s_cache, length, key_mask)
     return feedback_decode_ref(q_new, k_cache, gamma_new, f_new, s_cache, length, key_mask)
+
+
+def _feedback_decode_triton(q_new, k_cache, gamma_new, f_new, s_cache, length, key_mask) -> torch.Tensor:  # noqa: ANN001
+    """:func:`feedback_decode` on the Triton kernels, for callers that ``triton_decode_usable`` accepted;
+    while torch.compile traces, the opaque custom op (see sessa.ops.decode_ops)."""
+    gamma_new = gamma_new.reshape(f_new.shape[0], 1, 1)
+    if torch.compiler.is_compiling():
+        op = torch.ops.sessa.feedback_decode
+        return op(q_new, k_cache, gamma_new, f_new, s_cache, length, key_mask)
+    from sessa.ops.triton_decode import feedback_decode_triton
+
+    return feedback_decode_triton(q_new, k_cache, gamma_new, f_new, s_cache, length, key_mask)
 
 
 def feedback_decode_ref(
@@ -146,8 +150,9 @@ def _one_row(q_new, k_past, gamma_new, f_new, s_past, past_mask) -> torch.Tensor
     t = s_past.shape[1]
     if t == 0:
         return f_new.clone()
-    if triton_decode_usable(q_new, k_past, gamma_new, f_new, s_past):
-        return feedback_decode(q_new, k_past, gamma_new, f_new, s_past, t, past_mask)
+    if triton_decode_usable(k_past, q_new, gamma_new, f_new, s_past):
+        lengths = decode_lengths(t, f_new.shape[0], f_new.device)
+        return _feedback_decode_triton(q_new, k_past, gamma_new, f_new, s_past, lengths, past_mask)
     q = q_new[:, None]
     k, v = cast(k_past, q.dtype)[:, None], cast(s_past, q.dtype)[:, None]
     mask = None if past_mask is None else past_mask[:, None, None, :]
@@ -201,9 +206,7 @@ def feedback_continue_split(
     B, n, D = f_new.shape
     t = s_past.shape[1]
     work = work_dtype(f_new.dtype)
-    mask = (
-        torch.ones(B, t + n, dtype=torch.bool, device=f_new.device) if key_mask is None else key_mask
-    )
+    mask = torch.ones(B, t + n, dtype=torch.bool, device=f_new.device) if key_mask is None else key_mask
     causal = torch.arange(n, device=f_new.device)
     rows = max(1, PAST_TILE // max(1, B * (t + n)))
     lse_p, lse_n, read = [], [], []
