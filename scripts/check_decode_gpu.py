@@ -10,12 +10,16 @@
    chunks through the cache) of a tiny float32 Sessa model against its one-shot forward (logits to 1e-4).
 3. The static cache's CUDA-graph decode, eager and compiled (``compile=True``), against the ordinary cache
    (float32 tiny models, left padding, 8 decode steps, every model): logits must agree to 1e-4.
+4. The decode kernels' fast launches (``BoundKernel``: no JIT entry once a specialisation is known) give the
+   same bits as Triton's own launch, and a tiny float32 model decoding token by token through the ordinary
+   cache equals its one-shot forward (logits to 1e-4).
 Prints one line per check and exits 1 if any fails.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import torch
@@ -168,9 +172,53 @@ def _graph_checks(compiled: bool) -> list[dict]:
     return rows
 
 
+def fast_launch_checks() -> list[dict]:
+    from sessa.ops import triton_decode
+    from sessa.ops.feedback.triton_launch import LAUNCHES
+
+    gen = torch.Generator(device="cuda").manual_seed(1)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device="cuda", generator=gen, dtype=torch.bfloat16)
+
+    q, k, v = randn(2, 1, 12, 64), randn(2, 5000, 12, 64), randn(2, 5000, 12, 64)
+    qb, f, kb, sb = randn(2, 1, 768), randn(2, 1, 768), randn(2, 5000, 768), randn(2, 5000, 768)
+    gamma = torch.rand(2, 1, 1, device="cuda", generator=gen, dtype=torch.bfloat16)
+    length = torch.tensor([4999, 77], device="cuda", dtype=torch.int32)
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        return decode_attention(q, k, v, length), feedback_decode(qb, kb, gamma, f, sb, length)
+
+    both()
+    before = dict(LAUNCHES)
+    fast = both()
+    direct = LAUNCHES["direct"] - before["direct"]
+    triton_decode._BOUND.clear()
+    os.environ["SESSA_TRITON_FAST_LAUNCH"] = "0"
+    try:
+        jit = both()
+    finally:
+        os.environ.pop("SESSA_TRITON_FAST_LAUNCH")
+        triton_decode._BOUND.clear()
+    same = all(torch.equal(a, b) for a, b in zip(fast, jit, strict=True))
+    ok = same and direct == 4
+    rows = [{"check": "fast launch", "direct_launches": direct, "bitwise_equal": same, "ok": ok}]
+    torch.manual_seed(0)
+    model = SessaForCausalLM(SessaConfig.from_preset("tiny", mixer="sessa")).cuda().eval()
+    ids = torch.randint(3, 200, (2, 300), device="cuda")
+    with torch.inference_mode():
+        whole = model(ids).logits
+        cache = model.model.new_cache(320)
+        steps = [model(ids[:, :292], cache=cache).logits[:, -1]]
+        steps += [model(ids[:, i : i + 1], cache=cache).logits[:, -1] for i in range(292, 299)]
+    diff = (torch.stack(steps, 1) - whole[:, 291:299]).abs().max().item()
+    rows.append({"check": "eager decode", "model": "sessa", "max_abs_diff": diff, "ok": diff <= 1e-4})
+    return rows
+
+
 def main() -> int:
     rows = []
-    for check in (kernel_checks, continue_checks, graph_checks):
+    for check in (kernel_checks, continue_checks, graph_checks, fast_launch_checks):
         try:
             rows += check()
         except Exception as e:  # noqa: BLE001 - reported as a failed check, the others still run

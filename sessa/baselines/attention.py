@@ -115,11 +115,10 @@ class AttentionMixer(nn.Module):
             raise ValueError(f"state is full: {t} tokens cached + {T_new} new > max_len={max_len}")
         mask = self._update_key_mask(state, key_mask(attention_mask, B, end), t, end)
         q, k, v = self.qkv(x, start=t)
-        state["k"][:, t:end] = k
-        state["v"][:, t:end] = v
-        out = causal_attention(
-            q, state["k"][:, :end], state["v"][:, :end], key_mask=mask, backend=self.backend
-        )
+        state["k"].narrow(1, t, T_new).copy_(k)
+        state["v"].narrow(1, t, T_new).copy_(v)
+        keys, values = state["k"].narrow(1, 0, end), state["v"].narrow(1, 0, end)
+        out = causal_attention(q, keys, values, key_mask=mask, backend=self.backend)
         state["t"] = end
         return self.out_proj(out.reshape(B, T_new, self.d_model))
 

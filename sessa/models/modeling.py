@@ -297,6 +297,20 @@ class SessaForCausalLM(SessaPreTrainedModel, GenerationMixin):
         )
 
     # -- generate() integration (transformers 5.x): the model supplies its own cache ------------------
+    def _reusable_static_cache(self, rows: int, max_len: int, compile_step: bool) -> StaticSessaCache:
+        """The static cache of the previous ``generate(cache_implementation="static")`` call, reset, when it
+        fits this one (same rows, device, dtype and step form, enough positions); else a new one, kept for
+        the next call. Reuse keeps its captured CUDA graph: a generation then captures nothing (transformers
+        keeps its static caches the same way). ``del model._sessa_static_cache`` frees it."""
+        weight = self.model.embed_tokens.weight
+        cache = getattr(self, "_sessa_static_cache", None)
+        if cache is not None and cache.fits(rows, max_len, weight.device, weight.dtype, compile_step):
+            cache.reset()
+            return cache
+        self._sessa_static_cache = None  # the old buffers go before the new ones are allocated
+        cache = self._sessa_static_cache = self.model.new_static_cache(rows, max_len, compile=compile_step)
+        return cache
+
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         return False  # a DynamicCache holds key/value pairs; Sessa/Mamba layers need their own states
@@ -312,18 +326,17 @@ class SessaForCausalLM(SessaPreTrainedModel, GenerationMixin):
         """Put a fresh :class:`SessaCache` into ``model_kwargs["cache"]`` (unless the caller passed one or
         turned caching off): sized for the whole generation up to ``max_position_embeddings`` tokens, and
         grown (doubling) as tokens come beyond that, so a huge ``max_new_tokens`` allocates as it goes.
-        ``cache_implementation="static"``: a :class:`StaticSessaCache` for exactly this batch and length,
-        whose one-token step is replayed as a CUDA graph; on CUDA the step is compiled first (transformers'
-        convention for static caches) unless ``disable_compile=True``."""
+        ``cache_implementation="static"``: a :class:`StaticSessaCache` for this batch and length, whose
+        one-token step is replayed as a CUDA graph; on CUDA the step is compiled first (transformers'
+        convention for static caches) unless ``disable_compile=True``. The model keeps it, and a later call
+        that fits it reuses it after a reset (:meth:`_reusable_static_cache`)."""
         if generation_config.cache_implementation == "static":
             if generation_config.use_cache and model_kwargs.get("cache") is None:
                 rows = batch_size * max(
                     generation_config.num_beams or 1, generation_config.num_return_sequences or 1
                 )
                 compile_step = self.device.type == "cuda" and not generation_config.disable_compile
-                model_kwargs["cache"] = self.model.new_static_cache(
-                    rows, int(max_cache_length), compile=compile_step
-                )
+                model_kwargs["cache"] = self._reusable_static_cache(rows, int(max_cache_length), compile_step)
             return
         super()._prepare_cache_for_generation(
             generation_config, model_kwargs, generation_mode, batch_size, max_cache_length

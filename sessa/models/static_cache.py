@@ -9,7 +9,8 @@ on the position, so on CUDA the whole step is captured once as a CUDA graph (the
 compile and warm up, the second is captured) and replayed for every further token. The host only copies the
 new token's embedding and mask column in and the hidden state out.
 
-``generate(..., cache_implementation="static")`` creates one (see ``SessaForCausalLM``); or pass
+``generate(..., cache_implementation="static")`` creates one and keeps it on the model for the next call
+of the same batch size (reset, so its graph is captured once; see ``SessaForCausalLM``); or pass
 ``cache=model.model.new_static_cache(batch_size, max_len)``.
 """
 
@@ -61,6 +62,8 @@ class StaticSessaCache(SessaCache):
             layer.init_state(batch_size, max_len, device=device, dtype=dtype) for layer in self.layers
         ]
         self.buffers = [{k: v for k, v in s.items() if isinstance(v, torch.Tensor)} for s in self.states]
+        self._initial = [{k: v for k, v in s.items() if not isinstance(v, torch.Tensor)} for s in self.states]
+        self.dtype = dtype
         self.mask = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)
         self.pos = torch.zeros((), dtype=torch.long, device=device)
         self.graphs = bool(graphs) and self.device.type == "cuda"
@@ -68,6 +71,31 @@ class StaticSessaCache(SessaCache):
         self._graph: Any = None
         self._warm = False
         self._io: dict[str, torch.Tensor] = {}
+
+    def reset(self) -> None:
+        """Empty the cache for a new generation, keeping its buffers (and so a captured step graph, which
+        reads them): every buffer zeroed, the mask all True, the position 0. ``generate`` reuses a model's
+        static cache this way, as transformers does with its own static caches."""
+        for state, buffers, initial in zip(self.states, self.buffers, self._initial, strict=True):
+            state.clear()
+            state.update(initial)
+            for key, buffer in buffers.items():
+                state[key] = buffer.zero_()
+        self.mask.fill_(True)
+        self.pos.zero_()
+
+    def fits(
+        self, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype, compile: bool
+    ) -> bool:
+        """Whether this cache can serve a generation of ``batch_size`` rows and up to ``max_len`` tokens
+        (after :meth:`reset`): same rows, device, dtype and step form, at least that many positions."""
+        return (
+            self.batch_size == batch_size
+            and self.max_len >= max_len
+            and self.device == torch.device(device)
+            and self.dtype == dtype
+            and self.compiled == bool(compile)
+        )
 
     # -- prompts: the blocks' ordinary step on the fixed buffers --------------------------------------
     def step(

@@ -5,7 +5,10 @@ Shapes: B batch, T length, D width, H forward heads, Hkv key/value heads, hd = D
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sessa.modules.contract import MixerState, check_input, key_mask, reorder_state_tensors, step_position
@@ -43,6 +46,45 @@ def _validate(D: int, n_heads: int, n_kv_heads: int, use_forward_rope: bool, gam
         raise ValueError(
             f"RoPE needs an even head dim, got D / n_heads = {D // n_heads} (turn off use_forward_rope)"
         )
+
+
+class StackedProjection(NamedTuple):
+    """The mixer's input projections stacked into one (weight, bias): q, k, v and, with feedback, proj_fb's
+    two halves and gamma_ctx (bias 0); ``sizes``: the output widths in that order; ``key``: the parameters'
+    storage and version it was made from."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    sizes: tuple[int, ...]
+    key: tuple
+
+
+def stacked_projection(mixer: SessaMixer, cache: MixerState) -> StackedProjection | None:
+    """The stacked input projections of ``mixer`` for a step that needs no gradient, kept in the step's
+    cache (so it lives as long as the cache: a copy of those weights while a generation runs) and made again
+    when a parameter changed (storage or in-place version). None when a gradient may be needed, or when a
+    projection is not a plain ``nn.Linear`` or has hooks (an adapter or a hook must see its call)."""
+    modules = [mixer.q_proj, mixer.k_proj, mixer.v_proj]
+    if mixer.use_feedback:
+        modules += [mixer.proj_fb, mixer.gamma_ctx]
+    params = [p for m in modules for p in m.parameters(recurse=False)]
+    if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+        return None
+    if any(type(m) is not nn.Linear or m._forward_hooks or m._forward_pre_hooks for m in modules) or (
+        nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
+    ):
+        return None
+    key = tuple((p.data_ptr(), p._version) for p in params)
+    stacked = cache.get("stacked_projection")
+    if stacked is None or stacked.key != key:
+        weight = torch.cat([m.weight for m in modules])
+        zeros = [m.weight.new_zeros(m.out_features) for m in modules if m.bias is None]
+        bias = torch.cat([m.bias if m.bias is not None else zeros.pop() for m in modules])
+        sizes = [m.out_features for m in modules]
+        if mixer.use_feedback:  # proj_fb -> q_b, k_b
+            sizes[3:4] = [mixer.D, mixer.D]
+        stacked = cache["stacked_projection"] = StackedProjection(weight, bias, tuple(sizes), key)
+    return stacked
 
 
 class SessaMixer(nn.Module):
@@ -115,12 +157,18 @@ class SessaMixer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q (B, T, H, hd), k, v (B, T, Hkv, hd) of a: (B, T, D) at positions start.. (RoPE applied; start
         may be a 0-d device tensor)."""
-        B, T, _ = a.shape
-        q = self.q_proj(a).view(B, T, self.n_heads, self.head_dim)
-        k = self.k_proj(a).view(B, T, self.n_kv_heads, self.head_dim)
-        v = self.v_proj(a).view(B, T, self.n_kv_heads, self.head_dim)
+        return self._heads(self.q_proj(a), self.k_proj(a), self.v_proj(a), start)
+
+    def _heads(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Projected q (B, T, D), k, v (B, T, Hkv * hd) split into heads, RoPE applied to q and k."""
+        B, T, _ = q.shape
+        q = q.view(B, T, self.n_heads, self.head_dim)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim)
         if self.use_forward_rope:
-            cos, sin = rope_tables(start, T, self.head_dim, 10000.0, q.dtype, a.device)
+            cos, sin = rope_tables(start, T, self.head_dim, 10000.0, q.dtype, q.device)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return q, k, v
 
@@ -133,8 +181,22 @@ class SessaMixer(nn.Module):
     def feedback_inputs(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Feedback q_b, k_b (B, T, D) and gain gamma (B, T, 1) of a: (B, T, D) (needs use_feedback)."""
         q_b, k_b = self.proj_fb(a).split(self.D, dim=-1)
-        gamma = self.gamma_max * torch.tanh(self.gamma_bias + self.gamma_ctx(a))  # (B, T, 1)
-        return q_b, k_b, gamma
+        return q_b, k_b, self._gain(self.gamma_ctx(a))
+
+    def _gain(self, ctx: torch.Tensor) -> torch.Tensor:
+        return self.gamma_max * torch.tanh(self.gamma_bias + ctx)  # (B, T, 1)
+
+    def _step_inputs(self, a: torch.Tensor, start: int, cache: MixerState) -> tuple:
+        """q, k, v (:meth:`qkv`) and, with feedback, (q_b, k_b, gamma) (:meth:`feedback_inputs`) of new
+        tokens a: (B, n, D) for :meth:`step`. Without a gradient, one GEMM with the input projections
+        stacked (kept in the cache, :func:`stacked_projection`) replaces five: a decoding step is bound by
+        host time per op."""
+        stacked = stacked_projection(self, cache)
+        if stacked is None:
+            return self.qkv(a, start), self.feedback_inputs(a) if self.use_feedback else None
+        parts = F.linear(a, stacked.weight, stacked.bias).split(stacked.sizes, dim=-1)
+        q, k, v = self._heads(*parts[:3], start)
+        return (q, k, v), (*parts[3:5], self._gain(parts[5])) if self.use_feedback else None
 
     # -- parallel forward ----------------------------------------------------------------------------
     def forward(self, bar_a: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -208,14 +270,15 @@ class SessaMixer(nn.Module):
         if t + n > capacity:
             raise ValueError(f"cache is full: {t} cached + {n} new tokens > max_len {capacity}")
         mask = _update_mask(cache, attention_mask, B, t, n, bar_a.device)
-        q, k, v = self.qkv(bar_a, t)
-        cache["k_f"][:, t : t + n] = k  # setitem casts to the cache's dtype
-        cache["v_f"][:, t : t + n] = v
-        keys, values = cast(cache["k_f"][:, : t + n], q.dtype), cast(cache["v_f"][:, : t + n], q.dtype)
+        (q, k, v), feedback = self._step_inputs(bar_a, t, cache)
+        cache["k_f"].narrow(1, t, n).copy_(k)  # copy_ casts to the cache's dtype
+        cache["v_f"].narrow(1, t, n).copy_(v)
+        keys = cast(cache["k_f"].narrow(1, 0, t + n), q.dtype)
+        values = cast(cache["v_f"].narrow(1, 0, t + n), q.dtype)
         f = self._attend(q, keys, values, mask)
-        if self.use_feedback:
-            q_b, k_b, gamma = self.feedback_inputs(bar_a)
-            cache["k_b"][:, t : t + n] = k_b
+        if feedback is not None:
+            q_b, k_b, gamma = feedback
+            cache["k_b"].narrow(1, t, n).copy_(k_b)
             if t == 0 and n > 1:  # a prompt into an empty cache: the parallel solve (Triton on CUDA)
                 f = feedback_solve(
                     q_b,
@@ -227,9 +290,9 @@ class SessaMixer(nn.Module):
                     key_mask=mask,
                 )
             else:
-                k_all = cast(cache["k_b"][:, : t + n], k_b.dtype)
-                f = feedback_continue(q_b, k_all, gamma, f, cache["s"][:, :t], key_mask=mask)
-            cache["s"][:, t : t + n] = f
+                k_all = cast(cache["k_b"].narrow(1, 0, t + n), k_b.dtype)
+                f = feedback_continue(q_b, k_all, gamma, f, cache["s"].narrow(1, 0, t), key_mask=mask)
+            cache["s"].narrow(1, t, n).copy_(f)
         cache["t"] = t + n
         return f
 

@@ -42,7 +42,20 @@ def decode_lengths(length: int | torch.Tensor, B: int, device: torch.device) -> 
     ``device``; a tensor (0-d or (B,), e.g. a graph-captured step's position) is used as it is."""
     if isinstance(length, torch.Tensor):
         return length
-    return torch.full((B,), int(length), dtype=torch.int32, device=device)
+    if device.type != "cuda" or torch.compiler.is_compiling():
+        return torch.full((B,), int(length), dtype=torch.int32, device=device)
+    # every layer of a decoding step asks for the same one or two lengths: the last few are kept (host time),
+    # per stream (a kept tensor is only ever read, on the stream it was made on)
+    key = (int(length), B, device, torch.cuda.current_stream(device).cuda_stream)
+    lengths = _LENGTHS.get(key)
+    if lengths is None:
+        if len(_LENGTHS) >= _TABLES_KEPT:
+            _LENGTHS.pop(next(iter(_LENGTHS), None), None)
+        lengths = _LENGTHS[key] = torch.full((B,), int(length), dtype=torch.int32, device=device)
+    return lengths
+
+
+_LENGTHS: dict[tuple, torch.Tensor] = {}
 
 
 def sdpa_without_cudnn(
@@ -109,16 +122,19 @@ _TABLES_KEPT = 8
 def rope_tables(
     start: int | torch.Tensor, T: int, head_dim: int, base: float, dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin (1, T, 1, hd/2) in ``dtype`` for positions start .. start + T - 1 (:func:`rope_cos_sin` with
-    :func:`cached_inv_freq`, shaped for :func:`apply_rope`). For an int start the last few tables are kept:
-    every layer of a step asks for the same positions, so a decoding step computes them once instead of once
-    per layer (host time). A device-tensor start (a graph-captured step) and code being compiled always
-    compute them."""
+    """Pair tables (1, T, 1, hd) in ``dtype`` for positions start .. start + T - 1, as :func:`apply_rope`
+    takes them: cos repeated over each pair (c_i, c_i) and sin with the pair's signs (-s_i, s_i), from
+    :func:`rope_cos_sin` with :func:`cached_inv_freq`. For an int start the last few tables are kept: every
+    layer of a step asks for the same positions, so a decoding step computes them once instead of once per
+    layer (host time). A device-tensor start (a graph-captured step) and code being compiled always compute
+    them."""
 
     def make() -> tuple[torch.Tensor, torch.Tensor]:
         inv_freq = cached_inv_freq(head_dim, base, work_dtype(dtype), device)
         cos, sin = rope_cos_sin(positions_from(start, T, device), inv_freq, dtype)
-        return cos[None, :, None, :], sin[None, :, None, :]
+        pairs = torch.stack((cos, cos, -sin, sin), dim=-1).view(T, head_dim // 2, 2, 2)
+        cos2, sin2 = pairs.permute(2, 0, 1, 3).reshape(2, 1, T, 1, head_dim).unbind(0)
+        return cos2, sin2
 
     if isinstance(start, torch.Tensor) or torch.compiler.is_compiling():
         return make()
@@ -133,12 +149,19 @@ def rope_tables(
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (x[2i], x[2i+1]) of x: (B, T, H, hd) by cos/sin: (T, hd/2), (B, T, hd/2) or
-    already broadcastable as (B or 1, T, 1, hd/2) (:func:`rope_tables`)."""
+    """Rotate interleaved pairs (x[2i], x[2i+1]) of x: (B, T, H, hd) with :func:`rope_tables`' pair tables:
+    x * cos + swap(x) * sin, where swap exchanges the two elements of every pair. The same roundings as
+    :func:`apply_rope_ref` (a - b = a + (-b) exactly), bit for bit, in four kernels instead of seven."""
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return x * cos + swapped * sin
+
+
+def apply_rope_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Readable :func:`apply_rope`: x (B, T, H, hd), cos/sin (T, hd/2) or (B, T, hd/2) from
+    :func:`rope_cos_sin`; (x_even, x_odd) -> (x_even cos - x_odd sin, x_even sin + x_odd cos)."""
     if cos.dim() == 2:
         cos, sin = cos[None], sin[None]
-    if cos.dim() == 3:
-        cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
     x_even, x_odd = x[..., 0::2], x[..., 1::2]
     out = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)
     return out.flatten(-2)
@@ -222,14 +245,14 @@ def causal_attention(
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     _check_qkv(q, k, v)
     T, H, S, Hkv = q.shape[1], q.shape[2], k.shape[1], k.shape[2]
+    if T == 1 and S > 1 and triton_decode_usable(k, q, v):  # one query reads every key (S - 1 + 1 of them)
+        return _decode_attention_triton(q, k, v, decode_lengths(S, q.shape[0], q.device), key_mask)
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     if Hkv != H:
         kt = kt.repeat_interleave(H // Hkv, dim=1)
         vt = vt.repeat_interleave(H // Hkv, dim=1)
     if key_mask is None and T == S and not every_key:
         return F.scaled_dot_product_attention(qt, kt, vt, is_causal=True).transpose(1, 2)
-    if T == 1 and triton_decode_usable(k, q, v):  # one query reads every key (S - 1 + 1 of them)
-        return _decode_attention_triton(q, k, v, decode_lengths(S, q.shape[0], q.device), key_mask)
     # Queries continuing a cache (T < S: decoding, chunked prefill): the key length changes every call, and
     # cuDNN's attention builds a new plan per length (~3.6 ms of host time per call on an H200), so it is
     # left out. One query with no padding reads every key: no mask, which lets the flash kernel run.

@@ -57,6 +57,29 @@ def test_generate_with_a_static_cache_equals_the_dynamic_one(name):
     )
 
 
+@pytest.mark.parametrize("name", registry.model_names())
+def test_generate_reuses_a_fitting_static_cache_after_a_reset(name):
+    """A second generate of the same batch size resets and reuses the first one's static cache (its graph is
+    kept), whatever the first left in it (padding, a recurrent state); a larger or differently shaped
+    request gets a new cache."""
+    model, (ids, mask) = _model(name), _prompt()
+    common = dict(max_new_tokens=5, do_sample=False, pad_token_id=0, cache_implementation="static")
+    first = model.generate(ids, attention_mask=mask, **common)
+    cache = model._sessa_static_cache
+    other = torch.randint(3, 200, (2, 6), generator=torch.Generator().manual_seed(5))
+    for prompt, prompt_mask in ((other, torch.ones_like(other)), (ids, mask)):
+        got = model.generate(prompt, attention_mask=prompt_mask, **common)
+        assert model._sessa_static_cache is cache
+        want = model.generate(prompt, attention_mask=prompt_mask, **dict(common, cache_implementation=None))
+        assert torch.equal(got, want)
+    assert torch.equal(got, first)
+    model.generate(ids, attention_mask=mask, **dict(common, max_new_tokens=30))  # more positions
+    assert model._sessa_static_cache is not cache
+    cache = model._sessa_static_cache
+    model.generate(ids[:1], **common)  # another batch size
+    assert model._sessa_static_cache is not cache and model._sessa_static_cache.batch_size == 1
+
+
 def test_static_cache_refuses_a_full_cache_and_a_wrong_batch():
     model = _model("sessa")
     cache = model.model.new_static_cache(1, 4)

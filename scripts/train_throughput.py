@@ -1,0 +1,119 @@
+"""Whole-model training throughput (issue "feedback kernels", item 6): tokens/s of a full training step.
+
+    python scripts/train_throughput.py OUT.json [--models sessa attention] [--B 8] [--T 2048] [--steps 10]
+        [--profile sessa]
+
+Each model at the 125m preset (byte vocabulary), float32 weights under bf16 autocast, fused AdamW, causal
+LM loss on random tokens: forward, backward, optimizer step, as the trainer runs them. Models run one after
+the other in this process (same GPU); tokens/s is the median over ``steps`` timed steps after 3 warm-ups.
+``--profile NAME``: one more step of that model under ``torch.profiler``: GPU time against wall time, and the
+25 kernels with the most GPU time (where the step's time goes beside the feedback solve).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from sessa.models import SessaConfig, SessaForCausalLM, model_config
+
+VOCAB = 259
+
+
+def build(name: str, T: int) -> torch.nn.Module:
+    target = SessaConfig.from_preset("125m", mixer="sessa", vocab_size=VOCAB, max_position_embeddings=T)
+    return SessaForCausalLM(target if name == "sessa" else model_config(target, name)).cuda().train()
+
+
+def step_fn(model: torch.nn.Module, B: int, T: int):  # noqa: ANN201
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    ids = torch.randint(3, VOCAB, (B, T), device="cuda")
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def measure(name: str, B: int, T: int, steps: int, profiled: bool) -> dict:
+    torch.manual_seed(0)
+    model = build(name, T)
+    step = step_fn(model, B, T)
+    for _ in range(3):
+        step()
+    times = []
+    for _ in range(steps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    row = {
+        "model": name, "B": B, "T": T, "params": sum(p.numel() for p in model.parameters()),
+        "step_ms": statistics.median(times) * 1e3, "tokens_per_s": B * T / statistics.median(times),
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+    }  # fmt: skip
+    if profiled:
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            t0 = time.perf_counter()
+            step()
+            torch.cuda.synchronize()
+            wall = time.perf_counter() - t0
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        totals: dict[str, list] = {}
+        for e in kernels:
+            entry = totals.setdefault(e.name[:100], [0, 0.0])
+            entry[0] += 1
+            entry[1] += e.device_time
+        top = sorted(totals.items(), key=lambda kv: -kv[1][1])[:25]
+        row["profile"] = {
+            "wall_ms": wall * 1e3, "gpu_ms": sum(e.device_time for e in kernels) / 1e3,
+            "kernels": len(kernels),
+            "top": [{"name": k, "calls": c, "ms": round(t / 1e3, 3)} for k, (c, t) in top],
+        }  # fmt: skip
+    del model, step
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--models", nargs="+", default=["sessa", "attention"])
+    parser.add_argument("--B", type=int, default=8)
+    parser.add_argument("--T", type=int, nargs="+", default=[2048])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--profile", nargs="*", default=[])
+    args = parser.parse_args()
+    rows = []
+    for T in args.T:
+        for name in args.models:
+            try:
+                rows.append(measure(name, args.B, T, args.steps, name in args.profile and T == args.T[0]))
+            except Exception as e:  # noqa: BLE001 - one failing model is reported, the others still run
+                rows.append({"model": name, "T": T, "error": f"{type(e).__name__}: {e}"[:1500]})
+            print(json.dumps(rows[-1]), flush=True)
+    anchor = {r["T"]: r for r in rows if r.get("model") == "attention" and "error" not in r}
+    for r in rows:
+        if "error" not in r and r["T"] in anchor:
+            r["vs_attention"] = r["tokens_per_s"] / anchor[r["T"]]["tokens_per_s"]
+            tps, ratio = r["tokens_per_s"], r["vs_attention"]
+            print(f"{r['model']:10s} T={r['T']:6d} {tps:10.0f} tokens/s  {ratio:.2f}x attention")
+    with open(args.out, "w") as fh:
+        record = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}
+        json.dump(record, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
