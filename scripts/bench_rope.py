@@ -17,6 +17,7 @@ import sys
 import time
 
 import torch
+from gpu_report import write_record
 
 from sessa.ops.attention import apply_rope, apply_rope_ref, cached_inv_freq, rope_cos_sin, rope_tables
 
@@ -76,9 +77,7 @@ def main() -> None:
     for r in rows:
         print(json.dumps(r))
     if len(sys.argv) > 1:
-        with open(sys.argv[1], "w") as fh:
-            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, fh,
-                      indent=1)  # fmt: skip
+        write_record(sys.argv[1], rows)
 
 
 if __name__ == "__main__":

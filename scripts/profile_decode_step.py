@@ -13,6 +13,7 @@ import json
 import sys
 
 import torch
+from gpu_report import kernel_summary, write_record
 from torch.profiler import ProfilerActivity, profile
 
 from sessa.models import SessaConfig, SessaForCausalLM, model_config
@@ -34,18 +35,7 @@ def one(name: str, compiled: bool, context: int) -> dict:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             model(token, cache=cache)
             torch.cuda.synchronize()
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    totals: dict[str, list] = {}
-    for e in kernels:
-        row = totals.setdefault(e.name[:90], [0, 0.0])
-        row[0] += 1
-        row[1] += e.device_time
-    top = sorted(totals.items(), key=lambda kv: -kv[1][1])[:10]
-    return {
-        "model": name, "compiled": compiled, "context": context, "kernels": len(kernels),
-        "gpu_ms": sum(e.device_time for e in kernels) / 1e3,
-        "top": [{"name": k, "calls": c, "us": round(t, 1)} for k, (c, t) in top],
-    }  # fmt: skip
+    return {"model": name, "compiled": compiled, "context": context, **kernel_summary(prof, 10)}
 
 
 def main() -> None:
@@ -59,9 +49,7 @@ def main() -> None:
                 rows.append({"model": name, "compiled": compiled, "error": f"{type(e).__name__}: {e}"[:1500]})
             print(json.dumps(rows[-1]), flush=True)
     if len(sys.argv) > 2:
-        with open(sys.argv[2], "w") as fh:
-            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, fh,
-                      indent=1)  # fmt: skip
+        write_record(sys.argv[2], rows)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import time
 from collections import Counter
 
 import torch
+from gpu_report import write_record
 from torch.profiler import ProfilerActivity, profile
 
 from sessa.bench.generate import COMPILED, LLAMA_MODELS, STATIC, VOCAB, build
@@ -80,9 +81,7 @@ def main() -> None:
         except Exception as e:  # noqa: BLE001 - one failing model is reported, the others still run
             rows.append({"model": name, "error": f"{type(e).__name__}: {e}"[:1500]})
         print(json.dumps(rows[-1]), flush=True)
-    with open(out, "w") as fh:
-        record = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}
-        json.dump(record, fh, indent=1)
+    write_record(out, rows)
 
 
 if __name__ == "__main__":

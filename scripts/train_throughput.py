@@ -18,6 +18,7 @@ import statistics
 import time
 
 import torch
+from gpu_report import kernel_summary, write_record
 from torch.profiler import ProfilerActivity, profile
 
 from sessa.models import SessaConfig, SessaForCausalLM, model_config
@@ -69,18 +70,7 @@ def measure(name: str, B: int, T: int, steps: int, profiled: bool) -> dict:
             step()
             torch.cuda.synchronize()
             wall = time.perf_counter() - t0
-        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-        totals: dict[str, list] = {}
-        for e in kernels:
-            entry = totals.setdefault(e.name[:100], [0, 0.0])
-            entry[0] += 1
-            entry[1] += e.device_time
-        top = sorted(totals.items(), key=lambda kv: -kv[1][1])[:25]
-        row["profile"] = {
-            "wall_ms": wall * 1e3, "gpu_ms": sum(e.device_time for e in kernels) / 1e3,
-            "kernels": len(kernels),
-            "top": [{"name": k, "calls": c, "ms": round(t / 1e3, 3)} for k, (c, t) in top],
-        }  # fmt: skip
+        row["profile"] = {"wall_ms": wall * 1e3, **kernel_summary(prof, 25, unit="ms", width=100)}
     del model, step
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -110,9 +100,7 @@ def main() -> None:
             r["vs_attention"] = r["tokens_per_s"] / anchor[r["T"]]["tokens_per_s"]
             tps, ratio = r["tokens_per_s"], r["vs_attention"]
             print(f"{r['model']:10s} T={r['T']:6d} {tps:10.0f} tokens/s  {ratio:.2f}x attention")
-    with open(args.out, "w") as fh:
-        record = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}
-        json.dump(record, fh, indent=1)
+    write_record(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -45,8 +45,9 @@ def decode_lengths(length: int | torch.Tensor, B: int, device: torch.device) -> 
     if device.type != "cuda" or torch.compiler.is_compiling():
         return torch.full((B,), int(length), dtype=torch.int32, device=device)
     # every layer of a decoding step asks for the same one or two lengths: the last few are kept (host time),
-    # per stream (a kept tensor is only ever read, on the stream it was made on)
-    key = (int(length), B, device, torch.cuda.current_stream(device).cuda_stream)
+    # per stream (a kept tensor is only ever read, on the stream it was made on) and inference mode
+    stream = torch.cuda.current_stream(device).cuda_stream
+    key = (int(length), B, device, stream, torch.is_inference_mode_enabled())
     lengths = _LENGTHS.get(key)
     if lengths is None:
         if len(_LENGTHS) >= _TABLES_KEPT:
