@@ -301,14 +301,22 @@ class SessaForCausalLM(SessaPreTrainedModel, GenerationMixin):
         """The static cache of the previous ``generate(cache_implementation="static")`` call, reset, when it
         fits this one (same rows, device, dtype and step form, enough positions); else a new one, kept for
         the next call. Reuse keeps its captured CUDA graph: a generation then captures nothing (transformers
-        keeps its static caches the same way). ``del model._sessa_static_cache`` frees it."""
+        keeps its static caches the same way). A parameter replaced by another tensor since (not updated in
+        place) also makes a new one: the captured graph reads the parameters' memory.
+        ``del model._sessa_static_cache`` frees it."""
         weight = self.model.embed_tokens.weight
+        memory = tuple(p.data_ptr() for p in self.model.parameters())
         cache = getattr(self, "_sessa_static_cache", None)
-        if cache is not None and cache.fits(rows, max_len, weight.device, weight.dtype, compile_step):
+        if (
+            cache is not None
+            and cache.fits(rows, max_len, weight.device, weight.dtype, compile_step)
+            and getattr(cache, "parameter_memory", None) == memory
+        ):
             cache.reset()
             return cache
         self._sessa_static_cache = None  # the old buffers go before the new ones are allocated
         cache = self._sessa_static_cache = self.model.new_static_cache(rows, max_len, compile=compile_step)
+        cache.parameter_memory = memory
         return cache
 
     @classmethod

@@ -78,6 +78,16 @@ def test_generate_reuses_a_fitting_static_cache_after_a_reset(name):
     cache = model._sessa_static_cache
     model.generate(ids[:1], **common)  # another batch size
     assert model._sessa_static_cache is not cache and model._sessa_static_cache.batch_size == 1
+    cache = model._sessa_static_cache
+    with torch.no_grad():  # updated in place: the captured graph sees it, the cache is kept
+        model.model.norm.weight.mul_(1.5)
+    model.generate(ids[:1], **common)
+    assert model._sessa_static_cache is cache
+    norm = model.model.norm  # replaced by another tensor: a graph would read the old memory
+    norm.weight = torch.nn.Parameter(norm.weight.detach().clone() * 0.5)
+    got = model.generate(ids[:1], **common)
+    assert model._sessa_static_cache is not cache
+    assert torch.equal(got, model.generate(ids[:1], **dict(common, cache_implementation=None)))
 
 
 def test_static_cache_refuses_a_full_cache_and_a_wrong_batch():
