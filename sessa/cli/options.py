@@ -83,7 +83,7 @@ def add_config_options(
             text += f" (default: {_default(f)})"
         if valid:
             text += f"; valid: {', '.join(valid)}"
-        kw: dict[str, Any] = {"help": text.strip()}
+        kw: dict[str, Any] = {"help": text.strip().replace("%", "%%")}  # argparse %-formats help
         if f.name in positional:
             parser.add_argument(f.name, type=_scalar(kind), **kw)
             continue

@@ -108,7 +108,7 @@ class SessaPreTrainedModel(PreTrainedModel):
 
     config_class = SessaConfig
     base_model_prefix = "model"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True  # SessaModel.gradient_checkpointing: one checkpoint per block
     _no_split_modules = ["GatedBlock", "PreNormBlock"]
     _is_stateful = True  # recurrent layers: no assisted decoding (states cannot be rolled back)
 
@@ -126,6 +126,9 @@ class SessaModel(SessaPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
         self.layers = nn.ModuleList(build_block(config, i) for i in range(config.n_layers))
         self.norm = build_final_norm(config)
+        # set by transformers' gradient_checkpointing_enable / activation_checkpointing_enable: a training
+        # forward keeps each block's input only and recomputes the block in the backward
+        self.gradient_checkpointing = False
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -193,12 +196,16 @@ class SessaModel(SessaPreTrainedModel):
                 else out.to_tuple()
             )
         hidden = [h] if output_hidden_states else None
+        checkpointed = (
+            cache is None and self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        )
         for i, layer in enumerate(self.layers):
-            h = (
-                cache.step(i, h, attention_mask)
-                if cache is not None
-                else layer(h, attention_mask=attention_mask)
-            )
+            if cache is not None:
+                h = cache.step(i, h, attention_mask)
+            elif checkpointed:
+                h = self._gradient_checkpointing_func(layer.__call__, h, attention_mask)
+            else:
+                h = layer(h, attention_mask=attention_mask)
             if hidden is not None:
                 hidden.append(h)
         h = self.norm(h)

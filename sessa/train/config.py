@@ -51,6 +51,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     amp: str = "auto"  # "auto": bf16 autocast on CUDA, none on CPU
     compile: bool = False  # torch.compile the model
+    gradient_checkpointing: bool = False  # keep block inputs only, recompute blocks in the backward
     distributed: str = "none"  # "ddp" or "fsdp" under torchrun; "none" runs one process
     tensorboard: bool = False  # also log to TensorBoard (needs the tensorboard package)
     out_dir: str = "runs/train"

@@ -4,7 +4,7 @@ A change to anything that alters the math or the data (the optimiser and schedul
 model and their options, precision) is an error that lists every difference, except the fields in
 ``RESUME_CHANGEABLE`` named with ``--allow-change``: those are applied from the checkpoint on, and the run's
 config.json records the new values. Bookkeeping fields (evaluation, logging, checkpointing, device,
-distributed strategy, output folder) may change freely.
+distributed strategy, output folder, compilation and activation checkpointing) may change freely.
 
 ``steps`` follows its own rule. More steps extend the run: the learning rate continues from its value at
 the checkpoint and decays by a cosine to ``lr * min_lr_ratio`` over the added steps (no jump back up, no
@@ -36,6 +36,7 @@ FREE_FIELDS = frozenset(
         "tensorboard",
         "out_dir",
         "compile",
+        "gradient_checkpointing",
     }
 )
 

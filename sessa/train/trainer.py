@@ -69,6 +69,17 @@ def lr_lambda(cfg: TrainConfig, anchor: tuple[int, float] | None = None):
     return factor
 
 
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Checkpoint every block of ``model`` (non-reentrant, which works under DDP and FSDP) through
+    transformers' own switch: ``activation_checkpointing_enable`` (transformers >= 5.2x), else its older
+    name ``gradient_checkpointing_enable``."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -121,6 +132,8 @@ class Trainer:
             self.device
         )
         self.n_params = sum(p.numel() for p in self.raw_model.parameters())
+        if cfg.gradient_checkpointing:
+            enable_activation_checkpointing(self.raw_model)
         if resume_from is not None:  # weights go in before wrapping, which works for every strategy
             ckpt.check_model_config(resume_from, self.raw_model.config)
             ckpt.load_weights(self.raw_model, resume_from)

@@ -11,6 +11,7 @@ pytest.importorskip("transformers")
 
 from sessa import __version__  # noqa: E402
 from sessa.cli import main  # noqa: E402
+from sessa.cli.app import COMMANDS  # noqa: E402
 
 TASK = [
     "--task",
@@ -42,6 +43,15 @@ def cli(capsys, *args: str) -> tuple[int, str, str]:
 def test_version(capsys):
     code, out, _ = cli(capsys, "--version")
     assert code == 0 and out.strip() == f"sessa {__version__}"
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_prints_its_help(capsys, command):
+    """argparse %-formats help texts: a field comment with a bare "%" ("within 2% of") broke --help."""
+    code, out, _ = cli(capsys, command, "--help")
+    assert code == 0 and out.startswith(f"usage: sessa {command}")
+    if command == "train":
+        assert "within 2% of" in out and "--gradient-checkpointing" in out
 
 
 @pytest.fixture(scope="module")
