@@ -101,6 +101,7 @@ def run_cli(*args, env=None, timeout=300):
 
 
 def test_gloo_two_process_ddp_and_fsdp_match_single_process_and_resume_across(tmp_path):
+    """DDP and FSDP, each also with activation checkpointing, give the single process's losses."""
     common = [
         "train",
         "--task",
@@ -127,7 +128,8 @@ def test_gloo_two_process_ddp_and_fsdp_match_single_process_and_resume_across(tm
     assert single.returncode == 0, single.stderr
     reference = losses(json.loads((tmp_path / "single" / "summary.json").read_text()))
     assert len(reference) == 4
-    for strategy in ("ddp", "fsdp"):
+    for run_name in ("ddp", "fsdp", "ddp-checkpointed", "fsdp-checkpointed"):
+        strategy, extra = run_name.split("-")[0], ["--gradient-checkpointing"] if "-" in run_name else []
         proc = subprocess.run(
             [
                 sys.executable,
@@ -142,8 +144,9 @@ def test_gloo_two_process_ddp_and_fsdp_match_single_process_and_resume_across(tm
                 "4",
                 "--distributed",
                 strategy,
+                *extra,
                 "--out-dir",
-                str(tmp_path / strategy),
+                str(tmp_path / run_name),
             ],
             capture_output=True,
             text=True,
@@ -151,9 +154,9 @@ def test_gloo_two_process_ddp_and_fsdp_match_single_process_and_resume_across(tm
             env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
-        got = losses(json.loads((tmp_path / strategy / "summary.json").read_text()))
+        got = losses(json.loads((tmp_path / run_name / "summary.json").read_text()))
         assert all(abs(x - y) < 1e-4 * max(1.0, abs(x)) for x, y in zip(reference, got, strict=True)), (
-            strategy,
+            run_name,
             reference,
             got,
         )
