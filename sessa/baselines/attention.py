@@ -10,16 +10,12 @@ Shapes: B batch, T new tokens, S keys, D = d_model, H heads, Hkv key/value heads
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sessa.modules.contract import MixerState, check_input, key_mask, reorder_state_tensors, step_position
-from sessa.ops.attention import (
-    BACKENDS,
-    apply_rope,
-    attend_static,
-    causal_attention,
-    rope_tables,
-)
+from sessa.modules.stacking import stacked_projection
+from sessa.ops.attention import BACKENDS, attend_static, causal_attention, split_heads
 from sessa.validation import check_choice, check_int, check_positive_float
 
 
@@ -114,7 +110,12 @@ class AttentionMixer(nn.Module):
         if end > max_len:
             raise ValueError(f"state is full: {t} tokens cached + {T_new} new > max_len={max_len}")
         mask = self._update_key_mask(state, key_mask(attention_mask, B, end), t, end)
-        q, k, v = self.qkv(x, start=t)
+        # without a gradient one GEMM for q, k, v (sessa.modules.stacking: decoding is host-bound)
+        stacked = stacked_projection([self.q_proj, self.k_proj, self.v_proj], state)
+        if stacked is None:
+            q, k, v = self.qkv(x, start=t)
+        else:
+            q, k, v = self._heads(*F.linear(x, stacked.weight, stacked.bias).split(stacked.sizes, -1), t)
         state["k"].narrow(1, t, T_new).copy_(k)
         state["v"].narrow(1, t, T_new).copy_(v)
         keys, values = state["k"].narrow(1, 0, end), state["v"].narrow(1, 0, end)
@@ -154,11 +155,10 @@ class AttentionMixer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Project x (B, T, D) to q (B, T, H, hd) and k, v (B, T, Hkv, hd); RoPE at positions start..
         (start may be a 0-d device tensor)."""
-        B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
-        if self.rope:
-            cos, sin = rope_tables(start, T, self.head_dim, self.rope_base, q.dtype, x.device)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        return q, k, v
+        return self._heads(self.q_proj(x), self.k_proj(x), self.v_proj(x), start)
+
+    def _heads(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        base = self.rope_base if self.rope else None
+        return split_heads(q, k, v, self.n_heads, self.n_kv_heads, start, base)

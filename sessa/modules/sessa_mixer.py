@@ -5,22 +5,15 @@ Shapes: B batch, T length, D width, H forward heads, Hkv key/value heads, hd = D
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sessa.modules.contract import MixerState, check_input, key_mask, reorder_state_tensors, step_position
+from sessa.modules.stacking import stacked_projection
 from sessa.ops import attention as attention_ops
 from sessa.ops import feedback as feedback_ops
-from sessa.ops.attention import (
-    apply_rope,
-    attend_static,
-    causal_attention,
-    rope_inv_freq,
-    rope_tables,
-)
+from sessa.ops.attention import attend_static, causal_attention, rope_inv_freq, split_heads
 from sessa.ops.feedback import feedback_continue, feedback_solve
 from sessa.ops.feedback.decode import feedback_decode
 from sessa.ops.precision import cast
@@ -46,45 +39,6 @@ def _validate(D: int, n_heads: int, n_kv_heads: int, use_forward_rope: bool, gam
         raise ValueError(
             f"RoPE needs an even head dim, got D / n_heads = {D // n_heads} (turn off use_forward_rope)"
         )
-
-
-class StackedProjection(NamedTuple):
-    """The mixer's input projections stacked into one (weight, bias): q, k, v and, with feedback, proj_fb's
-    two halves and gamma_ctx (bias 0); ``sizes``: the output widths in that order; ``key``: the parameters'
-    storage and version it was made from."""
-
-    weight: torch.Tensor
-    bias: torch.Tensor
-    sizes: tuple[int, ...]
-    key: tuple
-
-
-def stacked_projection(mixer: SessaMixer, cache: MixerState) -> StackedProjection | None:
-    """The stacked input projections of ``mixer`` for a step that needs no gradient, kept in the step's
-    cache (so it lives as long as the cache: a copy of those weights while a generation runs) and made again
-    when a parameter changed (storage or in-place version). None when a gradient may be needed, or when a
-    projection is not a plain ``nn.Linear`` or has hooks (an adapter or a hook must see its call)."""
-    modules = [mixer.q_proj, mixer.k_proj, mixer.v_proj]
-    if mixer.use_feedback:
-        modules += [mixer.proj_fb, mixer.gamma_ctx]
-    params = [p for m in modules for p in m.parameters(recurse=False)]
-    if torch.is_grad_enabled() and any(p.requires_grad for p in params):
-        return None
-    if any(type(m) is not nn.Linear or m._forward_hooks or m._forward_pre_hooks for m in modules) or (
-        nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
-    ):
-        return None
-    key = tuple((p.data_ptr(), p._version) for p in params)
-    stacked = cache.get("stacked_projection")
-    if stacked is None or stacked.key != key:
-        weight = torch.cat([m.weight for m in modules])
-        zeros = [m.weight.new_zeros(m.out_features) for m in modules if m.bias is None]
-        bias = torch.cat([m.bias if m.bias is not None else zeros.pop() for m in modules])
-        sizes = [m.out_features for m in modules]
-        if mixer.use_feedback:  # proj_fb -> q_b, k_b
-            sizes[3:4] = [mixer.D, mixer.D]
-        stacked = cache["stacked_projection"] = StackedProjection(weight, bias, tuple(sizes), key)
-    return stacked
 
 
 class SessaMixer(nn.Module):
@@ -162,15 +116,8 @@ class SessaMixer(nn.Module):
     def _heads(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int | torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Projected q (B, T, D), k, v (B, T, Hkv * hd) split into heads, RoPE applied to q and k."""
-        B, T, _ = q.shape
-        q = q.view(B, T, self.n_heads, self.head_dim)
-        k = k.view(B, T, self.n_kv_heads, self.head_dim)
-        v = v.view(B, T, self.n_kv_heads, self.head_dim)
-        if self.use_forward_rope:
-            cos, sin = rope_tables(start, T, self.head_dim, 10000.0, q.dtype, q.device)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        return q, k, v
+        base = 10000.0 if self.use_forward_rope else None
+        return split_heads(q, k, v, self.n_heads, self.n_kv_heads, start, base)
 
     def _attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
@@ -189,9 +136,13 @@ class SessaMixer(nn.Module):
     def _step_inputs(self, a: torch.Tensor, start: int, cache: MixerState) -> tuple:
         """q, k, v (:meth:`qkv`) and, with feedback, (q_b, k_b, gamma) (:meth:`feedback_inputs`) of new
         tokens a: (B, n, D) for :meth:`step`. Without a gradient, one GEMM with the input projections
-        stacked (kept in the cache, :func:`stacked_projection`) replaces five: a decoding step is bound by
-        host time per op."""
-        stacked = stacked_projection(self, cache)
+        stacked (kept in the cache, :mod:`sessa.modules.stacking`) replaces five: a decoding step is bound
+        by host time per op."""
+        modules = [self.q_proj, self.k_proj, self.v_proj]
+        if self.use_feedback:
+            modules += [self.proj_fb, self.gamma_ctx]  # proj_fb's rows are q_b, then k_b
+        sizes = [m.out_features for m in modules[:3]] + ([self.D, self.D, 1] if self.use_feedback else [])
+        stacked = stacked_projection(modules, cache, sizes)
         if stacked is None:
             return self.qkv(a, start), self.feedback_inputs(a) if self.use_feedback else None
         parts = F.linear(a, stacked.weight, stacked.bias).split(stacked.sizes, dim=-1)

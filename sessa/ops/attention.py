@@ -157,6 +157,27 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + swapped * sin
 
 
+def split_heads(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    n_heads: int,
+    n_kv_heads: int,
+    start: int | torch.Tensor,
+    rope_base: float | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Projected q (B, T, H * hd), k, v (B, T, Hkv * hd) -> q (B, T, H, hd), k, v (B, T, Hkv, hd), with RoPE
+    of base ``rope_base`` (None: none) applied to q and k at positions start.. (an int or a 0-d device
+    tensor)."""
+    B, T, D = q.shape
+    hd = D // n_heads
+    q, k, v = q.view(B, T, n_heads, hd), k.view(B, T, n_kv_heads, hd), v.view(B, T, n_kv_heads, hd)
+    if rope_base is not None:
+        cos, sin = rope_tables(start, T, hd, rope_base, q.dtype, q.device)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    return q, k, v
+
+
 def apply_rope_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Readable :func:`apply_rope`: x (B, T, H, hd), cos/sin (T, hd/2) or (B, T, hd/2) from
     :func:`rope_cos_sin`; (x_even, x_odd) -> (x_even cos - x_odd sin, x_even sin + x_odd cos)."""

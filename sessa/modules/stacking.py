@@ -1,0 +1,56 @@
+"""Input projections stacked into one GEMM for a cached step that needs no gradient.
+
+A decoding step is bound by host time per op (hundreds of small launches per token on a GPU), so the mixers'
+``step`` computes the projections that read the same input (attention's q, k, v; Sessa's also proj_fb and
+gamma_ctx) as one ``F.linear`` with their weights stacked. The stack lives in the layer's cache, so it exists
+while a generation runs (a copy of those weights) and goes with the cache; it is made again when a
+parameter's storage or in-place version changes. The separate modules run instead whenever a gradient may
+be needed, or when a projection is not a plain ``nn.Linear`` (an adapter) or has hooks: they must see their
+calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from sessa.modules.contract import MixerState
+
+CACHE_KEY = "stacked_projection"
+
+
+class StackedProjection(NamedTuple):
+    """The stacked (weight, bias) (a zero bias for a module without one), the output widths in order
+    (``sizes``, a module's rows may be split further), and the parameters' (storage, version) it was made
+    from (``key``)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    sizes: tuple[int, ...]
+    key: tuple
+
+
+def stacked_projection(
+    modules: Sequence[nn.Module], cache: MixerState, sizes: Sequence[int] | None = None
+) -> StackedProjection | None:
+    """The stack of ``modules`` (kept in ``cache``), or None when the separate calls must run (module
+    docstring). ``sizes``: output widths summing to the stacked rows (default: each module's width)."""
+    params = [p for m in modules for p in m.parameters(recurse=False)]
+    if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+        return None
+    if any(type(m) is not nn.Linear or m._forward_hooks or m._forward_pre_hooks for m in modules) or (
+        nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
+    ):
+        return None
+    key = tuple((p.data_ptr(), p._version) for p in params)
+    stacked = cache.get(CACHE_KEY)
+    if stacked is None or stacked.key != key:
+        weight = torch.cat([m.weight for m in modules])
+        zeros = [m.weight.new_zeros(m.out_features) for m in modules if m.bias is None]
+        bias = torch.cat([m.bias if m.bias is not None else zeros.pop() for m in modules])
+        widths = tuple(sizes) if sizes is not None else tuple(m.out_features for m in modules)
+        stacked = cache[CACHE_KEY] = StackedProjection(weight, bias, widths, key)
+    return stacked
