@@ -317,7 +317,7 @@ class SessaForCausalLM(SessaPreTrainedModel, GenerationMixin):
         if (
             cache is not None
             and cache.fits(rows, max_len, weight.device, weight.dtype, compile_step)
-            and getattr(cache, "parameter_memory", None) == memory
+            and cache.parameter_memory == memory
         ):
             cache.reset()
             return cache

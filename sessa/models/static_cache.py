@@ -64,6 +64,7 @@ class StaticSessaCache(SessaCache):
         self.buffers = [{k: v for k, v in s.items() if isinstance(v, torch.Tensor)} for s in self.states]
         self._initial = [{k: v for k, v in s.items() if not isinstance(v, torch.Tensor)} for s in self.states]
         self.dtype = dtype
+        self.parameter_memory: tuple | None = None  # set by generate: the parameters its graph reads
         self.mask = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)
         self.pos = torch.zeros((), dtype=torch.long, device=device)
         self.graphs = bool(graphs) and self.device.type == "cuda"

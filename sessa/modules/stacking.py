@@ -49,8 +49,8 @@ def stacked_projection(
     stacked = cache.get(CACHE_KEY)
     if stacked is None or stacked.key != key:
         weight = torch.cat([m.weight for m in modules])
-        zeros = [m.weight.new_zeros(m.out_features) for m in modules if m.bias is None]
-        bias = torch.cat([m.bias if m.bias is not None else zeros.pop() for m in modules])
+        biases = [m.weight.new_zeros(m.out_features) if m.bias is None else m.bias for m in modules]
+        bias = torch.cat(biases)
         widths = tuple(sizes) if sizes is not None else tuple(m.out_features for m in modules)
         stacked = cache[CACHE_KEY] = StackedProjection(weight, bias, widths, key)
     return stacked
