@@ -153,6 +153,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """Rotate interleaved pairs (x[2i], x[2i+1]) of x: (B, T, H, hd) with :func:`rope_tables`' pair tables:
     x * cos + swap(x) * sin, where swap exchanges the two elements of every pair. The same roundings as
     :func:`apply_rope_ref` (a - b = a + (-b) exactly), bit for bit, in four kernels instead of seven."""
+    if cos.shape[-1] != x.shape[-1]:
+        raise ValueError(
+            f"apply_rope takes rope_tables' pair tables of width hd = {x.shape[-1]}, got width "
+            f"{cos.shape[-1]} (half-width cos/sin from rope_cos_sin go to apply_rope_ref)"
+        )
     swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
     return x * cos + swapped * sin
 

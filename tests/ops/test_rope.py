@@ -49,3 +49,10 @@ def test_gradient_matches_reference():
     (g1,) = torch.autograd.grad((apply_rope(x, *tables) ** 2).sum(), x)
     (g2,) = torch.autograd.grad((apply_rope_ref(x, cos, sin) ** 2).sum(), x)
     assert torch.allclose(g1, g2, atol=1e-14)
+
+
+def test_half_width_tables_are_refused_clearly():
+    x = torch.randn(1, 3, 2, 8)
+    cos, sin = rope_cos_sin(torch.arange(3), cached_inv_freq(8, 1e4, torch.float32, x.device), torch.float32)
+    with pytest.raises(ValueError, match="apply_rope_ref"):
+        apply_rope(x, cos, sin)
