@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,21 +44,31 @@ def decode_lengths(length: int | torch.Tensor, B: int, device: torch.device) -> 
     ``device``; a tensor (0-d or (B,), e.g. a graph-captured step's position) is used as it is."""
     if isinstance(length, torch.Tensor):
         return length
-    if device.type != "cuda" or torch.compiler.is_compiling():
+
+    def make() -> torch.Tensor:
         return torch.full((B,), int(length), dtype=torch.int32, device=device)
+
+    if device.type != "cuda" or torch.compiler.is_compiling():
+        return make()
     # every layer of a decoding step asks for the same one or two lengths: the last few are kept (host time),
     # per stream (a kept tensor is only ever read, on the stream it was made on) and inference mode
     stream = torch.cuda.current_stream(device).cuda_stream
-    key = (int(length), B, device, stream, torch.is_inference_mode_enabled())
-    lengths = _LENGTHS.get(key)
-    if lengths is None:
-        if len(_LENGTHS) >= _TABLES_KEPT:
-            _LENGTHS.pop(next(iter(_LENGTHS), None), None)
-        lengths = _LENGTHS[key] = torch.full((B,), int(length), dtype=torch.int32, device=device)
-    return lengths
+    return _kept(_LENGTHS, (int(length), B, device, stream, torch.is_inference_mode_enabled()), make)
 
 
+_KEPT = 8  # entries of each per-step host cache below (RoPE tables, decode lengths)
 _LENGTHS: dict[tuple, torch.Tensor] = {}
+_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _kept(store: dict, key: tuple, make: Callable[[], Any]) -> Any:
+    """``store[key]``, made by ``make()`` on a miss; the oldest entry goes when ``_KEPT`` are held."""
+    value = store.get(key)
+    if value is None:
+        if len(store) >= _KEPT:
+            store.pop(next(iter(store)))
+        value = store[key] = make()
+    return value
 
 
 def sdpa_without_cudnn(
@@ -116,10 +128,6 @@ def rope_cos_sin(
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
-_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-_TABLES_KEPT = 8
-
-
 def rope_tables(
     start: int | torch.Tensor, T: int, head_dim: int, base: float, dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,12 +149,7 @@ def rope_tables(
         return make()
     # tables made under inference_mode cannot be saved for a backward: kept apart from the others
     key = (start, T, head_dim, float(base), dtype, str(device), torch.is_inference_mode_enabled())
-    tables = _TABLES.get(key)
-    if tables is None:
-        if len(_TABLES) >= _TABLES_KEPT:
-            _TABLES.pop(next(iter(_TABLES), None), None)
-        tables = _TABLES[key] = make()
-    return tables
+    return _kept(_TABLES, key, make)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -209,17 +209,18 @@ def feedback_continue_split(
     mask = torch.ones(B, t + n, dtype=torch.bool, device=f_new.device) if key_mask is None else key_mask
     causal = torch.arange(n, device=f_new.device)
     rows = max(1, PAST_TILE // max(1, B * (t + n)))
+    keys_t, values = k_all.to(work).transpose(1, 2), s_past.to(work)  # once, not per block of rows
     lse_p, lse_n, read = [], [], []
     for r0 in range(0, n, rows):
         r1 = min(n, r0 + rows)
-        x = torch.matmul(q_new[:, r0:r1].to(work), k_all[:, : t + r1].to(work).transpose(1, 2)) / math.sqrt(D)
+        x = torch.matmul(q_new[:, r0:r1].to(work), keys_t[:, :, : t + r1]) / math.sqrt(D)
         past = x[:, :, :t].masked_fill(~mask[:, None, :t], float("-inf"))
         strict = causal[None, :r1] < causal[r0:r1, None]  # new key j before new row i
         new = x[:, :, t:].masked_fill(~(strict[None] & mask[:, None, t : t + r1]), float("-inf"))
         lse_p.append(torch.logsumexp(past, -1))
         lse_n.append(torch.logsumexp(new, -1))
         probs = torch.exp(past - torch.where(torch.isinf(lse_p[-1]), 0.0, lse_p[-1])[..., None])
-        read.append(torch.matmul(probs, s_past.to(work)))
+        read.append(torch.matmul(probs, values))
     lse_p, lse_n, read = torch.cat(lse_p, 1), torch.cat(lse_n, 1), torch.cat(read, 1)
     lse = torch.logaddexp(lse_p, lse_n)
     safe = torch.where(torch.isinf(lse), 0.0, lse)  # a row with no readable key: both shares 0
