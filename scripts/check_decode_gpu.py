@@ -11,8 +11,12 @@
 3. The static cache's CUDA-graph decode, eager and compiled (``compile=True``), against the ordinary cache
    (float32 tiny models, left padding, 8 decode steps, every model): logits must agree to 1e-4.
 4. The decode kernels' fast launches (``BoundKernel``: no JIT entry once a specialisation is known) give the
-   same bits as Triton's own launch, and a tiny float32 model decoding token by token through the ordinary
-   cache equals its one-shot forward (logits to 1e-4).
+   same bits as Triton's own launch, and tiny float32 Sessa and attention (GQA) models decoding token by
+   token through the ordinary cache equal their one-shot forward (logits to 1e-4).
+5. The one-token step prologue (``step_prologue``: RoPE of q and k, the cache writes, the gain) against its
+   PyTorch reference at the presets' shapes, every dtype: q, the caches and the gain within 2 ulps of each
+   tensor's scale (max|x - ref| / max|ref|). Not bit for bit: the GPU compiler contracts RoPE's two products
+   and their sum (one rounding where PyTorch rounds each product), and the gain's tanh comes from exp.
 Prints one line per check and exits 1 if any fails.
 """
 
@@ -34,6 +38,11 @@ from sessa.ops.feedback.decode import (
     feedback_decode,
     feedback_decode_ref,
 )
+
+
+def max_rel(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """max|x - ref| / max|ref| in float64."""
+    return (x.double() - ref.double()).abs().max().item() / max(ref.double().abs().max().item(), 1e-30)
 
 
 def _ratio(got: torch.Tensor, low: torch.Tensor, exact: torch.Tensor, dtype: torch.dtype) -> float:
@@ -203,22 +212,56 @@ def fast_launch_checks() -> list[dict]:
     same = all(torch.equal(a, b) for a, b in zip(fast, jit, strict=True))
     ok = same and direct == 4
     rows = [{"check": "fast launch", "direct_launches": direct, "bitwise_equal": same, "ok": ok}]
-    torch.manual_seed(0)
-    model = SessaForCausalLM(SessaConfig.from_preset("tiny", mixer="sessa")).cuda().eval()
-    ids = torch.randint(3, 200, (2, 300), device="cuda")
-    with torch.inference_mode():
-        whole = model(ids).logits
-        cache = model.model.new_cache(320)
-        steps = [model(ids[:, :292], cache=cache).logits[:, -1]]
-        steps += [model(ids[:, i : i + 1], cache=cache).logits[:, -1] for i in range(292, 299)]
-    diff = (torch.stack(steps, 1) - whole[:, 291:299]).abs().max().item()
-    rows.append({"check": "eager decode", "model": "sessa", "max_abs_diff": diff, "ok": diff <= 1e-4})
+    for name in ("sessa", "attention"):
+        torch.manual_seed(0)
+        config = SessaConfig.from_preset("tiny", mixer=name, **({} if name == "sessa" else {"n_kv_heads": 1}))
+        model = SessaForCausalLM(config).cuda().eval()
+        ids = torch.randint(3, 200, (2, 300), device="cuda")
+        with torch.inference_mode():
+            whole = model(ids).logits
+            cache = model.model.new_cache(320)
+            steps = [model(ids[:, :292], cache=cache).logits[:, -1]]
+            steps += [model(ids[:, i : i + 1], cache=cache).logits[:, -1] for i in range(292, 299)]
+        diff = (torch.stack(steps, 1) - whole[:, 291:299]).abs().max().item()
+        rows.append({"check": "eager decode", "model": name, "max_abs_diff": diff, "ok": diff <= 1e-4})
+    return rows
+
+
+def prologue_checks() -> list[dict]:
+    from sessa.ops.attention import rope_tables
+    from sessa.ops.prologue import step_prologue_ref
+    from sessa.ops.triton_decode import step_prologue_triton
+
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    rows = []
+    # (B, H, Hkv, hd, feedback, position): Sessa 125m / 350m, attention with GQA, a long cache
+    for B, H, Hkv, hd, fb, t in ((1, 12, 12, 64, True, 1000), (8, 16, 16, 64, True, 7),
+                                 (8, 16, 4, 64, False, 2047), (2, 12, 12, 64, True, 32767)):
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            D, KV = H * hd, Hkv * hd
+            width = D + 2 * KV + (2 * D + 1 if fb else 0)
+            proj = (3 * torch.randn(B, 1, width, device="cuda", generator=gen)).to(dtype)
+            caches = [torch.randn(B, t + 1, Hkv, hd, device="cuda", generator=gen).to(dtype)
+                      for _ in range(2)]
+            if fb:
+                caches.append(torch.randn(B, t + 1, D, device="cuda", generator=gen).to(dtype))
+            gain = (torch.tensor(0.7, device="cuda"), 0.999) if fb else None
+            rope = rope_tables(t, 1, hd, 10000.0, dtype, proj.device)
+            mine, ref = [c.clone() for c in caches], [c.clone() for c in caches]
+            q1, g1 = step_prologue_triton(proj, mine[0], mine[1], t, H, rope, mine[2] if fb else None, gain)
+            q2, g2 = step_prologue_ref(proj, ref[0], ref[1], t, H, rope, ref[2] if fb else None, gain)
+            pairs = list(zip([q1, *mine], [q2, *ref], strict=True)) + ([(g1, g2)] if fb else [])
+            diff = max(max_rel(a, b) for a, b in pairs)
+            bitwise = all(torch.equal(a, b) for a, b in pairs)
+            ok = diff <= 2 * torch.finfo(dtype).eps
+            rows.append({"check": "prologue", "dtype": str(dtype), "B": B, "H": H, "Hkv": Hkv, "hd": hd,
+                         "feedback": fb, "t": t, "max_rel_diff": diff, "bitwise": bitwise, "ok": ok})
     return rows
 
 
 def main() -> int:
     rows = []
-    for check in (kernel_checks, continue_checks, graph_checks, fast_launch_checks):
+    for check in (kernel_checks, continue_checks, graph_checks, fast_launch_checks, prologue_checks):
         try:
             rows += check()
         except Exception as e:  # noqa: BLE001 - reported as a failed check, the others still run

@@ -6,7 +6,8 @@ reference (the dense reference up to T = 4097, the chunked op in float64 above).
 mamba's): pass iff every Triton error is finite and <= k x the chunked op's error + atol, per dtype (TOL).
 Triton's outputs and scratch buffers are filled with NaN before its kernels run (``triton.POISON``), so an
 unwritten element fails.
-One more case compares the direct launch path with Triton's JIT entry (SESSA_TRITON_FAST_LAUNCH=0).
+One more case compares the direct launch path with Triton's JIT entry (SESSA_TRITON_FAST_LAUNCH=0), and
+one the op under ``torch.compile`` (the custom ops of ``triton_ops``) with the eager op: bit-identical.
 
 Cases run in worker processes sharing the GPU, so Triton's compilation (most of the time on a fresh machine)
 runs in parallel. Prints one table and writes it to OUT:
@@ -40,6 +41,7 @@ CASES = [(1, 1, 1024, False), (2, 63, 64, False), (2, 65, 128, True), (1, 1000, 
          (2, 1000, 2048, True), (1, 4097, 1024, True), (1, 16384, 1024, False)]
 QUICK = [(2, 65, 128, True), (1, 1000, 1024, False)]
 LAUNCH_CASE = ("bfloat16", (1, 4097, 1024, True))
+COMPILE_CASE = ("bfloat16", (2, 3000, 768, True))
 # dtype: (k for s and df, k for dq_b / dk_b / dgamma, atol). fp32: the W products run in tf32x3 (measured up
 # to ~4x the chunked op's error). bf16: the gradient products take bf16 operands where the chunked op computes
 # in fp32. fp16 inputs use bf16 operands too (fp16 cannot hold s), so their floor is bf16's (unit roundoff
@@ -125,9 +127,25 @@ def check_launch_paths(dtype_name: str, case: tuple, device: str) -> dict:
             "sec": time.time() - start, "note": note}
 
 
+def check_compiled(dtype_name: str, case: tuple, device: str) -> dict:
+    """``torch.compile(fullgraph=True)`` of the op (the custom ops) against the eager op: bit-identical s,
+    dq_b, dk_b, df; dgamma up to its atomics' last bits."""
+    import sessa.ops.feedback.triton as ft
+
+    start = time.time()
+    inputs, ds, key_mask = make_inputs(*case, getattr(torch, dtype_name), 11, device)
+    eager = run(ft.feedback_solve_triton, inputs, ds, key_mask)
+    compiled = run(torch.compile(ft.feedback_solve_triton, fullgraph=True), inputs, ds, key_mask)
+    diffs = [max_rel(a, b.double()) for a, b in zip(compiled, eager, strict=True)]
+    ok = [d == 0 or (n == "dgamma" and d < 1e-5) for n, d in zip(NAMES, diffs, strict=True)]
+    return {"dtype": dtype_name, "case": case, "tri": diffs, "chk": None, "ok": ok,
+            "sec": time.time() - start, "note": "torch.compile(fullgraph=True) vs eager"}
+
+
 def _job(kind: str, dtype_name: str, case: tuple, device: str) -> dict:
+    checks = {"launch": check_launch_paths, "compiled": check_compiled, "case": check_case}
     try:
-        return (check_launch_paths if kind == "launch" else check_case)(dtype_name, case, device)
+        return checks[kind](dtype_name, case, device)
     except Exception as e:  # a crash is a failed row, not a lost table
         return {"dtype": dtype_name, "case": case, "tri": [math.nan] * 5, "chk": None, "ok": [False] * 5,
                 "sec": 0.0, "note": f"{kind}: {type(e).__name__}: {str(e)[:300]}"}
@@ -178,13 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [("case", dt, c, args.device) for c in cases for dt in DTYPES]
     jobs.sort(key=lambda j: -j[2][1] * j[2][2])  # longest first: they bound the wall time
     if cuda and not (args.quick or args.cases):
-        jobs.insert(0, ("launch", *LAUNCH_CASE, args.device))
+        jobs[:0] = [("launch", *LAUNCH_CASE, args.device), ("compiled", *COMPILE_CASE, args.device)]
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         results = list(pool.map(_job, *zip(*jobs, strict=True)))
     order = {(dt, c): i for i, (c, dt) in enumerate((c, dt) for c in cases for dt in DTYPES)}
     rows = sorted((r for j, r in zip(jobs, results, strict=True) if j[0] == "case"),
                   key=lambda r: order[(r["dtype"], r["case"])])
-    rows += [r for j, r in zip(jobs, results, strict=True) if j[0] == "launch"]
+    rows += [r for j, r in zip(jobs, results, strict=True) if j[0] != "case"]
     name = torch.cuda.get_device_name(args.device) if cuda else "CPU (Triton interpreter)"
     head = [
         f"device: {name}  torch {torch.__version__}  triton {triton.__version__}  "

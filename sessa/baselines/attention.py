@@ -16,6 +16,7 @@ from torch import nn
 from sessa.modules.contract import MixerState, check_input, key_mask, reorder_state_tensors, step_position
 from sessa.modules.stacking import stacked_projection
 from sessa.ops.attention import BACKENDS, attend_static, causal_attention, split_heads
+from sessa.ops.prologue import step_prologue
 from sessa.validation import check_choice, check_int, check_positive_float
 
 
@@ -110,14 +111,17 @@ class AttentionMixer(nn.Module):
         if end > max_len:
             raise ValueError(f"state is full: {t} tokens cached + {T_new} new > max_len={max_len}")
         mask = self._update_key_mask(state, key_mask(attention_mask, B, end), t, end)
-        # without a gradient one GEMM for q, k, v (sessa.modules.stacking: decoding is host-bound)
+        # without a gradient one GEMM for q, k, v (sessa.modules.stacking) and one launch for RoPE and the
+        # cache writes of one token (sessa.ops.prologue): decoding is host-bound
         stacked = stacked_projection([self.q_proj, self.k_proj, self.v_proj], state)
         if stacked is None:
             q, k, v = self.qkv(x, start=t)
+            state["k"].narrow(1, t, T_new).copy_(k)
+            state["v"].narrow(1, t, T_new).copy_(v)
         else:
-            q, k, v = self._heads(*F.linear(x, stacked.weight, stacked.bias).split(stacked.sizes, -1), t)
-        state["k"].narrow(1, t, T_new).copy_(k)
-        state["v"].narrow(1, t, T_new).copy_(v)
+            proj = F.linear(x, stacked.weight, stacked.bias)
+            base = self.rope_base if self.rope else None
+            q, _ = step_prologue(proj, state["k"], state["v"], t, self.n_heads, base)
         keys, values = state["k"].narrow(1, 0, end), state["v"].narrow(1, 0, end)
         out = causal_attention(q, keys, values, key_mask=mask, backend=self.backend)
         state["t"] = end

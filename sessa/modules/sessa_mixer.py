@@ -17,6 +17,7 @@ from sessa.ops.attention import attend_static, causal_attention, rope_inv_freq, 
 from sessa.ops.feedback import feedback_continue, feedback_solve
 from sessa.ops.feedback.decode import feedback_decode
 from sessa.ops.precision import cast
+from sessa.ops.prologue import step_prologue
 from sessa.validation import check_choice, check_float, check_int
 
 # Buffers the original implementation keeps in its state dict; they hold no learned information.
@@ -133,21 +134,35 @@ class SessaMixer(nn.Module):
     def _gain(self, ctx: torch.Tensor) -> torch.Tensor:
         return self.gamma_max * torch.tanh(self.gamma_bias + ctx)  # (B, T, 1)
 
-    def _step_inputs(self, a: torch.Tensor, start: int, cache: MixerState) -> tuple:
-        """q, k, v (:meth:`qkv`) and, with feedback, (q_b, k_b, gamma) (:meth:`feedback_inputs`) of new
-        tokens a: (B, n, D) for :meth:`step`. Without a gradient, one GEMM with the input projections
-        stacked (kept in the cache, :mod:`sessa.modules.stacking`) replaces five: a decoding step is bound
-        by host time per op."""
+    def _step_inputs(self, a: torch.Tensor, t: int, cache: MixerState) -> tuple:
+        """q (:meth:`qkv`) and, with feedback, (q_b, k_b, gamma) (:meth:`feedback_inputs`) of new tokens
+        a: (B, n, D) for :meth:`step`, their k, v and k_b written into the cache at t... Without a gradient
+        one GEMM with the input projections stacked (kept in the cache, :mod:`sessa.modules.stacking`)
+        replaces five, and :func:`~sessa.ops.prologue.step_prologue` does the rest (one launch for one token
+        on CUDA): a decoding step is bound by host time per op."""
         modules = [self.q_proj, self.k_proj, self.v_proj]
         if self.use_feedback:
             modules += [self.proj_fb, self.gamma_ctx]  # proj_fb's rows are q_b, then k_b
-        sizes = [m.out_features for m in modules[:3]] + ([self.D, self.D, 1] if self.use_feedback else [])
-        stacked = stacked_projection(modules, cache, sizes)
+        stacked = stacked_projection(modules, cache)
+        n = a.shape[1]
         if stacked is None:
-            return self.qkv(a, start), self.feedback_inputs(a) if self.use_feedback else None
-        parts = F.linear(a, stacked.weight, stacked.bias).split(stacked.sizes, dim=-1)
-        q, k, v = self._heads(*parts[:3], start)
-        return (q, k, v), (*parts[3:5], self._gain(parts[5])) if self.use_feedback else None
+            q, k, v = self.qkv(a, t)
+            cache["k_f"].narrow(1, t, n).copy_(k)  # copy_ casts to the cache's dtype
+            cache["v_f"].narrow(1, t, n).copy_(v)
+            if not self.use_feedback:
+                return q, None
+            q_b, k_b, gamma = self.feedback_inputs(a)
+            cache["k_b"].narrow(1, t, n).copy_(k_b)
+            return q, (q_b, k_b, gamma)
+        proj = F.linear(a, stacked.weight, stacked.bias)
+        base = 10000.0 if self.use_forward_rope else None
+        fb = self.use_feedback
+        kb_cache, gain = (cache["k_b"], (self.gamma_bias, self.gamma_max)) if fb else (None, None)
+        q, gamma = step_prologue(proj, cache["k_f"], cache["v_f"], t, self.n_heads, base, kb_cache, gain)
+        if not fb:
+            return q, None
+        start = self.D + 2 * self.n_kv_heads * self.head_dim  # q_b, then k_b
+        return q, (proj[..., start : start + self.D], proj[..., start + self.D : start + 2 * self.D], gamma)
 
     # -- parallel forward ----------------------------------------------------------------------------
     def forward(self, bar_a: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -221,15 +236,12 @@ class SessaMixer(nn.Module):
         if t + n > capacity:
             raise ValueError(f"cache is full: {t} cached + {n} new tokens > max_len {capacity}")
         mask = _update_mask(cache, attention_mask, B, t, n, bar_a.device)
-        (q, k, v), feedback = self._step_inputs(bar_a, t, cache)
-        cache["k_f"].narrow(1, t, n).copy_(k)  # copy_ casts to the cache's dtype
-        cache["v_f"].narrow(1, t, n).copy_(v)
+        q, feedback = self._step_inputs(bar_a, t, cache)
         keys = cast(cache["k_f"].narrow(1, 0, t + n), q.dtype)
         values = cast(cache["v_f"].narrow(1, 0, t + n), q.dtype)
         f = self._attend(q, keys, values, mask)
         if feedback is not None:
             q_b, k_b, gamma = feedback
-            cache["k_b"].narrow(1, t, n).copy_(k_b)
             if t == 0 and n > 1:  # a prompt into an empty cache: the parallel solve (Triton on CUDA)
                 f = feedback_solve(
                     q_b,

@@ -101,7 +101,11 @@ _INV_FREQ: dict[tuple, torch.Tensor] = {}
 
 def cached_inv_freq(head_dim: int, base: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """:func:`rope_inv_freq` kept on ``device`` (made once per head width, base, dtype and device): a decode
-    step then copies nothing from the host, which a graph-captured step could not do."""
+    step then copies nothing from the host, which a graph-captured step could not do. Code being compiled
+    makes it in its graph instead: a tensor kept from there could be the output of a CUDA graph
+    (``mode="reduce-overhead"``), which its next replay overwrites."""
+    if torch.compiler.is_compiling():
+        return rope_inv_freq(head_dim, base, dtype).to(device)
     key = (head_dim, float(base), dtype, str(device))
     if key not in _INV_FREQ:
         _INV_FREQ[key] = rope_inv_freq(head_dim, base, dtype).to(device)

@@ -291,3 +291,85 @@ def feedback_decode_triton(
     g = gamma_new.reshape(B).contiguous()
     _run(q, k_cache[:, :, None], s_cache[:, :, None], key_mask, _lengths(length, B), out, f, g)
     return out
+
+
+# ------------------------------------------------------------------------ the prologue of a one-token step
+@triton.jit
+def _rope_part(src, cos, sin, j, jm, HD, ROPE: tl.constexpr):
+    """x * cos + swap(x) * sin, written with PyTorch's roundings (each product rounded to x's dtype); the GPU
+    compiler may contract the products and the sum into one rounding (the interpreter keeps all three)."""
+    x = tl.load(src + j, mask=jm, other=0.0)
+    if ROPE:
+        swapped = tl.load(src + (j ^ 1), mask=jm, other=0.0)
+        c = tl.load(cos + j % HD, mask=jm, other=0.0)
+        s = tl.load(sin + j % HD, mask=jm, other=0.0)
+        a = (x.to(tl.float32) * c.to(tl.float32)).to(x.dtype)
+        b = (swapped.to(tl.float32) * s.to(tl.float32)).to(x.dtype)
+        x = (a.to(tl.float32) + b.to(tl.float32)).to(x.dtype)
+    return x
+
+
+@triton.jit
+def _prologue_kernel(
+    proj, cos, sin, q_out, k_cache, v_cache, kb_cache, gamma_out, gamma_bias, gamma_max, t,
+    stride_pb, stride_kb, stride_kt, stride_vb, stride_vt, stride_bb, stride_bt,
+    D, KV, HD, ROPE: tl.constexpr, FEEDBACK: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    b = tl.program_id(0).to(tl.int64)
+    row = proj + b * stride_pb  # [q (D) | k (KV) | v (KV) | q_b (D) | k_b (D) | gain logit (1)]
+    j = tl.arange(0, BLOCK)
+    qm, km = j < D, j < KV
+    tl.store(q_out + b * D + j, _rope_part(row, cos, sin, j, qm, HD, ROPE), mask=qm)
+    k = _rope_part(row + D, cos, sin, j, km, HD, ROPE)
+    tl.store(k_cache + b * stride_kb + t * stride_kt + j, k, mask=km)
+    tl.store(v_cache + b * stride_vb + t * stride_vt + j, tl.load(row + D + KV + j, mask=km), mask=km)
+    if FEEDBACK:
+        kb = tl.load(row + 2 * D + 2 * KV + j, mask=qm)
+        tl.store(kb_cache + b * stride_bb + t * stride_bt + j, kb, mask=qm)
+        ctx = tl.load(row + 3 * D + 2 * KV)
+        # PyTorch's roundings: the bias cast to the logit's dtype, then each op rounded to it
+        u = tl.load(gamma_bias).to(ctx.dtype).to(tl.float32) + ctx.to(tl.float32)
+        u = u.to(ctx.dtype).to(tl.float32)
+        th = (1.0 - 2.0 / (tl.exp(2.0 * u) + 1.0)).to(ctx.dtype).to(tl.float32)  # tanh(u), to ~1 ulp
+        tl.store(gamma_out + b, (gamma_max * th).to(gamma_out.dtype.element_ty))
+
+
+def prologue_launch(proj, k_cache, v_cache, t, n_heads, rope, kb_cache, gain, q, gamma):  # noqa: ANN001, ANN201
+    """The prologue's launch as (kernel, grid, args, constexprs/options), writing q and gamma (outputs)."""
+    KV = k_cache.shape[2] * k_cache.shape[3]
+    D = q.shape[2] * q.shape[3]
+    fb = kb_cache is not None
+    cos, sin = rope if rope is not None else (q, q)
+    kb = kb_cache if fb else k_cache
+    bias, gmax = gain if fb else (q, 0.0)
+    args = (  # q stands in for the pointers a variant never reads
+        proj, cos, sin, q, k_cache, v_cache, kb, gamma, bias, float(gmax), t, proj.stride(0),
+        k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1), kb.stride(0),
+        kb.stride(1), D, KV, q.shape[3],
+    )  # fmt: skip
+    consts = {"ROPE": rope is not None, "FEEDBACK": fb, "BLOCK": triton.next_power_of_2(max(D, 16)),
+              "num_warps": 4}
+    return _prologue_kernel, (proj.shape[0],), args, consts
+
+
+def step_prologue_triton(
+    proj: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    t: int,
+    n_heads: int,
+    rope: tuple[torch.Tensor, torch.Tensor] | None,
+    kb_cache: torch.Tensor | None = None,
+    gain: tuple[torch.Tensor, float] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`sessa.ops.prologue.step_prologue_ref` in one launch (arguments and returns there); the caches
+    need unit stride over each token's (heads x width) and proj (B, 1, W) unit stride in W."""
+    B, hd = proj.shape[0], k_cache.shape[3]
+    q = torch.empty(B, 1, n_heads, hd, device=proj.device, dtype=proj.dtype)
+    gamma = torch.empty(B, 1, 1, device=proj.device, dtype=proj.dtype) if kb_cache is not None else q
+    kernel, grid, args, consts = prologue_launch(proj, k_cache, v_cache, t, n_heads, rope, kb_cache, gain, q,
+                                                 gamma)
+    other = proj.is_cuda and proj.device.index != torch.cuda.current_device()
+    with on_device(proj) if other else contextlib.nullcontext():
+        _bound(kernel, consts, proj.device)(grid, *args)
+    return q, gamma if kb_cache is not None else None

@@ -142,11 +142,39 @@ def _check_w() -> dict:
     return {"err": err, "finite": bool(w.isfinite().all())}
 
 
+def _check_compiled() -> dict:
+    """The op under ``torch.compile(fullgraph=True)`` (the custom ops of ``triton_ops``; a graph break would
+    raise) against the eager op, fp32 and bf16 with a key mask: the largest difference over s and the four
+    gradients; and ``torch.library.opcheck`` of the forward op (schema, fake tensors, autograd)."""
+    import torch
+
+    from sessa.ops.feedback import triton_ops
+    from sessa.ops.feedback.triton import feedback_solve_triton
+
+    diff, checked = 0.0, []
+    for dtype in ("float32", "bfloat16"):
+        inputs, ds, key_mask = _inputs(2, 40, 16, dtype, True, seed=3)
+
+        def fn(*a, key_mask):
+            return feedback_solve_triton(*a, key_mask=key_mask, chunk_size=16, sub_block=16)
+
+        eager = _solve(fn, inputs, ds, key_mask)
+        compiled = _solve(torch.compile(fn, backend="aot_eager", fullgraph=True), inputs, ds, key_mask)
+        pairs = zip(eager, compiled, strict=True)
+        diff = max([diff] + [(a.double() - b.double()).abs().max().item() for a, b in pairs])
+        leaves = [x.detach().clone().requires_grad_() for x in inputs]
+        torch.library.opcheck(triton_ops.solve_fwd_op, (*leaves, key_mask, 16, 16),
+                              test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+        checked.append(dtype)
+    return {"diff": diff, "opcheck": checked}
+
+
 def _child(cases: list) -> None:
     import sessa.ops.feedback.triton as ft
 
     ft.POISON = True
-    out = {"cases": [_check_case(*c) for c in cases], "varlen": _check_varlen(), "w": _check_w()}
+    out = {"cases": [_check_case(*c) for c in cases], "varlen": _check_varlen(), "w": _check_w(),
+           "compiled": _check_compiled()}
     print("RESULT " + json.dumps(out))
 
 
@@ -192,6 +220,12 @@ def test_intra_chunk_inverse_equals_dense_inverse(fast_results):
     assert fast_results["w"]["err"] < 1e-5, fast_results["w"]
 
 
+def test_compiled_op_equals_eager_op(fast_results):
+    """torch.compile keeps the solve as two custom ops without a graph break, with the eager op's numbers."""
+    assert fast_results["compiled"]["diff"] == 0.0, fast_results["compiled"]
+    assert fast_results["compiled"]["opcheck"] == ["float32", "bfloat16"]
+
+
 @pytest.mark.slow
 def test_larger_cases_vs_float64():
     res = _run_child(SLOW_CASES)
@@ -230,6 +264,20 @@ def test_module_imports_without_gpu_and_validates_inputs():
         choose_blocks(64, 16, torch.float32, 32, interpret=True, sub_block=64)
     blocks = choose_blocks(1000, 1024, torch.bfloat16, None, interpret=False)
     assert blocks.L % blocks.C == 0 and blocks.L % blocks.bm == 0 and blocks.L % blocks.bn == 0
+
+
+def test_default_super_chunk_follows_the_rows_in_the_batch():
+    """L = 2048 while B * T <= 8192 rows (measured faster there), else 1024; at most T rounded up to 128."""
+    import torch
+
+    from sessa.ops.feedback.triton_common import choose_blocks, default_chunk
+
+    small = [default_chunk(4096), default_chunk(4096, 2), default_chunk(8192), default_chunk(2048)]
+    assert small == [2048] * 4
+    assert [default_chunk(2048, 8), default_chunk(4096, 8), default_chunk(16384)] == [1024] * 3
+    assert [default_chunk(100), default_chunk(1000, 64), default_chunk(1500)] == [128, 1024, 1536]
+    assert choose_blocks(4097, 1024, torch.bfloat16, None, interpret=False, batch=1).L == 2048
+    assert choose_blocks(4097, 1024, torch.bfloat16, None, interpret=False, batch=4).L == 1024
 
 
 if __name__ == "__main__":

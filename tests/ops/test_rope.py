@@ -56,3 +56,20 @@ def test_half_width_tables_are_refused_clearly():
     cos, sin = rope_cos_sin(torch.arange(3), cached_inv_freq(8, 1e4, torch.float32, x.device), torch.float32)
     with pytest.raises(ValueError, match="apply_rope_ref"):
         apply_rope(x, cos, sin)
+
+
+def test_compiled_code_keeps_no_inv_freq_of_its_own():
+    """Under torch.compile the frequencies are made in the graph, not kept: a kept tensor made there could be
+    a CUDA graph's output (mode="reduce-overhead"), overwritten by its next replay."""
+    from sessa.ops import attention
+
+    attention._INV_FREQ.clear()
+    def scaled(x: torch.Tensor) -> torch.Tensor:
+        return x * cached_inv_freq(8, 10000.0, torch.float32, x.device)
+
+    fn = torch.compile(scaled, backend="aot_eager", fullgraph=True)
+    x = torch.ones(4)
+    assert torch.equal(fn(x), x * attention.rope_inv_freq(8))
+    assert attention._INV_FREQ == {}
+    cached_inv_freq(8, 10000.0, torch.float32, x.device)  # eager code keeps it
+    assert len(attention._INV_FREQ) == 1

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,6 +100,76 @@ def _continue_cases() -> dict[str, float]:
     return out
 
 
+# the one-token prologue: (B, H, Hkv, hd, RoPE, feedback, dtype, position t, cache length)
+PROLOGUE_CASES = [
+    (2, 4, 2, 8, True, True, "float32", 5, 9),
+    (3, 2, 2, 6, True, True, "bfloat16", 0, 4),
+    (2, 4, 1, 8, True, False, "float16", 7, 8),
+    (1, 3, 3, 10, False, True, "bfloat16", 2, 3),
+]
+
+
+def _prologue_cases() -> dict[str, float]:
+    """Triton prologue against :func:`step_prologue_ref` on copies of one cache: q and the three caches
+    bit for bit (0.0, else the largest difference + 1); the gain (tanh from exp) to 2 ulps of the dtype."""
+    from sessa.ops.attention import rope_tables
+    from sessa.ops.prologue import step_prologue_ref
+    from sessa.ops.triton_decode import step_prologue_triton
+
+    out = {}
+    for B, H, Hkv, hd, use_rope, fb, dtype, t, L in PROLOGUE_CASES:
+        gen = torch.Generator().manual_seed(H * hd + t)
+        dt = getattr(torch, dtype)
+        D, KV = H * hd, Hkv * hd
+        proj = torch.randn(B, 1, D + 2 * KV + (2 * D + 1 if fb else 0), generator=gen).mul(3).to(dt)
+        caches = [torch.randn(B, L, Hkv, hd, generator=gen).to(dt) for _ in range(2)]
+        if fb:
+            caches.append(torch.randn(B, L, D, generator=gen).to(dt))
+        gain = (torch.tensor(0.7), 0.999) if fb else None
+        rope = rope_tables(t, 1, hd, 10000.0, dt, proj.device) if use_rope else None
+        mine, ref = [c.clone() for c in caches], [c.clone() for c in caches]
+        q1, g1 = step_prologue_triton(proj, mine[0], mine[1], t, H, rope, mine[2] if fb else None, gain)
+        q2, g2 = step_prologue_ref(proj, ref[0], ref[1], t, H, rope, ref[2] if fb else None, gain)
+        pairs = zip([q1, *mine], [q2, *ref], strict=True)
+        diff = max((a.double() - b.double()).abs().max().item() for a, b in pairs)
+        gain_ok = (g1 is None and g2 is None) or bool(
+            ((g1.double() - g2.double()).abs() <= 2 * torch.finfo(dt).eps).all())
+        out[f"prologue-{B}x{H}/{Hkv}x{hd}-rope{use_rope}-fb{fb}-{dtype}"] = (
+            0.0 if diff == 0 and gain_ok else diff + 1.0)
+    return out
+
+
+def _model_steps_with_prologue() -> dict[str, float]:
+    """Tiny Sessa / attention (GQA) / Sessa-without-feedback models decoding token by token with the Triton
+    prologue forced on (the interpreter runs it on CPU tensors; the rest of the step takes the CPU path):
+    relative error of the step logits against the full forward, over 1e-5 (<= 1 passes)."""
+    import sessa.ops.prologue as prologue
+    from tests.helpers import rel_err
+    from tests.models.common import tiny_model
+
+    calls = []
+
+    def forced(proj, width, *caches):
+        calls.append(proj.shape)
+        return proj.shape[1] == 1
+
+    prologue.prologue_usable = forced
+    out = {}
+    for mixer, extra in (("sessa", {}), ("attention", {"n_kv_heads": 1}), ("sessa", {"use_feedback": False})):
+        model = tiny_model(mixer, **extra)
+        ids = torch.randint(3, 200, (2, 9), generator=torch.Generator().manual_seed(4))
+        with torch.no_grad():
+            full = model(ids).logits
+            res = model(ids[:, :5], use_cache=True)
+            errs = []
+            for t in range(5, 9):
+                res = model(ids[:, t : t + 1], cache=res.cache)
+                errs.append(rel_err(res.logits[:, -1], full[:, t]))
+        out[f"model-{mixer}-{extra}"] = max(errs) / 1e-5 if calls else 99.0
+        calls.clear()
+    return out
+
+
 def _run_cases() -> dict[str, float]:
     from sessa.ops.feedback.decode import feedback_decode_ref
     from sessa.ops.triton_decode import feedback_decode_triton
@@ -116,16 +187,19 @@ def _run_cases() -> dict[str, float]:
         want = feedback_decode_ref(q, k, gamma, f, s, length, mask).double()
         exact = feedback_decode_ref(*(x.double() for x in (q, k, gamma, f, s)), length, mask)
         out[f"{B}x{L}x{D}-{dtype}-{masked}"] = _ratio(got, want, exact, dt)
-    return {**out, **_attention_cases(), **_continue_cases()}
+    more = {**_attention_cases(), **_continue_cases(), **_prologue_cases(), **_model_steps_with_prologue()}
+    return {**out, **more}
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_decode_kernels_match_the_reference_in_the_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    root = str(Path(__file__).resolve().parents[2])  # the child imports tests.helpers
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
     proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ratios = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(ratios) == len(CASES) + len(ATTENTION_CASES) + len(CONTINUE_CASES)
+    assert len(ratios) == len(CASES) + len(ATTENTION_CASES) + len(CONTINUE_CASES) + len(PROLOGUE_CASES) + 3
     # error vs float64 within a few times the reference's own error in the same precision
     assert all(r <= 4.0 for r in ratios.values()), ratios
 
@@ -174,7 +248,7 @@ def test_decode_attention_on_cpu_is_the_last_row_of_causal_attention():
 @pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION")
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 def test_decode_kernels_compile_for_sm90(dtype):
-    from sessa.ops.triton_decode import launches
+    from sessa.ops.triton_decode import launches, prologue_launch
     from tests.ops.test_triton_compile import _check_one, _launch
 
     dt = getattr(torch, dtype)
@@ -199,7 +273,57 @@ def test_decode_kernels_compile_for_sm90(dtype):
             if feedback else (None, None)  # fmt: skip
         for kernel, _grid, args, consts in launches(q, k, v, mask, length, out, f, gamma):
             found.append(_check_one(_launch(kernel, consts, args)))
+    # the one-token prologue: Sessa 125m / 350m (RoPE, feedback), attention with GQA, no RoPE
+    for B, H, Hkv, hd, rope, feedback in ((1, 12, 12, 64, True, True), (8, 16, 16, 64, True, True),
+                                          (2, 16, 4, 64, True, False), (1, 8, 8, 96, False, True)):
+        D, KV = H * hd, Hkv * hd
+        proj = torch.empty(B, 1, D + 2 * KV + (2 * D + 1 if feedback else 0), device="meta", dtype=dt)
+        kc, vc = (torch.empty(B, 4096, Hkv, hd, device="meta", dtype=dt) for _ in range(2))
+        kb = torch.empty(B, 4096, D, device="meta", dtype=dt) if feedback else None
+        tables = tuple(torch.empty(1, 1, 1, hd, device="meta", dtype=dt) for _ in range(2)) if rope else None
+        gain = (torch.empty((), device="meta"), 0.999) if feedback else None
+        q = torch.empty(B, 1, H, hd, device="meta", dtype=dt)
+        gamma = torch.empty(B, 1, 1, device="meta", dtype=dt)
+        for t in (1, 17, 4000):  # int specialisations: 1, not divisible by 16, divisible
+            kernel, _grid, args, consts = prologue_launch(proj, kc, vc, t, H, tables, kb, gain, q, gamma)
+            found.append(_check_one(_launch(kernel, consts, args)))
     assert found and all(problem is None for problem in found), [p for p in found if p]
+
+
+def test_prologue_takes_the_kernel_for_one_token_of_a_model_width_up_to_2048(monkeypatch):
+    """The launch is gated on the model width D (the kernel's register row), not on the stacked projection's
+    width (5 D + 1 for Sessa): a 125m Sessa layer (D = 768, proj 3841 wide) takes it."""
+    import sessa.ops.prologue as prologue
+
+    monkeypatch.setattr(prologue, "triton_decode_usable", lambda *caches: True)  # as on CUDA
+    proj = torch.zeros(2, 1, 5 * 768 + 1)
+    k, v, kb = torch.zeros(2, 64, 12, 64), torch.zeros(2, 64, 12, 64), torch.zeros(2, 64, 768)
+    assert prologue.prologue_usable(proj, 768, k, v, kb)
+    assert not prologue.prologue_usable(torch.zeros(2, 2, 5 * 768 + 1), 768, k, v, kb)  # two tokens
+    assert not prologue.prologue_usable(torch.zeros(2, 1, 5 * 4096 + 1), 4096, k, v, kb)  # too wide
+    assert not prologue.prologue_usable(proj, 768, k, v, kb.to(torch.float64))  # a cache of another dtype
+    assert not prologue.prologue_usable(proj, 768, k.transpose(2, 3), v, kb)  # heads not packed per token
+    monkeypatch.setattr(prologue, "triton_decode_usable", lambda *caches: False)  # CPU, or switched off
+    assert not prologue.prologue_usable(proj, 768, k, v, kb)
+
+
+def test_prologue_reference_is_the_separate_step_ops():
+    """step_prologue on CPU (the reference) writes the caches and returns q, gamma as the mixer's own
+    projections, RoPE and gain do, for several new tokens."""
+    from sessa.modules.sessa_mixer import SessaMixer
+
+    torch.manual_seed(0)
+    mixer = SessaMixer(32, n_heads=4, n_kv_heads=2).eval()
+    a = torch.randn(2, 3, 32)
+    cache = mixer.init_cache(2, max_len=8)
+    with torch.no_grad():
+        q, (q_b, k_b, gamma) = mixer._step_inputs(a, 2, cache)  # stacked projection + step_prologue
+        q_ref, k_ref, v_ref = mixer.qkv(a, 2)
+        qb_ref, kb_ref, g_ref = mixer.feedback_inputs(a)
+    for got, want in ((q, q_ref), (cache["k_f"][:, 2:5], k_ref), (cache["v_f"][:, 2:5], v_ref), (q_b, qb_ref),
+                      (k_b, kb_ref), (cache["k_b"][:, 2:5], kb_ref), (gamma, g_ref)):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert cache["k_f"][:, :2].abs().max() == 0 and cache["k_f"][:, 5:].abs().max() == 0
 
 
 def _check_custom_ops() -> None:

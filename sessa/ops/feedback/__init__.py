@@ -161,7 +161,8 @@ def feedback_solve(
         f: (B, T, D) forward-branch output.
         backend: one of "auto", "reference", "chunked", "triton".
         chunk_size: rows per block. "chunked": default 128 (fastest on CPU). "triton": the super-chunk
-            length L, a multiple of 16, default min(1024, T rounded up to 128); leave None unless tuning.
+            length L, a multiple of 16, default 2048 while B * T <= 8192 else 1024, at most T rounded up to
+            128 (``triton_common.default_chunk``); leave None unless tuning.
         key_mask: optional (B, T) bool; False marks padding keys that no row reads.
     Returns:
         s: (B, T, D) in f's dtype (computed in float32 for bf16/fp16 inputs).

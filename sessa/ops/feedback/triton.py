@@ -5,7 +5,8 @@ kernels and their launchers (``forward_fixed`` / ``backward_fixed``: allocation,
 done here), ``triton_common`` the tile configuration and shared helpers, ``triton_launch`` the low-overhead
 kernel launches and the streams; ``FeedbackSolveTriton``
 is the ``torch.autograd.Function``; :func:`feedback_solve_triton` is what ``feedback_solve(backend="triton")``
-calls. Importing this module makes no CUDA call. Under ``TRITON_INTERPRET=1`` the kernels also run on CPU
+calls (under ``torch.compile`` it calls the same launchers as custom ops, ``triton_ops``). Importing this
+module makes no CUDA call. Under ``TRITON_INTERPRET=1`` the kernels also run on CPU
 tensors (slowly; used by the tests).
 
 Packed variable-length sequences: :func:`feedback_solve_varlen` takes ``cu_seqlens`` (differentiable; one
@@ -59,7 +60,7 @@ class FeedbackSolveTriton(torch.autograd.Function):
     def forward(ctx, q_b, k_b, gamma, f, key_mask, chunk_size, sub_block):  # type: ignore[override]
         q_b, k_b, gamma, f = (dense(x) for x in (q_b, k_b, gamma, f))
         B, T, D = f.shape
-        blocks = choose_blocks(T, D, f.dtype, chunk_size, _interpreting(), sub_block)
+        blocks = choose_blocks(T, D, f.dtype, chunk_size, _interpreting(), sub_block, batch=B)
         with on_device(f):
             st = forward_fixed(q_b, k_b, gamma, f, key_mask, blocks, poison=POISON)
         ctx.save_for_backward(q_b, k_b, gamma, f, key_mask, st.s, st.s_op, st.lse, *st.w)
@@ -96,6 +97,11 @@ def feedback_solve_triton(
     _check(q_b, k_b, gamma, f, key_mask)
     if f.shape[1] == 0:
         return f.clone()
+    if torch.compiler.is_compiling():  # an opaque custom op for torch.compile (sessa.ops.feedback.triton_ops)
+        from sessa.ops.feedback.triton_ops import feedback_solve_op
+
+        q_b, k_b, gamma, f = (dense(x) for x in (q_b, k_b, gamma, f))
+        return feedback_solve_op(q_b, k_b, gamma, f, key_mask, chunk_size, sub_block)
     return FeedbackSolveTriton.apply(q_b, k_b, gamma, f, key_mask, chunk_size, sub_block)
 
 

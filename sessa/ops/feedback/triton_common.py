@@ -86,14 +86,29 @@ def _pow2_divisor(n: int, cap: int) -> int:
     return b
 
 
+SMALL_BATCH_ROWS = 8192  # B * T up to which the default super-chunk is 2048 rows (default_chunk)
+
+
+def default_chunk(T: int, batch: int = 1) -> int:
+    """The default super-chunk L: 2048 rows while the batch holds at most SMALL_BATCH_ROWS rows (B * T),
+    else 1024; at most T rounded up to 128. Each super-chunk costs 6 launches on the sequential path, while
+    the intra-chunk inverses cost O(T * L) work: few rows do not fill the GPU per launch, so fewer, longer
+    super-chunks win there. Measured fwd+bwd on an H200, bf16 (benchmarks/RESULTS.md, "Super-chunk length"):
+    L = 2048 vs 1024 at (B, T, D) = (1, 2048, 1024) 2.07 vs 2.30 ms, (1, 4096, 1024) 1.92 vs 2.48,
+    (2, 4096, 1024) 2.27 vs 2.70, (1, 8192, 1024) 3.00 vs 3.50; 1024 vs 2048 at (8, 2048, 768) 2.14 vs 2.53,
+    (8, 4096, 768) 4.03 vs 5.59, and at (1, 16384, 1024) on an H100 7.26 vs 7.51."""
+    L = 2048 if batch * T <= SMALL_BATCH_ROWS else 1024
+    return min(L, cdiv(T, 128) * 128)
+
+
 def choose_blocks(
-    T: int, D: int, dtype: torch.dtype, chunk_size: int | None, interpret: bool, sub_block: int | None = None
+    T: int, D: int, dtype: torch.dtype, chunk_size: int | None, interpret: bool, sub_block: int | None = None,
+    batch: int = 1,
 ) -> Blocks:
-    """Pick tile sizes; chunk_size (the super-chunk L) must be a positive multiple of 16."""
+    """Pick tile sizes; chunk_size (the super-chunk L) must be a positive multiple of 16 (None:
+    :func:`default_chunk` for ``batch`` rows of length T)."""
     if chunk_size is None:
-        # L = 1024 measured best at T = 16K on an H100 (fwd+bwd 7.26 ms; 512: 8.81, 2048: 7.51); shorter
-        # sequences take one super-chunk, since each super-chunk costs 6 launches on the sequential path.
-        chunk_size = 32 if interpret else min(1024, cdiv(T, 128) * 128)
+        chunk_size = 32 if interpret else default_chunk(T, batch)
     if not isinstance(chunk_size, int) or chunk_size < 16 or chunk_size % 16:
         raise ValueError(f"chunk_size (triton backend) must be a positive multiple of 16, got {chunk_size}")
     L = chunk_size
