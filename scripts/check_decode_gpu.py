@@ -27,6 +27,7 @@ import os
 import sys
 
 import torch
+from check_triton_gpu import max_rel  # this folder is on the path of a script run from it
 
 from sessa import registry
 from sessa.models import SessaConfig, SessaForCausalLM, model_config
@@ -38,11 +39,6 @@ from sessa.ops.feedback.decode import (
     feedback_decode,
     feedback_decode_ref,
 )
-
-
-def max_rel(x: torch.Tensor, ref: torch.Tensor) -> float:
-    """max|x - ref| / max|ref| in float64."""
-    return (x.double() - ref.double()).abs().max().item() / max(ref.double().abs().max().item(), 1e-30)
 
 
 def _ratio(got: torch.Tensor, low: torch.Tensor, exact: torch.Tensor, dtype: torch.dtype) -> float:
@@ -251,7 +247,7 @@ def prologue_checks() -> list[dict]:
             q1, g1 = step_prologue_triton(proj, mine[0], mine[1], t, H, rope, mine[2] if fb else None, gain)
             q2, g2 = step_prologue_ref(proj, ref[0], ref[1], t, H, rope, ref[2] if fb else None, gain)
             pairs = list(zip([q1, *mine], [q2, *ref], strict=True)) + ([(g1, g2)] if fb else [])
-            diff = max(max_rel(a, b) for a, b in pairs)
+            diff = max(max_rel(a, b.double()) for a, b in pairs)
             bitwise = all(torch.equal(a, b) for a, b in pairs)
             ok = diff <= 2 * torch.finfo(dtype).eps
             rows.append({"check": "prologue", "dtype": str(dtype), "B": B, "H": H, "Hkv": Hkv, "hd": hd,

@@ -159,10 +159,6 @@ class AttentionMixer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Project x (B, T, D) to q (B, T, H, hd) and k, v (B, T, Hkv, hd); RoPE at positions start..
         (start may be a 0-d device tensor)."""
-        return self._heads(self.q_proj(x), self.k_proj(x), self.v_proj(x), start)
-
-    def _heads(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int | torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         base = self.rope_base if self.rope else None
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         return split_heads(q, k, v, self.n_heads, self.n_kv_heads, start, base)

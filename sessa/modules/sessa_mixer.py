@@ -16,6 +16,7 @@ from sessa.ops import feedback as feedback_ops
 from sessa.ops.attention import attend_static, causal_attention, rope_inv_freq, split_heads
 from sessa.ops.feedback import feedback_continue, feedback_solve
 from sessa.ops.feedback.decode import feedback_decode
+from sessa.ops.feedback.reference import feedback_gain
 from sessa.ops.precision import cast
 from sessa.ops.prologue import step_prologue
 from sessa.validation import check_choice, check_float, check_int
@@ -112,12 +113,8 @@ class SessaMixer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q (B, T, H, hd), k, v (B, T, Hkv, hd) of a: (B, T, D) at positions start.. (RoPE applied; start
         may be a 0-d device tensor)."""
-        return self._heads(self.q_proj(a), self.k_proj(a), self.v_proj(a), start)
-
-    def _heads(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int | torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         base = 10000.0 if self.use_forward_rope else None
+        q, k, v = self.q_proj(a), self.k_proj(a), self.v_proj(a)
         return split_heads(q, k, v, self.n_heads, self.n_kv_heads, start, base)
 
     def _attend(
@@ -129,10 +126,7 @@ class SessaMixer(nn.Module):
     def feedback_inputs(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Feedback q_b, k_b (B, T, D) and gain gamma (B, T, 1) of a: (B, T, D) (needs use_feedback)."""
         q_b, k_b = self.proj_fb(a).split(self.D, dim=-1)
-        return q_b, k_b, self._gain(self.gamma_ctx(a))
-
-    def _gain(self, ctx: torch.Tensor) -> torch.Tensor:
-        return self.gamma_max * torch.tanh(self.gamma_bias + ctx)  # (B, T, 1)
+        return q_b, k_b, feedback_gain(self.gamma_ctx(a), self.gamma_bias, self.gamma_max)
 
     def _step_inputs(self, a: torch.Tensor, t: int, cache: MixerState) -> tuple:
         """q (:meth:`qkv`) and, with feedback, (q_b, k_b, gamma) (:meth:`feedback_inputs`) of new tokens

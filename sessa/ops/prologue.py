@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from sessa.ops.attention import TRITON_DECODE_MAX_WIDTH, apply_rope, rope_tables, triton_decode_usable
+from sessa.ops.feedback.reference import feedback_gain
 
 
 def step_prologue_ref(
@@ -42,8 +43,7 @@ def step_prologue_ref(
     if kb_cache is None:
         return q, None
     kb_cache.narrow(1, t, n).copy_(proj[..., 2 * D + 2 * KV : 3 * D + 2 * KV])
-    gamma_bias, gamma_max = gain
-    return q, gamma_max * torch.tanh(gamma_bias + proj[..., 3 * D + 2 * KV :])
+    return q, feedback_gain(proj[..., 3 * D + 2 * KV :], *gain)
 
 
 def prologue_usable(proj: torch.Tensor, width: int, *caches: torch.Tensor) -> bool:

@@ -7,6 +7,12 @@ import math
 import torch
 
 
+def feedback_gain(logit: torch.Tensor, gamma_bias: torch.Tensor, gamma_max: float) -> torch.Tensor:
+    """gamma = gamma_max * tanh(gamma_bias + logit): the feedback gain of each position from its gain logit
+    (B, T, 1), |gamma| < gamma_max <= 1 (DESIGN §2.1)."""
+    return gamma_max * torch.tanh(gamma_bias + logit)
+
+
 def feedback_weights_ref(
     q_b: torch.Tensor, k_b: torch.Tensor, key_mask: torch.Tensor | None = None
 ) -> torch.Tensor:

@@ -20,7 +20,7 @@ import os
 import torch
 
 from sessa.ops.feedback.triton_bwd import backward_fixed
-from sessa.ops.feedback.triton_common import choose_blocks, dense
+from sessa.ops.feedback.triton_common import Blocks, choose_blocks, dense
 from sessa.ops.feedback.triton_fwd import forward_fixed
 from sessa.ops.feedback.triton_launch import on_device
 from sessa.ops.feedback.varlen import check_packed
@@ -33,6 +33,12 @@ POISON = False
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def solve_blocks(f: torch.Tensor, chunk_size: int | None, sub_block: int | None) -> Blocks:
+    """The tiles of a solve of f: (B, T, D) (``choose_blocks`` with the batch's rows)."""
+    B, T, D = f.shape
+    return choose_blocks(T, D, f.dtype, chunk_size, _interpreting(), sub_block, batch=B)
 
 
 def _check(q_b: torch.Tensor, k_b: torch.Tensor, gamma: torch.Tensor, f: torch.Tensor, key_mask) -> None:
@@ -59,8 +65,7 @@ class FeedbackSolveTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q_b, k_b, gamma, f, key_mask, chunk_size, sub_block):  # type: ignore[override]
         q_b, k_b, gamma, f = (dense(x) for x in (q_b, k_b, gamma, f))
-        B, T, D = f.shape
-        blocks = choose_blocks(T, D, f.dtype, chunk_size, _interpreting(), sub_block, batch=B)
+        blocks = solve_blocks(f, chunk_size, sub_block)
         with on_device(f):
             st = forward_fixed(q_b, k_b, gamma, f, key_mask, blocks, poison=POISON)
         ctx.save_for_backward(q_b, k_b, gamma, f, key_mask, st.s, st.s_op, st.lse, *st.w)
@@ -98,10 +103,10 @@ def feedback_solve_triton(
     if f.shape[1] == 0:
         return f.clone()
     if torch.compiler.is_compiling():  # an opaque custom op for torch.compile (sessa.ops.feedback.triton_ops)
-        from sessa.ops.feedback.triton_ops import feedback_solve_op
+        from sessa.ops.feedback.triton_ops import solve_fwd_op
 
         q_b, k_b, gamma, f = (dense(x) for x in (q_b, k_b, gamma, f))
-        return feedback_solve_op(q_b, k_b, gamma, f, key_mask, chunk_size, sub_block)
+        return solve_fwd_op(q_b, k_b, gamma, f, key_mask, chunk_size, sub_block)[0].to(f.dtype)
     return FeedbackSolveTriton.apply(q_b, k_b, gamma, f, key_mask, chunk_size, sub_block)
 
 

@@ -4,28 +4,26 @@ Triton's launcher: the rest of a Sessa layer (projections, RoPE, the gate, casts
 
 Eager code runs :class:`sessa.ops.feedback.triton.FeedbackSolveTriton` directly (a custom op's dispatch costs
 host time per call); :func:`sessa.ops.feedback.triton.feedback_solve_triton` switches to these ops while
-``torch.compiler.is_compiling()``. Both run the same launchers (``forward_fixed`` / ``backward_fixed``).
+``torch.compiler.is_compiling()`` (and returns s in f's dtype). Both run the same launchers
+(``forward_fixed`` / ``backward_fixed``).
 
 A custom op may not return a tensor twice or an alias of an input, so the forward returns five distinct
 tensors: s (fp32), the operand copy s_op (bf16; an empty tensor when s itself is the operand, fp32 inputs),
 the row log-sum-exp and the intra-chunk inverse W (its bf16 high and low parts; fp32 and an empty tensor for
-fp32 inputs). The fake implementations derive those shapes from ``choose_blocks``, as the launchers do.
+fp32 inputs). The fake implementations derive those shapes from ``solve_blocks``, as the launchers do.
 """
 
 from __future__ import annotations
 
 import torch
 
-from sessa.ops.feedback.triton_common import cdiv, choose_blocks, op_dtype
+from sessa.ops.feedback import triton as ft
+from sessa.ops.feedback.triton_bwd import backward_fixed
+from sessa.ops.feedback.triton_common import cdiv, dense, op_dtype
+from sessa.ops.feedback.triton_fwd import ForwardState, forward_fixed
+from sessa.ops.feedback.triton_launch import on_device
 
 _EMPTY = (0,)
-
-
-def _blocks(f: torch.Tensor, chunk_size: int | None, sub_block: int | None):  # noqa: ANN202
-    from sessa.ops.feedback.triton import _interpreting
-
-    B, T, D = f.shape
-    return choose_blocks(T, D, f.dtype, chunk_size, _interpreting(), sub_block, batch=B)
 
 
 @torch.library.custom_op("sessa::feedback_solve_fwd", mutates_args=())
@@ -39,12 +37,9 @@ def solve_fwd_op(
     sub_block: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(s fp32, s_op or empty, lse, w_hi, w_lo or empty) of dense (B, T, D) inputs; gamma (B, T, 1)."""
-    from sessa.ops.feedback import triton as ft
-    from sessa.ops.feedback.triton_fwd import forward_fixed
-    from sessa.ops.feedback.triton_launch import on_device
-
     with on_device(f):
-        st = forward_fixed(q_b, k_b, gamma, f, key_mask, _blocks(f, chunk_size, sub_block), poison=ft.POISON)
+        st = forward_fixed(q_b, k_b, gamma, f, key_mask, ft.solve_blocks(f, chunk_size, sub_block),
+                           poison=ft.POISON)
     s_op = st.s_op if st.s_op is not st.s else st.s.new_empty(_EMPTY)
     w_lo = st.w[1] if st.w[1] is not None else st.w[0].new_empty(_EMPTY)
     return st.s, s_op, st.lse, st.w[0], w_lo
@@ -53,7 +48,7 @@ def solve_fwd_op(
 @solve_fwd_op.register_fake
 def _(q_b, k_b, gamma, f, key_mask, chunk_size, sub_block):  # noqa: ANN001, ANN202
     B, T, D = f.shape
-    bl = _blocks(f, chunk_size, sub_block)
+    bl = ft.solve_blocks(f, chunk_size, sub_block)
     odt = op_dtype(f.dtype)
     split = odt != torch.float32
     s = f.new_empty(B, T, D, dtype=torch.float32)
@@ -80,14 +75,8 @@ def solve_bwd_op(
     sub_block: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq_b, dk_b, dgamma (B, T, 1), df) from the forward op's outputs and ds: (B, T, D)."""
-    from sessa.ops.feedback import triton as ft
-    from sessa.ops.feedback.triton_bwd import backward_fixed
-    from sessa.ops.feedback.triton_common import dense
-    from sessa.ops.feedback.triton_fwd import ForwardState
-    from sessa.ops.feedback.triton_launch import on_device
-
     st = ForwardState(s, s_op if s_op.numel() else s, lse, (w_hi, w_lo if w_lo.numel() else None),
-                      _blocks(f, chunk_size, sub_block))
+                      ft.solve_blocks(f, chunk_size, sub_block))
     with on_device(f):
         dq, dk, dgamma, df = backward_fixed(q_b, k_b, gamma, f, key_mask, st, dense(ds), poison=ft.POISON)
     return dq, dk, dgamma[..., None].to(gamma.dtype), df
@@ -114,15 +103,3 @@ def _backward(ctx, ds, *_):  # noqa: ANN001, ANN202
 
 solve_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
-
-def feedback_solve_op(
-    q_b: torch.Tensor,
-    k_b: torch.Tensor,
-    gamma: torch.Tensor,
-    f: torch.Tensor,
-    key_mask: torch.Tensor | None,
-    chunk_size: int | None,
-    sub_block: int | None,
-) -> torch.Tensor:
-    """s: (B, T, D) in f's dtype through the custom ops; inputs dense (``triton_common.dense``)."""
-    return solve_fwd_op(q_b, k_b, gamma, f, key_mask, chunk_size, sub_block)[0].to(f.dtype)
