@@ -16,6 +16,7 @@ from torch import nn
 from sessa.modules.contract import MixerState, check_input, key_mask, reorder_state_tensors, step_position
 from sessa.modules.stacking import stacked_projection
 from sessa.ops.attention import BACKENDS, attend_static, causal_attention, split_heads
+from sessa.ops.packing import check_seq_idx, positions
 from sessa.ops.prologue import step_prologue
 from sessa.validation import check_choice, check_int, check_positive_float
 
@@ -30,6 +31,8 @@ class AttentionMixer(nn.Module):
     Incremental state: ``k`` (after RoPE), ``v``: (B, max_len, Hkv, hd) preallocated; ``t``; and, once a
     mask was given, ``key_mask`` (B, max_len) bool.
     """
+
+    supports_packing = True  # forward takes seq_idx (packed rows)
 
     def __init__(
         self,
@@ -75,13 +78,17 @@ class AttentionMixer(nn.Module):
             f"rope={self.rope}, backend={self.backend!r}"
         )
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, T, D), attention_mask: (B, T) 1 = real, 0 = left padding -> (B, T, D)."""
+    def forward(
+        self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, seq_idx: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x: (B, T, D), attention_mask: (B, T) 1 = real, 0 = left padding -> (B, T, D); seq_idx: optional
+        (B, T) packed rows (``sessa.ops.packing``; each sequence at its own positions)."""
         check_input(x, self.d_model)
         B, T, _ = x.shape
         mask = key_mask(attention_mask, B, T)
-        q, k, v = self.qkv(x, start=0)
-        out = causal_attention(q, k, v, key_mask=mask, backend=self.backend)
+        start = 0 if seq_idx is None else positions(check_seq_idx(seq_idx, B, T).to(x.device))
+        q, k, v = self.qkv(x, start=start)
+        out = causal_attention(q, k, v, key_mask=mask, backend=self.backend, seq_idx=seq_idx)
         return self.out_proj(out.reshape(B, T, self.d_model))
 
     def init_state(

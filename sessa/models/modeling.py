@@ -26,6 +26,7 @@ from sessa import registry
 from sessa.models.cache import SessaCache
 from sessa.models.configuration import SessaConfig
 from sessa.models.static_cache import StaticSessaCache
+from sessa.ops.packing import sequence_starts
 from sessa.tokens import IGNORE_INDEX
 
 
@@ -177,13 +178,20 @@ class SessaModel(SessaPreTrainedModel):
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        seq_idx: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> SessaModelOutput | tuple:
         """input_ids: (B, T) or inputs_embeds: (B, T, D); attention_mask: (B, t + T) with t the tokens
         already in ``cache`` (0 without one). Passing a cache continues it (in place); ``use_cache=True``
-        without one starts a new cache (it grows as needed). Without either, nothing is cached."""
+        without one starts a new cache (it grows as needed). Without either, nothing is cached.
+        seq_idx: optional (B, T) packed rows (``sessa.ops.packing``: the sequence of each token; each
+        sequence computes what it would alone), for a pass without a cache, with Sessa and attention
+        mixers."""
         _check_extra_kwargs(kwargs, allowed=("output_attentions",))
         h = self._embed(input_ids, inputs_embeds)
+        if seq_idx is not None and (cache is not None or use_cache):
+            raise ValueError("seq_idx (packed rows) is for a pass without a cache; generation takes one "
+                             "sequence per row (left padding with attention_mask)")
         if use_cache and cache is None:
             cache = self.new_cache(h.shape[1])
         _check_mask(attention_mask, h.shape[:2], cache)
@@ -203,9 +211,9 @@ class SessaModel(SessaPreTrainedModel):
             if cache is not None:
                 h = cache.step(i, h, attention_mask)
             elif checkpointed:
-                h = self._gradient_checkpointing_func(layer.__call__, h, attention_mask)
+                h = self._gradient_checkpointing_func(layer.__call__, h, attention_mask, seq_idx)
             else:
-                h = layer(h, attention_mask=attention_mask)
+                h = layer(h, attention_mask=attention_mask, seq_idx=seq_idx)
             if hidden is not None:
                 hidden.append(h)
         h = self.norm(h)
@@ -270,11 +278,14 @@ class SessaForCausalLM(SessaPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        seq_idx: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> SessaCausalLMOutput | tuple:
         """Inputs as :meth:`SessaModel.forward`; labels: (B, T) = input_ids convention (shifted here,
-        -100 ignored); logits_to_keep: 0 = all positions, k > 0 = the last k (or a 1-D index tensor).
-        ``num_items_in_batch`` (from the HF Trainer) switches the loss to sum / num_items_in_batch."""
+        -100 ignored; with seq_idx the first label of each packed sequence is ignored too: the last token of
+        the sequence before does not predict it); logits_to_keep: 0 = all positions, k > 0 = the last k (or a
+        1-D index tensor). ``num_items_in_batch`` (from the HF Trainer) switches the loss to
+        sum / num_items_in_batch."""
         _check_extra_kwargs(kwargs, allowed=("output_attentions", "num_items_in_batch"))
         out = self.model(
             input_ids=input_ids,
@@ -284,6 +295,7 @@ class SessaForCausalLM(SessaPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            seq_idx=seq_idx,
         )
         h = out.last_hidden_state
         if isinstance(logits_to_keep, int):
@@ -293,6 +305,8 @@ class SessaForCausalLM(SessaPreTrainedModel, GenerationMixin):
         logits = self.lm_head(h)
         loss = None
         if labels is not None:
+            if seq_idx is not None:
+                labels = labels.masked_fill(sequence_starts(seq_idx).to(labels.device), IGNORE_INDEX)
             loss = causal_lm_loss(logits, labels, kwargs.get("num_items_in_batch"))
         result = SessaCausalLMOutput(
             loss=loss, logits=logits, cache=out.cache, hidden_states=out.hidden_states

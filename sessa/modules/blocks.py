@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sessa.modules.contract import MixerState, check_input
+from sessa.modules.contract import MixerState, check_input, mix
 from sessa.validation import check_int, check_positive_float
 
 
@@ -45,11 +45,13 @@ class GatedBlock(nn.Module):
         a, g = self.W_in(self.ln(x)).chunk(2, dim=-1)
         return F.gelu(a), g
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, T, D) -> (B, T, D)."""
+    def forward(
+        self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, seq_idx: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x: (B, T, D) -> (B, T, D); seq_idx: optional (B, T) packed rows (``sessa.ops.packing``)."""
         check_input(x, self.d_model)
         bar_a, g = self._gate_in(x)
-        return x + self.W_out(self.mixer(bar_a, attention_mask=attention_mask) * g)
+        return x + self.W_out(mix(self.mixer, bar_a, attention_mask, seq_idx) * g)
 
     def init_state(self, batch_size: int, max_len: int, device=None, dtype=None) -> MixerState:  # noqa: ANN001
         return self.mixer.init_state(batch_size, max_len, device=device, dtype=dtype)
@@ -119,9 +121,11 @@ class PreNormBlock(nn.Module):
         h = self.norm2(x)
         return x + self.w_down(F.silu(self.w_gate(h)) * self.w_up(h))
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, seq_idx: torch.Tensor | None = None
+    ) -> torch.Tensor:
         check_input(x, self.d_model)
-        return self._mlp(x + self.mixer(self.norm1(x), attention_mask=attention_mask))
+        return self._mlp(x + mix(self.mixer, self.norm1(x), attention_mask, seq_idx))
 
     def init_state(self, batch_size: int, max_len: int, device=None, dtype=None) -> MixerState:  # noqa: ANN001
         return self.mixer.init_state(batch_size, max_len, device=device, dtype=dtype)

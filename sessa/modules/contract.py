@@ -13,6 +13,10 @@ changes one name. Shapes: B batch, T sequence length, D = d_model.
   ``state`` (updated in place); ``attention_mask: (B, t + T_new)`` covers every token seen so far. The
   outputs equal the matching rows of ``forward`` on the whole sequence. Raises ``ValueError`` when the
   state is full or shapes do not match, ``TypeError`` when ``state`` is not a dict from ``init_state``.
+* optional, packed rows: a mixer whose class sets ``supports_packing = True`` takes
+  ``forward(x, attention_mask=None, seq_idx=None)`` with ``seq_idx: (B, T)`` the sequence of each token
+  (``sessa.ops.packing``): each sequence of a row computes what it would alone, at positions 0, 1, ...
+  Blocks pass ``seq_idx`` through :func:`mix`, which names a mixer that does not take it.
 * ``reorder_state(state, index)``: select/reorder the batch rows of a state (beam search, batch pruning).
 * optional, for ``StaticSessaCache``: ``step_static(x, state, pos, mask) -> y`` for one token x: (B, 1, D)
   at the position held by the 0-d device tensor ``pos``, mask: (B, max_len) bool over every position of
@@ -49,6 +53,19 @@ class Mixer(Protocol):
     ) -> torch.Tensor: ...
 
     def reorder_state(self, state: MixerState, index: torch.Tensor) -> MixerState: ...
+
+
+def mix(
+    mixer: torch.nn.Module, x: torch.Tensor, attention_mask: torch.Tensor | None, seq_idx: torch.Tensor | None
+) -> torch.Tensor:
+    """``mixer(x, attention_mask=...)``, with ``seq_idx`` (packed rows) when given; a ValueError naming the
+    mixer when it does not take packed rows."""
+    if seq_idx is None:
+        return mixer(x, attention_mask=attention_mask)
+    if not getattr(mixer, "supports_packing", False):
+        raise ValueError(f"mixer {type(mixer).__name__} does not take packed rows (seq_idx); the mixers that "
+                         "do set supports_packing = True (Sessa and attention)")
+    return mixer(x, attention_mask=attention_mask, seq_idx=seq_idx)
 
 
 def reorder_state_tensors(state: MixerState, index: torch.Tensor) -> MixerState:

@@ -17,6 +17,7 @@ from sessa.ops.attention import attend_static, causal_attention, rope_inv_freq, 
 from sessa.ops.feedback import feedback_continue, feedback_solve
 from sessa.ops.feedback.decode import feedback_decode
 from sessa.ops.feedback.reference import feedback_gain
+from sessa.ops.packing import check_seq_idx, positions
 from sessa.ops.precision import cast
 from sessa.ops.prologue import step_prologue
 from sessa.validation import check_choice, check_float, check_int
@@ -52,6 +53,8 @@ class SessaMixer(nn.Module):
     "triton"), ``attention_backend`` ("sdpa" | "reference"), ``chunk_size``, ``use_feedback`` (False gives
     the paper's ablation gamma = 0; no feedback parameters are created then).
     """
+
+    supports_packing = True  # forward takes seq_idx (packed rows)
 
     def __init__(
         self,
@@ -118,9 +121,10 @@ class SessaMixer(nn.Module):
         return split_heads(q, k, v, self.n_heads, self.n_kv_heads, start, base)
 
     def _attend(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+        seq_idx: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        f = causal_attention(q, k, v, key_mask=mask, backend=self.attention_backend)
+        f = causal_attention(q, k, v, key_mask=mask, backend=self.attention_backend, seq_idx=seq_idx)
         return self.out_proj(f.reshape(q.shape[0], q.shape[1], self.D))
 
     def feedback_inputs(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -159,16 +163,24 @@ class SessaMixer(nn.Module):
         return q, (proj[..., start : start + self.D], proj[..., start + self.D : start + 2 * self.D], gamma)
 
     # -- parallel forward ----------------------------------------------------------------------------
-    def forward(self, bar_a: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """bar_a: (B, T, D) -> s: (B, T, D). attention_mask: optional (B, T), 0 marks (left) padding."""
+    def forward(
+        self,
+        bar_a: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        seq_idx: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """bar_a: (B, T, D) -> s: (B, T, D). attention_mask: optional (B, T), 0 marks (left) padding;
+        seq_idx: optional (B, T) packed rows (``sessa.ops.packing``; each sequence at its own positions)."""
         check_input(bar_a, self.D, "bar_a")
         mask = key_mask(attention_mask, *bar_a.shape[:2])
-        f = self._attend(*self.qkv(bar_a, 0), mask)
+        start = 0 if seq_idx is None else positions(check_seq_idx(seq_idx, *bar_a.shape[:2]).to(bar_a.device))
+        f = self._attend(*self.qkv(bar_a, start), mask, seq_idx)
         if not self.use_feedback:
             return f
         q_b, k_b, gamma = self.feedback_inputs(bar_a)
         return feedback_solve(
-            q_b, k_b, gamma, f, backend=self.feedback_backend, chunk_size=self.chunk_size, key_mask=mask
+            q_b, k_b, gamma, f, backend=self.feedback_backend, chunk_size=self.chunk_size, key_mask=mask,
+            seq_idx=seq_idx,
         )
 
     # -- incremental decoding (DESIGN §2.5) -----------------------------------------------------------

@@ -7,6 +7,7 @@ Hkv key/value heads (GQA: head h reads kv head h // (H / Hkv)), hd head width.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import math
 import os
 from collections.abc import Callable
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import sessa.ops.decode_ops  # noqa: F401  (registers torch.ops.sessa.*, called while compiling)
+from sessa.ops.packing import check_seq_idx, same_sequence, sequence_starts
 from sessa.ops.precision import work_dtype
 
 BACKENDS = ("sdpa", "reference")  # the valid ``backend`` values of causal_attention (and of the mixers)
@@ -135,18 +137,21 @@ def rope_cos_sin(
 def rope_tables(
     start: int | torch.Tensor, T: int, head_dim: int, base: float, dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pair tables (1, T, 1, hd) in ``dtype`` for positions start .. start + T - 1, as :func:`apply_rope`
-    takes them: cos repeated over each pair (c_i, c_i) and sin with the pair's signs (-s_i, s_i), from
-    :func:`rope_cos_sin` with :func:`cached_inv_freq`. For an int start the last few tables are kept: every
-    layer of a step asks for the same positions, so a decoding step computes them once instead of once per
-    layer (host time). A device-tensor start (a graph-captured step) and code being compiled always compute
-    them."""
+    """Pair tables (1, T, 1, hd) in ``dtype`` for positions start .. start + T - 1 (or (B, T, 1, hd) for a
+    (B, T) tensor ``start`` of every token's position: packed rows), as :func:`apply_rope` takes them: cos
+    repeated over each pair (c_i, c_i) and sin with the pair's signs (-s_i, s_i), from :func:`rope_cos_sin`
+    with :func:`cached_inv_freq`. For an int start the last few tables are kept: every layer of a step asks
+    for the same positions, so a decoding step computes them once instead of once per layer (host time). A
+    device-tensor start (a graph-captured step) and code being compiled always compute them."""
 
     def make() -> tuple[torch.Tensor, torch.Tensor]:
         inv_freq = cached_inv_freq(head_dim, base, work_dtype(dtype), device)
-        cos, sin = rope_cos_sin(positions_from(start, T, device), inv_freq, dtype)
-        pairs = torch.stack((cos, cos, -sin, sin), dim=-1).view(T, head_dim // 2, 2, 2)
-        cos2, sin2 = pairs.permute(2, 0, 1, 3).reshape(2, 1, T, 1, head_dim).unbind(0)
+        per_row = isinstance(start, torch.Tensor) and start.dim() == 2
+        pos = start if per_row else positions_from(start, T, device)
+        cos, sin = rope_cos_sin(pos, inv_freq, dtype)
+        pairs = torch.stack((cos, cos, -sin, sin), dim=-1).view(*pos.shape, head_dim // 2, 2, 2)
+        rows = pos.shape[0] if per_row else 1
+        cos2, sin2 = pairs.movedim(-2, 0).reshape(2, rows, T, 1, head_dim).unbind(0)
         return cos2, sin2
 
     if isinstance(start, torch.Tensor) or torch.compiler.is_compiling():
@@ -180,7 +185,7 @@ def split_heads(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Projected q (B, T, H * hd), k, v (B, T, Hkv * hd) -> q (B, T, H, hd), k, v (B, T, Hkv, hd), with RoPE
     of base ``rope_base`` (None: none) applied to q and k at positions start.. (an int or a 0-d device
-    tensor)."""
+    tensor), or at the positions of a (B, T) tensor ``start`` (packed rows, ``sessa.ops.packing``)."""
     B, T, D = q.shape
     hd = D // n_heads
     q, k, v = q.view(B, T, n_heads, hd), k.view(B, T, n_kv_heads, hd), v.view(B, T, n_kv_heads, hd)
@@ -225,8 +230,11 @@ def _allowed(T: int, S: int, key_mask: torch.Tensor | None, device: torch.device
 
 
 def _readable(
-    T: int, S: int, key_mask: torch.Tensor | None, every_key: bool, device: torch.device
+    T: int, S: int, key_mask: torch.Tensor | None, every_key: bool, device: torch.device,
+    seq_idx: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    if seq_idx is not None:  # packed rows (T == S): causal inside each sequence
+        return _allowed(T, S, key_mask, device) & same_sequence(seq_idx.to(device))[:, None]
     if not every_key:
         return _allowed(T, S, key_mask, device)
     if key_mask is None:
@@ -240,15 +248,17 @@ def causal_attention_ref(
     v: torch.Tensor,
     key_mask: torch.Tensor | None = None,
     every_key: bool = False,
+    seq_idx: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Readable einsum reference of :func:`causal_attention` (materialises the (B, H, T, S) weights)."""
     _check_qkv(q, k, v)
+    _check_packed(q, k, seq_idx, every_key)
     B, T, H, hd = q.shape
     S, Hkv = k.shape[1], k.shape[2]
     g = H // Hkv
     qg = q.view(B, T, Hkv, g, hd)
     logits = torch.einsum("bthgd,bshd->bhgts", qg, k) / math.sqrt(hd)
-    allowed = _readable(T, S, key_mask, every_key, q.device)[:, :, None]  # (B|1, 1, 1, T, S)
+    allowed = _readable(T, S, key_mask, every_key, q.device, seq_idx)[:, :, None]  # (B|1, 1, 1, T, S)
     logits = logits.masked_fill(~allowed, float("-inf"))
     work = torch.float64 if logits.dtype == torch.float64 else torch.float32
     weights = torch.softmax(logits.to(work), dim=-1).nan_to_num(0.0).to(v.dtype)  # rows with no key -> 0
@@ -264,6 +274,7 @@ def causal_attention(
     key_mask: torch.Tensor | None = None,
     backend: str = "sdpa",
     every_key: bool = False,
+    seq_idx: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal softmax attention with GQA: q (B,T,H,hd), k/v (B,S,Hkv,hd) -> (B,T,H,hd).
 
@@ -271,13 +282,16 @@ def causal_attention(
     ``key_mask[b, j]`` is True (all keys when None). A query with no readable key outputs zeros.
     ``every_key=True``: every query reads exactly the keys ``key_mask`` allows (a fixed-size cache whose mask
     already leaves out the later positions).
+    ``seq_idx``: optional (B, T) packed rows (``sessa.ops.packing``; T == S): a query reads only keys of its
+    own sequence (SDPA with a (B, 1, T, T) boolean mask).
     backend: "sdpa" (``F.scaled_dot_product_attention``) or "reference" (:func:`causal_attention_ref`).
     """
     if backend == "reference":
-        return causal_attention_ref(q, k, v, key_mask, every_key)
+        return causal_attention_ref(q, k, v, key_mask, every_key, seq_idx)
     if backend != "sdpa":
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     _check_qkv(q, k, v)
+    _check_packed(q, k, seq_idx, every_key)
     T, H, S, Hkv = q.shape[1], q.shape[2], k.shape[1], k.shape[2]
     if T == 1 and S > 1 and triton_decode_usable(k, q, v):  # one query reads every key (S - 1 + 1 of them)
         return _decode_attention_triton(q, k, v, decode_lengths(S, q.shape[0], q.device), key_mask)
@@ -285,6 +299,14 @@ def causal_attention(
     if Hkv != H:
         kt = kt.repeat_interleave(H // Hkv, dim=1)
         vt = vt.repeat_interleave(H // Hkv, dim=1)
+    if seq_idx is not None:
+        if key_mask is None and packed_flash_usable(q):
+            return packed_flash_attention(q, k, v, seq_idx)
+        allowed = _readable(T, S, key_mask, False, q.device, seq_idx)
+        out = sdpa_without_cudnn(qt, kt, vt, attn_mask=allowed)  # cuDNN: a new plan for every packed shape
+        if key_mask is not None:
+            out = out.masked_fill(~allowed.any(-1, keepdim=True), 0.0)
+        return out.transpose(1, 2)
     if key_mask is None and T == S and not every_key:
         return F.scaled_dot_product_attention(qt, kt, vt, is_causal=True).transpose(1, 2)
     # Queries continuing a cache (T < S: decoding, chunked prefill): the key length changes every call, and
@@ -298,6 +320,54 @@ def causal_attention(
     if key_mask is not None:
         out = out.masked_fill(~allowed.any(-1, keepdim=True), 0.0)  # fully masked rows -> 0, not NaN
     return out.transpose(1, 2)
+
+
+def _varlen_attn():
+    """PyTorch's flash-attention kernel for packed sequences (``torch.nn.attention.varlen``), or None."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:  # torch without it: packed rows take SDPA with a block-diagonal mask
+        return None
+    return varlen_attn
+
+
+def packed_flash_usable(q: torch.Tensor) -> bool:
+    """Whether :func:`packed_flash_attention` runs q: CUDA, fp16/bf16, head width <= 256, the kernel present
+    (``SESSA_PACKED_FLASH=0`` switches it off: SDPA with a block-diagonal mask then)."""
+    return (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256
+            and os.environ.get("SESSA_PACKED_FLASH", "1") != "0" and _varlen_attn() is not None)
+
+
+def packed_flash_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx: torch.Tensor
+) -> torch.Tensor:
+    """Causal attention of packed rows (q (B, T, H, hd), k, v (B, T, Hkv, hd), seq_idx (B, T)) by the flash
+    kernel for variable-length sequences: the batch becomes one stream of B * T tokens cut at every sequence
+    start (and row start); no T x T mask. One host sync (the longest sequence). Returns (B, T, H, hd)."""
+    varlen_attn = _varlen_attn()
+    B, T, H, hd = q.shape
+    Hkv = k.shape[2]
+    starts = sequence_starts(seq_idx.to(q.device)).flatten()
+    cu = torch.cat([starts.nonzero().flatten(), starts.new_tensor([B * T], dtype=torch.long)]).to(torch.int32)
+    longest = int((cu[1:] - cu[:-1]).max())
+    params = inspect.signature(varlen_attn).parameters
+    kw: dict[str, Any] = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    if Hkv != H:
+        if "enable_gqa" in params:
+            kw["enable_gqa"] = True
+        else:
+            k, v = k.repeat_interleave(H // Hkv, dim=2), v.repeat_interleave(H // Hkv, dim=2)
+    flat = [x.reshape(B * T, x.shape[2], hd).contiguous() for x in (q, k, v)]
+    return varlen_attn(*flat, cu, cu, longest, longest, **kw).reshape(B, T, H, hd)
+
+
+def _check_packed(q: torch.Tensor, k: torch.Tensor, seq_idx: torch.Tensor | None, every_key: bool) -> None:
+    if seq_idx is None:
+        return
+    if k.shape[1] != q.shape[1] or every_key:
+        raise ValueError("seq_idx (packed rows) is for a parallel pass without a cache: queries and keys "
+                         f"must be the same tokens, got {q.shape[1]} queries and {k.shape[1]} keys")
+    check_seq_idx(seq_idx, q.shape[0], q.shape[1])
 
 
 def attend_static(

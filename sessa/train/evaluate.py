@@ -13,9 +13,12 @@ from sessa.tasks.base import IGNORE_INDEX, TaskSplit
 from sessa.train.data import eval_batches
 
 
-def logits_of(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """(B, T) ids -> (B, T, V) logits for a Hugging Face style model or one that returns a tensor."""
-    out = model(input_ids=inputs)
+def logits_of(
+    model: torch.nn.Module, inputs: torch.Tensor, seq_idx: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(B, T) ids -> (B, T, V) logits for a Hugging Face style model or one that returns a tensor; seq_idx:
+    optional (B, T) packed rows (``sessa.ops.packing``)."""
+    out = model(input_ids=inputs) if seq_idx is None else model(input_ids=inputs, seq_idx=seq_idx)
     return out if isinstance(out, torch.Tensor) else out.logits
 
 

@@ -37,6 +37,7 @@ FREE_FIELDS = frozenset(
         "out_dir",
         "compile",
         "gradient_checkpointing",
+        "pack",
     }
 )
 

@@ -80,6 +80,15 @@ def enable_activation_checkpointing(model: torch.nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+def check_packable(model: torch.nn.Module, name: str) -> None:
+    """A ValueError naming the model when a mixer of its blocks does not take packed rows (``--pack``)."""
+    mixers = [m.mixer for m in model.modules() if isinstance(getattr(m, "mixer", None), torch.nn.Module)]
+    refused = sorted({type(m).__name__ for m in mixers if not getattr(m, "supports_packing", False)})
+    if refused or not mixers:
+        raise ValueError(f"--pack needs mixers that take packed rows (Sessa, attention); model {name!r} uses "
+                         f"{', '.join(refused) or 'no known mixer'}")
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -132,6 +141,8 @@ class Trainer:
             self.device
         )
         self.n_params = sum(p.numel() for p in self.raw_model.parameters())
+        if cfg.pack:
+            check_packable(self.raw_model, cfg.model)
         if cfg.gradient_checkpointing:
             enable_activation_checkpointing(self.raw_model)
         if resume_from is not None:  # weights go in before wrapping, which works for every strategy
@@ -143,7 +154,8 @@ class Trainer:
         self.optimizer = make_optimizer(self.raw_model, cfg, fused=self.device.type == "cuda")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.batches = Batches(
-            self.data.splits["train"], cfg.batch_size, cfg.seed, self.dist.rank, self.dist.world_size
+            self.data.splits["train"], cfg.batch_size, cfg.seed, self.dist.rank, self.dist.world_size,
+            pack=cfg.pack, pad_id=self.data.pad_id,
         )
         self.step, self.history, self.tokens_seen, self.train_time = 0, [], 0, 0.0
         self.eval_splits = [name for name in self.data.splits if name != "train"]
@@ -225,16 +237,17 @@ class Trainer:
     def _train_step(self) -> tuple[float, int]:
         micro = [next(self.batches) for _ in range(self.cfg.grad_accum)]
         scored = torch.tensor(
-            float(sum(int((y != IGNORE_INDEX).sum()) for _, y in micro)), device=self.device
+            float(sum(int((b[1] != IGNORE_INDEX).sum()) for b in micro)), device=self.device
         )
         total = D.all_reduce_sum(scored, self.dist).clamp_min(1)
         loss_sum = torch.zeros((), device=self.device)
-        for i, (x, y) in enumerate(micro):
+        for i, (x, y, *packed) in enumerate(micro):
             x, y = x.to(self.device), y.to(self.device)
+            seq_idx = packed[0].to(self.device) if packed else None
             sync = i == len(micro) - 1 or not hasattr(self.model, "no_sync")
             ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
             with ctx, autocast_for(self.device, self.amp):
-                logits = logits_of(self.model, x)
+                logits = logits_of(self.model, x, seq_idx)
             loss = token_loss(logits, y, reduction="sum")
             # Sum over this rank / all scored tokens * world: DDP's gradient mean then equals the global mean.
             (loss * self.dist.world_size / total).backward()
@@ -252,7 +265,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        tokens = sum(x.numel() for x, _ in micro) * self.dist.world_size
+        tokens = sum(b[0].numel() for b in micro) * self.dist.world_size
         return mean_loss, tokens
 
     # -- training health ------------------------------------------------------------------------------

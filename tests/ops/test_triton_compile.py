@@ -43,15 +43,16 @@ pytestmark = [
 
 SM90_SHARED_LIMIT = 232448  # bytes of shared memory one block may opt into on sm_90 (227 KiB)
 DTYPES = ("float32", "bfloat16", "float16")
-# (B, T, D, key mask, chunk_size, sub_block): one row; one ragged super-chunk; three super-chunks (the push
-# GEMM, a ragged tail); the longest default super-chunk (L = 1024) with a tail of one row.
+# (B, T, D, mask, chunk_size, sub_block), mask: False, True (a key mask) or "segments" (packed sequences,
+# the kernels' MASK=2): one row; one ragged super-chunk; three super-chunks (the push GEMM, a ragged tail);
+# the longest default super-chunk (L = 1024) with a tail of one row; packed rows.
 SHAPES = [(1, 1, 64, False, None, None), (2, 1000, 1024, True, None, None), (1, 3000, 128, False, None, None),
-          (1, 4097, 2048, True, None, None)]
+          (1, 4097, 2048, True, None, None), (2, 3000, 1024, "segments", None, None)]
 # Slow test: also other int specialisations (T a multiple of 16) and the super-chunk / sub-block sizes a user
 # may pass (chunk_size: multiples of 16; sub_block: 16, 32, 64).
 SLOW_SHAPES = SHAPES + [(1, 16384, 1024, False, None, None), (2, 200, 64, True, 16, 16),
                         (1, 300, 128, True, 48, 16), (1, 1000, 1024, False, 256, 32),
-                        (1, 5000, 1024, True, 2048, 64)]
+                        (1, 5000, 1024, True, 2048, 64), (1, 9000, 768, "segments", None, None)]
 _PTR = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.uint8: "u8",
         torch.int32: "i32", torch.int64: "i64"}
 
@@ -124,7 +125,7 @@ def _launch(kernel, consts: dict, args: tuple) -> Launch:
                   options)
 
 
-def record_launches(dtype: str, B: int, T: int, D: int, mask: bool, chunk_size: int | None,
+def record_launches(dtype: str, B: int, T: int, D: int, mask: bool | str, chunk_size: int | None,
                     sub_block: int | None) -> list[Launch]:
     """The kernel launches of one forward + backward of the Triton op, on meta tensors (nothing runs)."""
     from sessa.ops.feedback import triton_launch
@@ -138,7 +139,9 @@ def record_launches(dtype: str, B: int, T: int, D: int, mask: bool, chunk_size: 
     dt = getattr(torch, dtype)
     q, k, f = (torch.empty(B, T, D, device="meta", dtype=dt, requires_grad=True) for _ in range(3))
     gamma = torch.empty(B, T, 1, device="meta", dtype=dt, requires_grad=True)
-    key_mask = torch.empty(B, T, device="meta", dtype=torch.bool) if mask else None
+    key_mask = torch.empty(B, T, device="meta", dtype=torch.bool) if mask is True else None
+    if mask == "segments":  # the int32 (B, 2, T) table of packed sequences (triton_common.segment_table)
+        key_mask = torch.empty(B, 2, T, device="meta", dtype=torch.int32)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(triton_launch.BoundKernel, "__call__", record)
         s = FeedbackSolveTriton.apply(q, k, gamma, f, key_mask, chunk_size, sub_block)

@@ -25,7 +25,8 @@ import torch
 from sessa.ops.feedback.chunked import DEFAULT_CHUNK, feedback_solve_chunked
 from sessa.ops.feedback.decode import feedback_continue, feedback_continue_ref
 from sessa.ops.feedback.reference import feedback_solve_loop, feedback_solve_ref, feedback_weights_ref
-from sessa.ops.feedback.varlen import feedback_solve_varlen_ref
+from sessa.ops.feedback.varlen import feedback_solve_varlen_ref, solve_per_sequence
+from sessa.ops.packing import check_seq_idx
 from sessa.ops.precision import work_dtype
 
 BACKENDS = ("auto", "reference", "chunked", "triton")
@@ -152,6 +153,7 @@ def feedback_solve(
     backend: str = "auto",
     chunk_size: int | None = None,
     key_mask: torch.Tensor | None = None,
+    seq_idx: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Solve s_t = f_t + gamma_t * sum_{j<t} softmax_j(q_b,t . k_b,j / sqrt(D)) s_j (s_0 = f_0).
 
@@ -164,6 +166,9 @@ def feedback_solve(
             length L, a multiple of 16, default 2048 while B * T <= 8192 else 1024, at most T rounded up to
             128 (``triton_common.default_chunk``); leave None unless tuning.
         key_mask: optional (B, T) bool; False marks padding keys that no row reads.
+        seq_idx: optional (B, T) integer sequence of each token, for packed rows (``sessa.ops.packing``):
+            each sequence is solved alone. "triton": one launch sequence for the batch; other backends: one
+            solve per sequence (``varlen.solve_per_sequence``). Not together with key_mask.
     Returns:
         s: (B, T, D) in f's dtype (computed in float32 for bf16/fp16 inputs).
     """
@@ -172,6 +177,10 @@ def feedback_solve(
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     gamma = _check(q_b, k_b, gamma, f, key_mask)
+    if seq_idx is not None:
+        check_seq_idx(seq_idx, *f.shape[:2])
+        if key_mask is not None:
+            raise ValueError("pass key_mask (padding) or seq_idx (packed rows), not both")
     if f.shape[1] == 0:
         return f.clone()
     solver = _triton_solver() if f.is_cuda and backend in ("auto", "triton") else None
@@ -179,11 +188,20 @@ def feedback_solve(
         backend = choose_backend(f.device, *f.shape, f.dtype, solver is not None)
         if f.is_cuda and solver is None:
             _warn_once(f"triton is not available on CUDA; 'auto' uses {backend!r}")
+    if backend == "triton" and solver is None:
+        reason = "it needs a CUDA tensor" if not f.is_cuda else "triton or its kernels are not available"
+        _warn_once(f"backend 'triton' unavailable ({reason}); using 'chunked'")
+        backend = "chunked"
+    if seq_idx is not None and backend == "triton":
+        from sessa.ops.feedback.triton import feedback_solve_packed
+
+        return feedback_solve_packed(q_b, k_b, gamma, f, seq_idx, chunk_size=chunk_size)
+    if seq_idx is not None:
+        return solve_per_sequence(
+            lambda *x: feedback_solve(*x, backend=backend, chunk_size=chunk_size), q_b, k_b, gamma, f, seq_idx
+        )
     if backend == "reference":
         return feedback_solve_ref(q_b, k_b, gamma, f, key_mask)
     if backend == "triton":
-        if solver is not None:
-            return solver(q_b, k_b, gamma, f, key_mask=key_mask, chunk_size=chunk_size)
-        reason = "it needs a CUDA tensor" if not f.is_cuda else "triton or its kernels are not available"
-        _warn_once(f"backend 'triton' unavailable ({reason}); using 'chunked'")
+        return solver(q_b, k_b, gamma, f, key_mask=key_mask, chunk_size=chunk_size)
     return feedback_solve_chunked(q_b, k_b, gamma, f, key_mask, chunk_size or DEFAULT_CHUNK)

@@ -10,7 +10,8 @@ module makes no CUDA call. Under ``TRITON_INTERPRET=1`` the kernels also run on 
 tensors (slowly; used by the tests).
 
 Packed variable-length sequences: :func:`feedback_solve_varlen` takes ``cu_seqlens`` (differentiable; one
-launch sequence per segment on views of the packed tensors); reference: ``varlen.feedback_solve_varlen_ref``.
+launch sequence for the whole pack: the kernels read a per-row segment table instead of a key mask, and skip
+the key tiles before each row tile's sequence); reference: ``varlen.feedback_solve_varlen_ref``.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import os
 import torch
 
 from sessa.ops.feedback.triton_bwd import backward_fixed
-from sessa.ops.feedback.triton_common import Blocks, choose_blocks, dense
+from sessa.ops.feedback.triton_common import Blocks, choose_blocks, dense, segment_table
 from sessa.ops.feedback.triton_fwd import forward_fixed
 from sessa.ops.feedback.triton_launch import on_device
 from sessa.ops.feedback.varlen import check_packed
+from sessa.ops.packing import check_seq_idx, sequence_starts
 
-__all__ = ["feedback_solve_triton", "feedback_solve_varlen", "FeedbackSolveTriton"]
+__all__ = ["feedback_solve_triton", "feedback_solve_varlen", "feedback_solve_packed", "FeedbackSolveTriton"]
 
 # Tests set this to fill every output and scratch buffer with NaN before the kernels run.
 POISON = False
@@ -60,15 +62,16 @@ def _check(q_b: torch.Tensor, k_b: torch.Tensor, gamma: torch.Tensor, f: torch.T
 
 class FeedbackSolveTriton(torch.autograd.Function):
     """Saves q_b, k_b, gamma, f, s (fp32) and its bf16 copy, the row log-sum-exp and the L x L intra-chunk
-    inverses: O(T * (D + L)) memory, no T x T tensor."""
+    inverses: O(T * (D + L)) memory, no T x T tensor. ``mask``: None, a bool (B, T) key mask or an int32
+    (B, 2, T) segment table (``triton_common.segment_table``)."""
 
     @staticmethod
-    def forward(ctx, q_b, k_b, gamma, f, key_mask, chunk_size, sub_block):  # type: ignore[override]
+    def forward(ctx, q_b, k_b, gamma, f, mask, chunk_size, sub_block):  # type: ignore[override]
         q_b, k_b, gamma, f = (dense(x) for x in (q_b, k_b, gamma, f))
         blocks = solve_blocks(f, chunk_size, sub_block)
         with on_device(f):
-            st = forward_fixed(q_b, k_b, gamma, f, key_mask, blocks, poison=POISON)
-        ctx.save_for_backward(q_b, k_b, gamma, f, key_mask, st.s, st.s_op, st.lse, *st.w)
+            st = forward_fixed(q_b, k_b, gamma, f, mask, blocks, poison=POISON)
+        ctx.save_for_backward(q_b, k_b, gamma, f, mask, st.s, st.s_op, st.lse, *st.w)
         ctx.blocks = blocks
         return st.s.to(f.dtype)
 
@@ -76,10 +79,10 @@ class FeedbackSolveTriton(torch.autograd.Function):
     def backward(ctx, ds):  # type: ignore[override]
         from sessa.ops.feedback.triton_fwd import ForwardState
 
-        q_b, k_b, gamma, f, key_mask, s, s_op, lse, w_hi, w_lo = ctx.saved_tensors
+        q_b, k_b, gamma, f, mask, s, s_op, lse, w_hi, w_lo = ctx.saved_tensors
         st = ForwardState(s, s_op, lse, (w_hi, w_lo), ctx.blocks)
         with on_device(f):
-            dq, dk, dgamma, df = backward_fixed(q_b, k_b, gamma, f, key_mask, st, dense(ds), poison=POISON)
+            dq, dk, dgamma, df = backward_fixed(q_b, k_b, gamma, f, mask, st, dense(ds), poison=POISON)
         return dq, dk, dgamma[..., None].to(gamma.dtype), df, None, None, None
 
 
@@ -100,14 +103,19 @@ def feedback_solve_triton(
     Returns s: (B, T, D) in f's dtype, computed in fp32.
     """
     _check(q_b, k_b, gamma, f, key_mask)
+    return _solve(q_b, k_b, gamma, f, key_mask, chunk_size, sub_block)
+
+
+def _solve(q_b, k_b, gamma, f, mask, chunk_size, sub_block) -> torch.Tensor:
+    """The solve of checked inputs with a mask as ``FeedbackSolveTriton`` takes it."""
     if f.shape[1] == 0:
         return f.clone()
     if torch.compiler.is_compiling():  # an opaque custom op for torch.compile (sessa.ops.feedback.triton_ops)
         from sessa.ops.feedback.triton_ops import solve_fwd_op
 
         q_b, k_b, gamma, f = (dense(x) for x in (q_b, k_b, gamma, f))
-        return solve_fwd_op(q_b, k_b, gamma, f, key_mask, chunk_size, sub_block)[0].to(f.dtype)
-    return FeedbackSolveTriton.apply(q_b, k_b, gamma, f, key_mask, chunk_size, sub_block)
+        return solve_fwd_op(q_b, k_b, gamma, f, mask, chunk_size, sub_block)[0].to(f.dtype)
+    return FeedbackSolveTriton.apply(q_b, k_b, gamma, f, mask, chunk_size, sub_block)
 
 
 def feedback_solve_varlen(
@@ -119,16 +127,37 @@ def feedback_solve_varlen(
     chunk_size: int | None = None,
 ) -> torch.Tensor:
     """The solve of packed sequences, differentiable: q_b, k_b, f: (1, N, D), gamma (1, N, 1), cu_seqlens:
-    (S + 1,) int offsets (0 = cu_seqlens[0] < ... < cu_seqlens[S] = N, the flash-attn convention); each
-    segment is solved on its own (no row reads a key of another segment). Returns s: (1, N, D).
+    (S + 1,) int offsets (0 = cu_seqlens[0] <= ... <= cu_seqlens[S] = N, the flash-attn convention; a
+    segment may be empty); no row reads a key of another segment. Returns s: (1, N, D).
     Reference partner: ``sessa.ops.feedback.varlen.feedback_solve_varlen_ref``.
 
-    Each segment runs the fixed-length kernels on views of the packed tensors (one launch sequence per
-    segment), so a batch of many short sequences pays per-segment launch overhead."""
-    pairs = check_packed(f, cu_seqlens)
+    One launch sequence for the whole pack: the kernels read each row's segment (an int32 table built
+    here, on the device) where a solve of one sequence reads its key mask, and skip every key tile that lies
+    wholly before the segments of a row tile, so the work grows with the sum of the squared lengths of the
+    segments (plus O(N * L * D) for the intra-chunk inverses), not with N^2."""
+    check_packed(f, cu_seqlens)
     _check(q_b, k_b, gamma, f, None)
-    segments = [
-        FeedbackSolveTriton.apply(q_b[:, a:b], k_b[:, a:b], gamma[:, a:b], f[:, a:b], None, chunk_size, None)
-        for a, b in pairs
-    ]
-    return segments[0] if len(segments) == 1 else torch.cat(segments, 1)
+    return _solve(q_b, k_b, gamma, f, packed_table(cu_seqlens, f.shape[1], f.device), chunk_size, None)
+
+
+def feedback_solve_packed(
+    q_b: torch.Tensor,
+    k_b: torch.Tensor,
+    gamma: torch.Tensor,
+    f: torch.Tensor,
+    seq_idx: torch.Tensor,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """The solve of packed rows (q_b, k_b, f: (B, T, D), gamma (B, T, 1), seq_idx (B, T): the sequence of each
+    token, ``sessa.ops.packing``), each sequence alone, in one launch sequence for the batch (as
+    :func:`feedback_solve_varlen`). Differentiable; returns s: (B, T, D)."""
+    _check(q_b, k_b, gamma, f, None)
+    check_seq_idx(seq_idx, *f.shape[:2])
+    return _solve(q_b, k_b, gamma, f, segment_table(sequence_starts(seq_idx.to(f.device))), chunk_size, None)
+
+
+def packed_table(cu_seqlens: torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+    """The (1, 2, n) segment table (``triton_common.segment_table``) of checked offsets cu_seqlens."""
+    starts = torch.zeros(1, n + 1, dtype=torch.bool, device=device)
+    starts[0, cu_seqlens.to(device=device, dtype=torch.int64)] = True
+    return segment_table(starts[:, :n])

@@ -33,7 +33,17 @@ import torch
 import triton
 import triton.language as tl
 
-from sessa.ops.feedback.triton_common import LOG2E, Blocks, _allowed, _mask_arg, _row_lse, cdiv, mma
+from sessa.ops.feedback.triton_common import (
+    LOG2E,
+    Blocks,
+    _allowed,
+    _end_row,
+    _first_key,
+    _mask_arg,
+    _row_lse,
+    cdiv,
+    mma,
+)
 from sessa.ops.feedback.triton_fwd import ForwardState
 from sessa.ops.feedback.triton_launch import BoundKernel, Streams
 from sessa.ops.feedback.triton_tril import w_applier
@@ -44,17 +54,20 @@ def _dlogit_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, g_ptr, dfop_ptr, sop_ptr, dpar
                    A, T, D, ND,
                    stride_qb, stride_qt, stride_mb, stride_lb, stride_gb, stride_gt, stride_ob, stride_ot,
                    stride_eb, stride_pb, stride_pr, scale2,
-                   HAS_MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                   MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                    SPAN: tl.constexpr, PREC: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
     r_start = A + pid_m * BM
     c_start = pid_n * BN
+    km_ptr += pid_b * stride_mb
     # Written: every tile its readers touch, i.e. left of the end of the SPAN-row block holding this tile's
     # last row (SPAN: a power of two >= BM, a multiple of the dk / push GEMM's row step and of dq's row tile);
-    # tiles right of the diagonal inside that block hold zeros.
-    if c_start < A + ((pid_m * BM) // SPAN + 1) * SPAN:
+    # tiles right of the diagonal inside that block hold zeros. Packed sequences: from the first key tile
+    # of the sequence holding the block's first row (the readers skip the same tiles, block by block).
+    span0 = A + ((pid_m * BM) // SPAN) * SPAN
+    if (c_start < span0 + SPAN) & (c_start >= _first_key(km_ptr, span0, T, BN, MASK)):
         rows = r_start + tl.arange(0, BM)
         cols = c_start + tl.arange(0, BN)
         rmask = rows < T
@@ -77,7 +90,7 @@ def _dlogit_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, g_ptr, dfop_ptr, sop_ptr, dpar
             st = tl.load(sop_ptr + cols[None, :] * stride_ot + dd[:, None], mask=mc, other=0.0)
             dps = mma(dft, st, dps, PREC)
         lse = _row_lse(lse_ptr + pid_b * stride_lb, rows, T)
-        ok = _allowed(rows, cols, T, km_ptr + pid_b * stride_mb, HAS_MASK)
+        ok = _allowed(rows, cols, T, km_ptr, MASK)
         p = tl.where(ok, tl.exp2(logit * scale2 - lse[:, None]), 0.0)
         g = tl.load(g_ptr + pid_b * stride_gb + rows * stride_gt, mask=rmask, other=0.0).to(tl.float32)
         delta = tl.zeros([BM], dtype=tl.float32)
@@ -92,12 +105,14 @@ def _dlogit_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, g_ptr, dfop_ptr, sop_ptr, dpar
 
 
 @triton.jit
-def _tgemm_tile(pid_j, pid_d, pid_b, a_ptr, b_ptr, out_ptr, A, T, D, L_eff,
+def _tgemm_tile(pid_j, pid_d, pid_b, km_ptr, a_ptr, b_ptr, out_ptr, A, T, D, L_eff,
                 stride_ab, stride_ar, stride_bb, stride_bt, stride_ob, stride_ot, scale,
-                BKEY: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+                MASK: tl.constexpr, BKEY: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr,
+                SPAN: tl.constexpr, PREC: tl.constexpr):
     """out[j] += scale * sum_{t in the super-chunk} a[t - A, j] b[t] for a key tile j and a D tile.
 
-    dk: a = dlogit, b = q_b; push: a = gamma P, b = df. Reads only scratch tiles the dlogit kernel wrote."""
+    dk: a = dlogit, b = q_b; push: a = gamma P, b = df. Reads only scratch tiles the dlogit kernel wrote
+    (packed sequences: the SPAN-row blocks starting before the end of the last key's sequence)."""
     j0 = pid_j * BKEY
     keys = j0 + tl.arange(0, BKEY)
     dcols = pid_d * BN + tl.arange(0, BN)
@@ -106,7 +121,10 @@ def _tgemm_tile(pid_j, pid_d, pid_b, a_ptr, b_ptr, out_ptr, A, T, D, L_eff,
     b_ptr += pid_b * stride_bb + dcols[None, :]
     acc = tl.zeros([BKEY, BN], dtype=tl.float32)
     first = tl.maximum(j0 - A, 0) // BT  # the first row tile whose scratch tile (rows, keys) was written
-    for i in range(first, tl.cdiv(L_eff, BT)):
+    last = tl.cdiv(L_eff, BT)
+    if MASK == 2:
+        last = tl.minimum(last, tl.cdiv(_end_row(km_ptr, j0 + BKEY - 1, T, MASK) - A, SPAN) * (SPAN // BT))
+    for i in range(first, last):
         rel = i * BT + tl.arange(0, BT)
         trows = A + rel
         a = tl.load(a_ptr + rel[:, None] * stride_ar)
@@ -118,19 +136,23 @@ def _tgemm_tile(pid_j, pid_d, pid_b, a_ptr, b_ptr, out_ptr, A, T, D, L_eff,
 
 
 @triton.jit
-def _tgemm_acc_kernel(a_ptr, b_ptr, out_ptr, A, T, D, L_eff,
+def _tgemm_acc_kernel(km_ptr, a_ptr, b_ptr, out_ptr, A, T, D, L_eff, stride_mb,
                       stride_ab, stride_ar, stride_bb, stride_bt, stride_ob, stride_ot, scale,
-                      BKEY: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+                      MASK: tl.constexpr, BKEY: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr,
+                      SPAN: tl.constexpr, PREC: tl.constexpr):
     pid_b = tl.program_id(2).to(tl.int64)
-    _tgemm_tile(tl.program_id(0), tl.program_id(1), pid_b, a_ptr, b_ptr, out_ptr, A, T, D, L_eff,
-                stride_ab, stride_ar, stride_bb, stride_bt, stride_ob, stride_ot, scale, BKEY, BT, BN, PREC)
+    _tgemm_tile(tl.program_id(0), tl.program_id(1), pid_b, km_ptr + pid_b * stride_mb, a_ptr, b_ptr, out_ptr,
+                A, T, D, L_eff, stride_ab, stride_ar, stride_bb, stride_bt, stride_ob, stride_ot, scale,
+                MASK, BKEY, BT, BN, SPAN, PREC)
 
 
 @triton.jit
-def _dq_tile(pid_m, pid_d, pid_b, dl_ptr, k_ptr, dq_ptr, A, T, D,
+def _dq_tile(pid_m, pid_d, pid_b, km_ptr, dl_ptr, k_ptr, dq_ptr, A, T, D,
              stride_pb, stride_pr, stride_kb, stride_kt, scale,
-             BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
-    """dq[rows] = scale * dlogit[rows, :] @ k for one (BM rows, BN of D) tile."""
+             MASK: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, SPAN: tl.constexpr,
+             PREC: tl.constexpr):
+    """dq[rows] = scale * dlogit[rows, :] @ k for one (BM rows, BN of D) tile (packed sequences: from the
+    first key tile the dlogit kernel wrote for the SPAN-row block of these rows)."""
     r_start = A + pid_m * BM
     rows = r_start + tl.arange(0, BM)
     dcols = pid_d * BN + tl.arange(0, BN)
@@ -138,7 +160,8 @@ def _dq_tile(pid_m, pid_d, pid_b, dl_ptr, k_ptr, dq_ptr, A, T, D,
     dl_ptr += pid_b * stride_pb + (rows - A)[:, None] * stride_pr
     k_ptr += pid_b * stride_kb + dcols[None, :]
     acc = tl.zeros([BM, BN], dtype=tl.float32)
-    for c0 in range(0, tl.minimum(r_start + BM, T), BK):
+    lo = _first_key(km_ptr, A + ((pid_m * BM) // SPAN) * SPAN, T, BK, MASK)
+    for c0 in range(lo, tl.minimum(r_start + BM, T), BK):
         cols = c0 + tl.arange(0, BK)
         dl = tl.load(dl_ptr + cols[None, :])
         kt = tl.load(k_ptr + cols[:, None] * stride_kt, mask=(cols < T)[:, None] & dmask[None, :], other=0.0)
@@ -149,23 +172,25 @@ def _dq_tile(pid_m, pid_d, pid_b, dl_ptr, k_ptr, dq_ptr, A, T, D,
 
 
 @triton.jit
-def _dq_dk_kernel(dl_ptr, q_ptr, k_ptr, dq_ptr, dk_ptr, A, T, D, L_eff, N_DQ,
+def _dq_dk_kernel(km_ptr, dl_ptr, q_ptr, k_ptr, dq_ptr, dk_ptr, A, T, D, L_eff, N_DQ, stride_mb,
                   stride_pb, stride_pr, stride_qb, stride_qt, stride_ob, stride_ot, scale,
-                  BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, BD_DK: tl.constexpr,
-                  PREC: tl.constexpr):
+                  MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr,
+                  BD_DK: tl.constexpr, SPAN: tl.constexpr, PREC: tl.constexpr):
     """Both products of dlogit in one launch: the first N_DQ programs are dq tiles, the rest dk tiles
     (dk[j] += scale * dlogit[:, j]^T q)."""
     pid = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
+    km_ptr += pid_b * stride_mb
     if pid < N_DQ:
         n_d = tl.cdiv(D, BD)
-        _dq_tile(pid // n_d, pid % n_d, pid_b, dl_ptr, k_ptr, dq_ptr, A, T, D, stride_pb, stride_pr,
-                 stride_qb, stride_qt, scale, BM, BN, BD, PREC)
+        _dq_tile(pid // n_d, pid % n_d, pid_b, km_ptr, dl_ptr, k_ptr, dq_ptr, A, T, D, stride_pb, stride_pr,
+                 stride_qb, stride_qt, scale, MASK, BM, BN, BD, SPAN, PREC)
     else:
         pid -= N_DQ
         n_d = tl.cdiv(D, BD_DK)
-        _tgemm_tile(pid // n_d, pid % n_d, pid_b, dl_ptr, q_ptr, dk_ptr, A, T, D, L_eff, stride_pb, stride_pr,
-                    stride_qb, stride_qt, stride_ob, stride_ot, scale, BN, BT, BD_DK, PREC)
+        _tgemm_tile(pid // n_d, pid % n_d, pid_b, km_ptr, dl_ptr, q_ptr, dk_ptr, A, T, D, L_eff, stride_pb,
+                    stride_pr, stride_qb, stride_qt, stride_ob, stride_ot, scale, MASK, BN, BT, BD_DK, SPAN,
+                    PREC)
 
 
 def _chunk_launcher(q_b, k_b, gamma, f, key_mask, st: ForwardState, ds, bufs, streams: Streams):
@@ -176,16 +201,16 @@ def _chunk_launcher(q_b, k_b, gamma, f, key_mask, st: ForwardState, ds, bufs, st
     B, T, D = f.shape
     bl: Blocks = st.blocks
     p, dl0, push, df, df_op, dpart, dgamma, dk, dq = bufs
-    km, smb = _mask_arg(key_mask, q_b)
+    km, smb, mode = _mask_arg(key_mask, q_b)
     scale = 1.0 / math.sqrt(D)
     solve = w_applier(st.w, ds, df, df_op, bl, streams, x2=push, trans=True, delta=dpart, s=st.s, f=f)
     opts = dict(PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages)
-    dlogit = BoundKernel(_dlogit_kernel, streams, HAS_MASK=key_mask is not None, BM=bl.bm, BN=bl.bn, BK=bl.bk,
-                         SPAN=bl.span, **opts)
-    dq_dk = BoundKernel(_dq_dk_kernel, streams, BM=bl.bm, BN=bl.bn, BD=bl.bd, BT=bl.bt_dk, BD_DK=bl.bd_dk,
-                        **opts)
-    push_acc = BoundKernel(_tgemm_acc_kernel, streams, BKEY=bl.bn, BT=bl.bt_dk, BN=bl.bd_dk, PREC=bl.prec,
-                           num_warps=bl.warps, num_stages=bl.stages_push)
+    dlogit = BoundKernel(_dlogit_kernel, streams, MASK=mode, BM=bl.bm, BN=bl.bn, BK=bl.bk, SPAN=bl.span,
+                         **opts)
+    dq_dk = BoundKernel(_dq_dk_kernel, streams, MASK=mode, BM=bl.bm, BN=bl.bn, BD=bl.bd, BT=bl.bt_dk,
+                        BD_DK=bl.bd_dk, SPAN=bl.span, **opts)
+    push_acc = BoundKernel(_tgemm_acc_kernel, streams, MASK=mode, BKEY=bl.bn, BT=bl.bt_dk, BN=bl.bd_dk,
+                           SPAN=bl.span, PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages_push)
     assert q_b.stride() == k_b.stride() == dq.stride() and p.stride() == dl0.stride()  # dk is fp32
     qs, gs, ds_, ps, ks = q_b.stride(), gamma.stride(), df_op.stride(), p.stride(), dk.stride()
     dlogit_args = (T, D, dpart.shape[-1], qs[0], qs[1], smb, st.lse.stride(0), gs[0], gs[1], ds_[0], ds_[1],
@@ -202,12 +227,12 @@ def _chunk_launcher(q_b, k_b, gamma, f, key_mask, st: ForwardState, ds, bufs, st
                dgamma, dl, p, A, *dlogit_args)
         streams.fork()  # dq and dk only read dl: on the side stream they overlap the next launches
         nq = cdiv(L_eff, bl.bm) * n_dq
-        dq_dk((nq + cdiv(A + L_eff, bl.bn) * n_dk, B), dl, q_b, k_b, dq, dk, A, T, D, L_eff, nq, ps[0],
-              ps[1], qs[0], qs[1], ks[0], ks[1], scale, side=True)
+        dq_dk((nq + cdiv(A + L_eff, bl.bn) * n_dk, B), km, dl, q_b, k_b, dq, dk, A, T, D, L_eff, nq, smb,
+              ps[0], ps[1], qs[0], qs[1], ks[0], ks[1], scale, side=True)
         if A > 0:  # push is on the sequential path: the next super-chunk's right-hand side needs it
             # push[j] += sum_t (gamma P)[t, j] df_t over the super-chunk's rows t, for the keys j < A
-            push_acc((cdiv(A, bl.bn), n_dk, B), p, df_op, push, A, T, D, L_eff, ps[0], ps[1], ds_[0],
-                     ds_[1], pu[0], pu[1], 1.0)
+            push_acc((cdiv(A, bl.bn), n_dk, B), km, p, df_op, push, A, T, D, L_eff, smb, ps[0], ps[1],
+                     ds_[0], ds_[1], pu[0], pu[1], 1.0)
 
     return launch
 

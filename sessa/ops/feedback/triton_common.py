@@ -161,14 +161,44 @@ def _logits(q_ptr, k_ptr, rows, cols, T, D, stride_q, stride_k,
     return acc
 
 
+# Masks of the solve (the constexpr MASK of every kernel that forms probabilities): NO_MASK; KEY_MASK, a
+# (B, T) uint8 key mask (0 = padding key no row reads); SEGMENTS, packed sequences as an int32 (B, 2, T)
+# table: [b, 0, t] the first row of t's sequence, [b, 1, t] one past its last row (``segment_table``).
+NO_MASK, KEY_MASK, SEGMENTS = 0, 1, 2
+
+
 @triton.jit
-def _allowed(rows, cols, T, km_ptr, HAS_MASK: tl.constexpr):
-    """Row t may read key j iff j < t < T (and key_mask[j])."""
+def _allowed(rows, cols, T, km_ptr, MASK: tl.constexpr):
+    """Row t may read key j iff j < t < T (and key_mask[j]; or j in t's sequence)."""
     ok = (cols[None, :] < rows[:, None]) & (rows[:, None] < T)
-    if HAS_MASK:
+    if MASK == 1:
         km = tl.load(km_ptr + cols, mask=cols < T, other=0)
         ok = ok & (km[None, :] != 0)
+    if MASK == 2:
+        first = tl.load(km_ptr + rows, mask=rows < T, other=0)
+        ok = ok & (cols[None, :] >= first[:, None])
     return ok
+
+
+@triton.jit
+def _first_key(km_ptr, row, T, STEP, MASK: tl.constexpr):
+    """The first key any row >= row may read, rounded down to a multiple of STEP (SEGMENTS: the start of
+    row's sequence; rows only grow, so do their sequences' starts); 0 otherwise. Tiles of keys below it
+    are all zero: neither computed nor read."""
+    if MASK == 2:
+        first = tl.load(km_ptr + tl.minimum(row, T - 1))
+        return (first // STEP) * STEP
+    else:
+        return 0
+
+
+@triton.jit
+def _end_row(km_ptr, key, T, MASK: tl.constexpr):
+    """One past the last row that may read key (SEGMENTS: the end of key's sequence; else T)."""
+    if MASK == 2:
+        return tl.load(km_ptr + T + tl.minimum(key, T - 1))
+    else:
+        return T
 
 
 @triton.jit
@@ -178,8 +208,25 @@ def _row_lse(lse_ptr, rows, T):
     return tl.where(lse == float("-inf"), 0.0, lse)
 
 
-def _mask_arg(key_mask: torch.Tensor | None, ref: torch.Tensor) -> tuple[torch.Tensor, int]:
-    if key_mask is None:
-        return ref, 0  # never read (HAS_MASK=False)
-    km = key_mask.contiguous().view(torch.uint8)
-    return km, km.stride(0)
+def _mask_arg(mask: torch.Tensor | None, ref: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """(pointer tensor, its batch stride, MASK) of a solve's mask: None, a bool (B, T) key mask, or an int32
+    (B, 2, T) segment table (``segment_table``); ref stands in for the never-read pointer of no mask."""
+    if mask is None:
+        return ref, 0, NO_MASK
+    if mask.dtype == torch.int32:
+        return mask, mask.stride(0), SEGMENTS
+    km = mask.contiguous().view(torch.uint8)
+    return km, km.stride(0), KEY_MASK
+
+
+def segment_table(starts: torch.Tensor) -> torch.Tensor:
+    """The int32 (B, 2, T) SEGMENTS table of packed rows from starts: (B, T) bool, True where a sequence
+    begins (position 0 of each row counts as a start whatever it holds)."""
+    B, T = starts.shape
+    idx = torch.arange(T, device=starts.device, dtype=torch.int32).expand(B, T)
+    begin = starts.clone()
+    begin[:, 0] = True
+    first = torch.where(begin, idx, torch.zeros_like(idx)).cummax(1).values
+    nxt = torch.cat([begin[:, 1:], torch.ones_like(begin[:, :1])], 1)  # row t + 1 starts a sequence
+    end = torch.where(nxt, idx + 1, torch.full_like(idx, T)).flip(1).cummin(1).values.flip(1)
+    return torch.stack([first, end], 1).to(torch.int32).contiguous()

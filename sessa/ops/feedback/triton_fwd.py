@@ -34,6 +34,7 @@ from sessa.ops.feedback.triton_common import (
     LOG2E,
     Blocks,
     _allowed,
+    _first_key,
     _logits,
     _mask_arg,
     _row_lse,
@@ -49,7 +50,7 @@ from sessa.ops.feedback.triton_tril import build_w, w_applier
 @triton.jit
 def _lse_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, T, D,
                 stride_qb, stride_qt, stride_kb, stride_kt, stride_mb, stride_lb, scale2,
-                HAS_MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                 PREC: tl.constexpr):
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest rows first: less tail imbalance
     pid_b = tl.program_id(1).to(tl.int64)
@@ -60,10 +61,10 @@ def _lse_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, T, D,
     m = tl.full([BM], float("-inf"), tl.float32)
     acc = tl.zeros([BM], tl.float32)
     hi = tl.minimum(pid_m * BM + BM, T)
-    for c0 in range(0, hi, BN):
+    for c0 in range(_first_key(km_ptr, pid_m * BM, T, BN, MASK), hi, BN):
         cols = c0 + tl.arange(0, BN)
         x = _logits(q_ptr, k_ptr, rows, cols, T, D, stride_qt, stride_kt, BM, BN, BK, PREC) * scale2
-        x = tl.where(_allowed(rows, cols, T, km_ptr, HAS_MASK), x, float("-inf"))
+        x = tl.where(_allowed(rows, cols, T, km_ptr, MASK), x, float("-inf"))
         m_new = tl.maximum(m, tl.max(x, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no exp2(-inf - -inf)
         acc = acc * tl.exp2(m - m_safe) + tl.sum(tl.exp2(x - m_safe[:, None]), 1)
@@ -75,31 +76,32 @@ def _lse_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, T, D,
 @triton.jit
 def _probs_tile(pid_m, pid_n, pid_b, q_ptr, k_ptr, km_ptr, lse_ptr, p_ptr, A, T, D,
                 stride_qb, stride_qt, stride_kb, stride_kt, stride_mb, stride_lb, stride_pb, stride_pr,
-                scale2, HAS_MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                scale2, MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                 PREC: tl.constexpr):
     """One (BM rows, BN keys) tile of P[rows A.., keys < A] into the scratch p (rows relative to A)."""
     r_start = A + pid_m * BM
     c_start = pid_n * BN
-    if c_start < r_start + BM:  # tiles wholly above the diagonal are never read
+    km_ptr += pid_b * stride_mb
+    # tiles wholly above the diagonal, or (packed sequences) before the rows' sequences, are never read
+    if (c_start < r_start + BM) & (c_start >= _first_key(km_ptr, r_start, T, BN, MASK)):
         q_ptr += pid_b * stride_qb
         k_ptr += pid_b * stride_kb
-        km_ptr += pid_b * stride_mb
         rows = r_start + tl.arange(0, BM)
         cols = c_start + tl.arange(0, BN)
         x = _logits(q_ptr, k_ptr, rows, cols, T, D, stride_qt, stride_kt, BM, BN, BK, PREC) * scale2
         lse = _row_lse(lse_ptr + pid_b * stride_lb, rows, T)
-        p = tl.where(_allowed(rows, cols, T, km_ptr, HAS_MASK), tl.exp2(x - lse[:, None]), 0.0)
+        p = tl.where(_allowed(rows, cols, T, km_ptr, MASK), tl.exp2(x - lse[:, None]), 0.0)
         ptrs = p_ptr + pid_b * stride_pb + (rows - A)[:, None] * stride_pr + cols[None, :]
         tl.store(ptrs, p.to(p_ptr.dtype.element_ty))
 
 
 @triton.jit
-def _inter_tile(pid_m, pid_n, pid_b, p_ptr, sop_ptr, f_ptr, g_ptr, rhs_ptr, A, T, D,
+def _inter_tile(pid_m, pid_n, pid_b, km_ptr, p_ptr, sop_ptr, f_ptr, g_ptr, rhs_ptr, A, T, D,
                 stride_pb, stride_pr, stride_ob, stride_ot, stride_fb, stride_ft, stride_gb, stride_gt,
                 stride_rb, stride_rt,
-                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+                MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
     """rhs[r] = f[A + r] + gamma (P[r, :A] @ s[:A]) for the local rows r of the super-chunk at A (one BM x BN
-    tile; BN over D)."""
+    tile; BN over D). The K loop starts at the first key tile ``_probs_tile`` wrote for these rows."""
     rl = pid_m * BM + tl.arange(0, BM)
     rows = A + rl
     dcols = pid_n * BN + tl.arange(0, BN)
@@ -107,7 +109,7 @@ def _inter_tile(pid_m, pid_n, pid_b, p_ptr, sop_ptr, f_ptr, g_ptr, rhs_ptr, A, T
     p_ptr += pid_b * stride_pb + rl[:, None] * stride_pr
     sop_ptr += pid_b * stride_ob + dcols[None, :]
     acc = tl.zeros([BM, BN], dtype=tl.float32)
-    for k0 in range(0, A, BK):
+    for k0 in range(_first_key(km_ptr, A + pid_m * BM, T, BK, MASK), A, BK):
         kk = k0 + tl.arange(0, BK)
         p = tl.load(p_ptr + kk[None, :])
         sv = tl.load(sop_ptr + kk[:, None] * stride_ot, mask=dmask[None, :], other=0.0)
@@ -124,7 +126,7 @@ def _step_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, pn_ptr, p_ptr, sop_ptr, f_ptr, g
                  A, A_next, T, D, N_INTER, N_PROBS_M,
                  stride_qb, stride_qt, stride_kb, stride_kt, stride_mb, stride_lb, stride_pb, stride_pr,
                  stride_ob, stride_ot, stride_fb, stride_ft, stride_gb, stride_gt, stride_rb, stride_rt,
-                 scale2, HAS_MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                 scale2, MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                  BD: tl.constexpr, PREC: tl.constexpr):
     """One launch per super-chunk: the first N_INTER programs build this super-chunk's right-hand side
     (``_inter_tile``, reading P from p), the rest fill the next super-chunk's P into pn (``_probs_tile``,
@@ -133,14 +135,14 @@ def _step_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, pn_ptr, p_ptr, sop_ptr, f_ptr, g
     pid_b = tl.program_id(1).to(tl.int64)
     if pid < N_INTER:
         n_d = tl.cdiv(D, BD)
-        _inter_tile(pid // n_d, pid % n_d, pid_b, p_ptr, sop_ptr, f_ptr, g_ptr, rhs_ptr, A, T, D,
-                    stride_pb, stride_pr, stride_ob, stride_ot, stride_fb, stride_ft, stride_gb, stride_gt,
-                    stride_rb, stride_rt, BM, BD, BN, PREC)
+        _inter_tile(pid // n_d, pid % n_d, pid_b, km_ptr + pid_b * stride_mb, p_ptr, sop_ptr, f_ptr, g_ptr,
+                    rhs_ptr, A, T, D, stride_pb, stride_pr, stride_ob, stride_ot, stride_fb, stride_ft,
+                    stride_gb, stride_gt, stride_rb, stride_rt, MASK, BM, BD, BN, PREC)
     else:
         pid -= N_INTER
         _probs_tile(pid % N_PROBS_M, pid // N_PROBS_M, pid_b, q_ptr, k_ptr, km_ptr, lse_ptr, pn_ptr, A_next,
                     T, D, stride_qb, stride_qt, stride_kb, stride_kt, stride_mb, stride_lb, stride_pb,
-                    stride_pr, scale2, HAS_MASK, BM, BN, BK, PREC)
+                    stride_pr, scale2, MASK, BM, BN, BK, PREC)
 
 
 # ----------------------------------------------------------------------------------------------- launcher
@@ -159,9 +161,9 @@ class ForwardState:
 
 def _lse(q_b, k_b, key_mask, bl: Blocks, streams: Streams) -> torch.Tensor:
     B, T, D = q_b.shape
-    km, smb = _mask_arg(key_mask, q_b)
+    km, smb, mode = _mask_arg(key_mask, q_b)
     lse = torch.empty(B, T, device=q_b.device, dtype=torch.float32)
-    BoundKernel(_lse_kernel, streams, HAS_MASK=key_mask is not None, BM=bl.bm_lse, BN=bl.bn_lse, BK=bl.bk,
+    BoundKernel(_lse_kernel, streams, MASK=mode, BM=bl.bm_lse, BN=bl.bn_lse, BK=bl.bk,
                 PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages_lse)(
         (cdiv(T, bl.bm_lse), B), q_b, k_b, km, lse, T, D, q_b.stride(0), q_b.stride(1), k_b.stride(0),
         k_b.stride(1), smb, lse.stride(0), LOG2E / math.sqrt(D),
@@ -174,8 +176,8 @@ def step_launcher(q_b, k_b, gamma, f, key_mask, lse, s_op, rhs, pbuf, bl: Blocks
     [A, A + L_eff) (reading its P from p) and, when L_next > 0, P of the next one (rows A_next.., keys
     < A_next) into pn, in one launch; p and pn are buffers of pbuf. The rest is fixed here, once per solve."""
     B, T, D = f.shape
-    km, smb = _mask_arg(key_mask, q_b)
-    kern = BoundKernel(_step_kernel, streams, HAS_MASK=key_mask is not None, BM=bl.bm, BN=bl.bn, BK=bl.bk,
+    km, smb, mode = _mask_arg(key_mask, q_b)
+    kern = BoundKernel(_step_kernel, streams, MASK=mode, BM=bl.bm, BN=bl.bn, BK=bl.bk,
                        BD=bl.bd, PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages)
     inputs = (q_b, k_b, km, lse)
     outputs = (s_op, f, gamma, rhs)

@@ -32,7 +32,7 @@ from sessa.ops.feedback.triton_launch import BoundKernel, Streams
 def _diag_inverse_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, g_ptr, w_ptr, T, D, L,
                          stride_qb, stride_qt, stride_kb, stride_kt, stride_mb, stride_lb,
                          stride_gb, stride_gt, stride_wb, stride_wi, scale2,
-                         HAS_MASK: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, LOG2C: tl.constexpr,
+                         MASK: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, LOG2C: tl.constexpr,
                          PREC: tl.constexpr, INV_PREC: tl.constexpr):
     pid = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -42,7 +42,7 @@ def _diag_inverse_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, g_ptr, w_ptr, T, D, L,
     rows = pid * C + tl.arange(0, C)
     x = _logits(q_ptr, k_ptr, rows, rows, T, D, stride_qt, stride_kt, C, C, BK, PREC) * scale2
     lse = _row_lse(lse_ptr + pid_b * stride_lb, rows, T)
-    p = tl.where(_allowed(rows, rows, T, km_ptr, HAS_MASK), tl.exp2(x - lse[:, None]), 0.0)
+    p = tl.where(_allowed(rows, rows, T, km_ptr, MASK), tl.exp2(x - lse[:, None]), 0.0)
     g = tl.load(g_ptr + pid_b * stride_gb + rows * stride_gt, mask=rows < T, other=0.0).to(tl.float32)
     n = g[:, None] * p
     ar = tl.arange(0, C)
@@ -60,7 +60,7 @@ def _diag_inverse_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, g_ptr, w_ptr, T, D, L,
 @triton.jit
 def _diag_probs_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, pd_ptr, T, D, L, nI,
                        stride_qb, stride_qt, stride_kb, stride_kt, stride_mb, stride_lb, stride_db, stride_di,
-                       scale2, HAS_MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                       scale2, MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                        PREC: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -77,7 +77,7 @@ def _diag_probs_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, pd_ptr, T, D, L, nI,
         k_ptr += pid_b * stride_kb
         x = _logits(q_ptr, k_ptr, rows, cols, T, D, stride_qt, stride_kt, BM, BN, BK, PREC) * scale2
         lse = _row_lse(lse_ptr + pid_b * stride_lb, rows, T)
-        ok = _allowed(rows, cols, T, km_ptr + pid_b * stride_mb, HAS_MASK)
+        ok = _allowed(rows, cols, T, km_ptr + pid_b * stride_mb, MASK)
         p = tl.where(ok, tl.exp2(x - lse[:, None]), 0.0)
         ptrs = pd_ptr + pid_b * stride_db + chunk * stride_di + (rows - A)[:, None] * L + (cols - A)[None, :]
         tl.store(ptrs, p)
@@ -198,18 +198,17 @@ def build_w(
     fp32 and None, or (split) its bf16 high part and the bf16 remainder."""
     B, T, D = q_b.shape
     scale2 = LOG2E / math.sqrt(D)
-    km, smb = _mask_arg(key_mask, q_b)
+    km, smb, mode = _mask_arg(key_mask, q_b)
     n_chunks, L = cdiv(T, bl.L), bl.L
     w = torch.zeros(B, n_chunks, L, L, device=q_b.device, dtype=torch.float32)
     qs, ks, gs, ws = q_b.stride(), k_b.stride(), gamma.stride(), w.stride()
-    has_mask = key_mask is not None
-    BoundKernel(_diag_inverse_kernel, streams, HAS_MASK=has_mask, C=bl.C, BK=bl.bk,
+    BoundKernel(_diag_inverse_kernel, streams, MASK=mode, C=bl.C, BK=bl.bk,
                 LOG2C=int(math.log2(bl.C)), PREC=bl.prec, INV_PREC=bl.inv_prec, num_warps=4)(
         (cdiv(T, bl.C), B), q_b, k_b, km, lse, gamma, w, T, D, L, qs[0], qs[1], ks[0], ks[1], smb,
         lse.stride(0), gs[0], gs[1], ws[0], ws[1], scale2,
     )
     pd = torch.empty_like(w)
-    BoundKernel(_diag_probs_kernel, streams, HAS_MASK=has_mask, BM=bl.bm, BN=bl.bn, BK=bl.bk, PREC=bl.prec,
+    BoundKernel(_diag_probs_kernel, streams, MASK=mode, BM=bl.bm, BN=bl.bn, BK=bl.bk, PREC=bl.prec,
                 num_warps=bl.warps, num_stages=bl.stages)(
         (L // bl.bm, L // bl.bn, B * n_chunks), q_b, k_b, km, lse, pd, T, D, L, n_chunks, qs[0], qs[1], ks[0],
         ks[1], smb, lse.stride(0), ws[0], ws[1], scale2,

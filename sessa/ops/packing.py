@@ -1,0 +1,49 @@
+"""Packed rows: several sequences laid end to end in one row of a batch, told apart by ``seq_idx``.
+
+``seq_idx``: (B, T) integer tensor (mamba_ssm's convention); a row's tokens with one value in a run of
+equal values form one sequence, and a new sequence starts wherever the value changes (and at t = 0). No token
+reads a token of another sequence: each sequence computes exactly what it would alone, at positions 0, 1, ..
+of its own. The trainer packs short examples this way (``sessa.train.data``).
+
+The pieces every packed path shares: :func:`check_seq_idx`, :func:`sequence_starts`, :func:`positions`
+and :func:`same_sequence` (the (B, T, T) mask the readable references use).
+"""
+
+from __future__ import annotations
+
+import torch
+
+INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def check_seq_idx(seq_idx: torch.Tensor, batch: int, length: int) -> torch.Tensor:
+    """seq_idx after checking it is an integer (B, T) = (batch, length) tensor."""
+    if not isinstance(seq_idx, torch.Tensor):
+        raise TypeError(f"seq_idx must be a torch.Tensor, got {type(seq_idx).__name__}")
+    if seq_idx.dtype not in INT_DTYPES:
+        raise TypeError(f"seq_idx must be an integer tensor (each token's sequence), got {seq_idx.dtype}")
+    if tuple(seq_idx.shape) != (batch, length):
+        raise ValueError(f"seq_idx must have shape (B, T) = ({batch}, {length}), got {tuple(seq_idx.shape)}")
+    return seq_idx
+
+
+def sequence_starts(seq_idx: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool, True where a sequence begins: t = 0 and wherever seq_idx changes."""
+    starts = torch.ones_like(seq_idx, dtype=torch.bool)
+    starts[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
+    return starts
+
+
+def positions(seq_idx: torch.Tensor) -> torch.Tensor:
+    """(B, T) int64 position of each token inside its own sequence (0 at each start)."""
+    T = seq_idx.shape[1]
+    idx = torch.arange(T, device=seq_idx.device).expand_as(seq_idx)
+    first = torch.where(sequence_starts(seq_idx), idx, torch.zeros_like(idx)).cummax(1).values
+    return idx - first
+
+
+def same_sequence(seq_idx: torch.Tensor) -> torch.Tensor:
+    """(B, T, T) bool: [b, t, j] True iff tokens t and j of row b belong to one sequence (references only:
+    T^2 memory)."""
+    first = torch.arange(seq_idx.shape[1], device=seq_idx.device) - positions(seq_idx)
+    return first[:, :, None] == first[:, None, :]
