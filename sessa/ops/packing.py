@@ -5,8 +5,8 @@ equal values form one sequence, and a new sequence starts wherever the value cha
 reads a token of another sequence: each sequence computes exactly what it would alone, at positions 0, 1, ..
 of its own. The trainer packs short examples this way (``sessa.train.data``).
 
-The pieces every packed path shares: :func:`check_seq_idx`, :func:`sequence_starts`, :func:`positions`
-and :func:`same_sequence` (the (B, T, T) mask the readable references use).
+The pieces every packed path shares: :func:`check_seq_idx`, :func:`sequence_starts`, :func:`sequence_bounds`,
+:func:`positions` and :func:`same_sequence` (the (B, T, T) mask the readable references use).
 """
 
 from __future__ import annotations
@@ -34,12 +34,23 @@ def sequence_starts(seq_idx: torch.Tensor) -> torch.Tensor:
     return starts
 
 
+def sequence_bounds(starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first, end), each (B, T) int64, of starts: (B, T) bool (True where a sequence begins; t = 0 always
+    counts): the index of the first token of each token's sequence, and one past its last."""
+    B, T = starts.shape
+    idx = torch.arange(T, device=starts.device).expand(B, T)
+    begin = starts.clone()
+    begin[:, 0] = True
+    first = torch.where(begin, idx, torch.zeros_like(idx)).cummax(1).values
+    nxt = torch.cat([begin[:, 1:], torch.ones_like(begin[:, :1])], 1)  # token t + 1 starts a sequence
+    end = torch.where(nxt, idx + 1, torch.full_like(idx, T)).flip(1).cummin(1).values.flip(1)
+    return first, end
+
+
 def positions(seq_idx: torch.Tensor) -> torch.Tensor:
     """(B, T) int64 position of each token inside its own sequence (0 at each start)."""
-    T = seq_idx.shape[1]
-    idx = torch.arange(T, device=seq_idx.device).expand_as(seq_idx)
-    first = torch.where(sequence_starts(seq_idx), idx, torch.zeros_like(idx)).cummax(1).values
-    return idx - first
+    first, _ = sequence_bounds(sequence_starts(seq_idx))
+    return torch.arange(seq_idx.shape[1], device=seq_idx.device) - first
 
 
 def same_sequence(seq_idx: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
+from sessa.ops.packing import sequence_bounds
+
 LOG2E = 1.4426950408889634
 # Triton's CPU interpreter multiplies bf16 tiles as raw bits: upcast dot operands there (tests only).
 _UPCAST_DOTS = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
@@ -221,12 +223,5 @@ def _mask_arg(mask: torch.Tensor | None, ref: torch.Tensor) -> tuple[torch.Tenso
 
 def segment_table(starts: torch.Tensor) -> torch.Tensor:
     """The int32 (B, 2, T) SEGMENTS table of packed rows from starts: (B, T) bool, True where a sequence
-    begins (position 0 of each row counts as a start whatever it holds)."""
-    B, T = starts.shape
-    idx = torch.arange(T, device=starts.device, dtype=torch.int32).expand(B, T)
-    begin = starts.clone()
-    begin[:, 0] = True
-    first = torch.where(begin, idx, torch.zeros_like(idx)).cummax(1).values
-    nxt = torch.cat([begin[:, 1:], torch.ones_like(begin[:, :1])], 1)  # row t + 1 starts a sequence
-    end = torch.where(nxt, idx + 1, torch.full_like(idx, T)).flip(1).cummin(1).values.flip(1)
-    return torch.stack([first, end], 1).to(torch.int32).contiguous()
+    begins (position 0 of each row counts as a start whatever it holds); ``packing.sequence_bounds``."""
+    return torch.stack(sequence_bounds(starts), 1).to(torch.int32).contiguous()
