@@ -155,11 +155,12 @@ class AttentionMixer(nn.Module):
             return None
         if "key_mask" not in state:
             state["key_mask"] = torch.ones(state["k"].shape[:2], dtype=torch.bool, device=state["k"].device)
+        seen = state["key_mask"].narrow(1, 0, end)  # narrow and copy_: less host time than slice assignment
         if mask is None:
-            state["key_mask"][:, t:end] = True
+            seen.narrow(1, t, end - t).fill_(True)
         else:
-            state["key_mask"][:, :end] = mask
-        return state["key_mask"][:, :end]
+            seen.copy_(mask)
+        return seen
 
     def qkv(
         self, x: torch.Tensor, start: int | torch.Tensor

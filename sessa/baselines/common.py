@@ -20,6 +20,7 @@ from sessa.modules.contract import (  # noqa: F401  (key_mask, step_position: re
     reorder_state_tensors,
     step_position,
 )
+from sessa.ops.packing import check_seq_idx
 from sessa.ops.precision import cast, work_dtype  # noqa: F401  (work_dtype re-exported for attention.py)
 from sessa.validation import check_choice, check_int, check_positive_float  # noqa: F401  (re-exported)
 
@@ -45,12 +46,18 @@ def init_dt_bias(n: int, dt_min: float, dt_max: float, dt_init_floor: float) -> 
 
 
 def causal_conv(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, history: torch.Tensor | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    history: torch.Tensor | None = None,
+    positions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Depthwise causal convolution y_t = bias + sum_k weight[:, 0, k] * x_{t - K + 1 + k}.
 
     x: (B, T, C); weight: (C, 1, K); bias: (C,) or None; history: (B, C, K-1), the K-1 inputs before x
-    (zeros when None, i.e. the sequence starts here). Returns y: (B, T, C) and the new history (B, C, K-1).
+    (zeros when None, i.e. the sequence starts here). positions: (B, T) each token's position in its own
+    sequence (packed rows, ``sessa.ops.packing``): input t - d counts only when d <= positions[t]. Returns
+    y: (B, T, C) and the new history (B, C, K-1).
     """
     K = weight.shape[-1]
     xt = x.transpose(1, 2)
@@ -59,6 +66,12 @@ def causal_conv(
     if x.shape[1] == 0:
         return x.clone(), history
     full = torch.cat([cast(history, xt.dtype), xt], dim=-1)
+    if positions is not None:  # windows (B, C, T, K) with the taps before each token's sequence zeroed
+        lag = torch.arange(K - 1, -1, -1, device=x.device)  # tap k reads x_{t - lag[k]}
+        reach = (lag <= positions.to(x.device)[..., None]).to(xt.dtype)  # (B, T, K)
+        y = (full.unfold(-1, K, 1) * reach[:, None] * cast(weight[:, 0], xt.dtype)[None, :, None]).sum(-1)
+        y = y if bias is None else y + cast(bias, xt.dtype)[:, None]
+        return y.transpose(1, 2), full[..., full.shape[-1] - (K - 1) :].clone()
     if x.shape[1] == 1:  # a decoding step: one weighted sum (conv1d's call costs ~75 us of host time on CPU)
         y = (full * cast(weight[:, 0], xt.dtype)).sum(-1, keepdim=True)
         y = y if bias is None else y + cast(bias, xt.dtype)[:, None]
@@ -79,11 +92,17 @@ class RecurrentMixer(nn.Module):
     d_conv: int
     in_proj: nn.Linear
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, T, d_model), attention_mask: (B, T) 1 = real, 0 = left padding -> (B, T, d_model)."""
+    def forward(
+        self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, seq_idx: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x: (B, T, d_model), attention_mask: (B, T) 1 = real, 0 = left padding -> (B, T, d_model);
+        seq_idx: (B, T) packed rows (``sessa.ops.packing``), for subclasses that set supports_packing."""
         check_input(x, self.d_model)
-        out, _, _ = self._mix(x, key_mask(attention_mask, x.shape[0], x.shape[1]), None, None)
-        return out
+        mask = key_mask(attention_mask, x.shape[0], x.shape[1])
+        if seq_idx is None:
+            return self._mix(x, mask, None, None)[0]
+        check_seq_idx(seq_idx, x.shape[0], x.shape[1])
+        return self._mix(x, mask, None, None, seq_idx=seq_idx.to(x.device))[0]
 
     def init_state(
         self,

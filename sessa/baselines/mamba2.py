@@ -29,6 +29,7 @@ from sessa.baselines.common import (
     init_dt_bias,
 )
 from sessa.ops import ssd_fla
+from sessa.ops.packing import positions
 from sessa.ops.precision import cast, work_dtype
 from sessa.ops.ssd import BACKENDS as SSD_BACKENDS
 from sessa.ops.ssd import segsum, ssd_chunked, ssd_minimal_ref, ssd_sequential_ref, ssd_step
@@ -81,7 +82,11 @@ class Mamba2Mixer(RecurrentMixer):
     under "reference".
     Incremental state: ``conv`` (B, conv_dim, d_conv-1) last conv inputs, ``ssm`` (B, h, headdim, d_state)
     in float32 (float64 for float64), ``t``; ``max_len`` is ignored.
+    Packed rows (``seq_idx``, ``sessa.ops.packing``): the conv reads no input of an earlier sequence and the
+    scan restarts at each sequence start (``resets`` of the SSD scans; "auto" takes "chunked" then).
     """
+
+    supports_packing = True  # forward takes seq_idx (packed rows)
 
     def __init__(
         self,
@@ -151,13 +156,16 @@ class Mamba2Mixer(RecurrentMixer):
         mask: torch.Tensor | None,
         conv_history: torch.Tensor | None,
         ssm_state: torch.Tensor | None,
+        seq_idx: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The block on x (B, T, d_model) continuing from the given states; returns (out, conv, ssm)."""
+        """The block on x (B, T, d_model) continuing from the given states; returns (out, conv, ssm).
+        seq_idx: packed rows (no states given): the conv and the scan restart at every sequence."""
         b, T, _ = x.shape
         z, xbc, dt = torch.split(self.in_proj(x), [self.d_inner, self.conv_dim, self.n_heads], dim=-1)
         if mask is not None:
             xbc = xbc.masked_fill(~mask[..., None], 0.0)
-        xbc, conv_history = causal_conv(xbc, self.conv1d.weight, self.conv1d.bias, conv_history)
+        pos = None if seq_idx is None else positions(seq_idx)
+        xbc, conv_history = causal_conv(xbc, self.conv1d.weight, self.conv1d.bias, conv_history, pos)
         xs, Bm, Cm = torch.split(F.silu(xbc), [self.d_inner] + [self.ngroups * self.d_state] * 2, dim=-1)
         work = work_dtype(x.dtype)
         dt = F.softplus(cast(dt, work) + cast(self.dt_bias, work))
@@ -167,17 +175,21 @@ class Mamba2Mixer(RecurrentMixer):
         xs = xs.reshape(b, T, self.n_heads, self.headdim)
         Bm, Cm = (m.reshape(b, T, self.ngroups, self.d_state) for m in (Bm, Cm))
         backend = self.backend
+        resets = None if pos is None else pos == 0
         if backend == "auto":
-            backend = "fla" if ssd_fla.fla_usable(xs) else "chunked"
+            backend = "fla" if ssd_fla.fla_usable(xs) and resets is None else "chunked"
+        if resets is not None and backend == "fla":  # fla's kernels take packed sequences as one row only
+            raise ValueError("packed rows (seq_idx) need ssm_backend 'chunked', 'reference' or 'auto', "
+                             "not 'fla'")
         if backend == "reference":
-            y, ssm_state = ssd_sequential_ref(xs, dt, A, Bm, Cm, self.D, ssm_state)
+            y, ssm_state = ssd_sequential_ref(xs, dt, A, Bm, Cm, self.D, ssm_state, resets)
         elif T == 1 and ssm_state is not None:
             y, ssm_state = ssd_step(ssm_state, xs[:, 0], dt[:, 0], A, Bm[:, 0], Cm[:, 0], self.D)
             y = y[:, None]
         elif backend == "fla":
             y, ssm_state = ssd_fla.ssd_fla(xs, dt, A, Bm, Cm, self.D, ssm_state)
         else:
-            y, ssm_state = ssd_chunked(xs, dt, A, Bm, Cm, self.chunk_size, self.D, ssm_state)
+            y, ssm_state = ssd_chunked(xs, dt, A, Bm, Cm, self.chunk_size, self.D, ssm_state, resets)
         y = self.norm(y.reshape(b, T, self.d_inner), z)
         return self.out_proj(y), conv_history, ssm_state
 

@@ -185,8 +185,8 @@ class SessaModel(SessaPreTrainedModel):
         already in ``cache`` (0 without one). Passing a cache continues it (in place); ``use_cache=True``
         without one starts a new cache (it grows as needed). Without either, nothing is cached.
         seq_idx: optional (B, T) packed rows (``sessa.ops.packing``: the sequence of each token; each
-        sequence computes what it would alone), for a pass without a cache, with Sessa and attention
-        mixers."""
+        sequence computes what it would alone), for a pass without a cache, with Sessa, attention and
+        Mamba-2 mixers."""
         _check_extra_kwargs(kwargs, allowed=("output_attentions",))
         h = self._embed(input_ids, inputs_embeds)
         if seq_idx is not None and (cache is not None or use_cache):
@@ -203,6 +203,8 @@ class SessaModel(SessaPreTrainedModel):
                 if (return_dict if return_dict is not None else self.config.return_dict)
                 else out.to_tuple()
             )
+        if attention_mask is not None and attention_mask.dtype != torch.bool:
+            attention_mask = attention_mask != 0  # once here, not once per layer (host time per step)
         hidden = [h] if output_hidden_states else None
         checkpointed = (
             cache is None and self.gradient_checkpointing and self.training and torch.is_grad_enabled()

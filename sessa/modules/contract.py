@@ -64,7 +64,7 @@ def mix(
         return mixer(x, attention_mask=attention_mask)
     if not getattr(mixer, "supports_packing", False):
         raise ValueError(f"mixer {type(mixer).__name__} does not take packed rows (seq_idx); the mixers that "
-                         "do set supports_packing = True (Sessa and attention)")
+                         "do set supports_packing = True (Sessa, attention, Mamba-2)")
     return mixer(x, attention_mask=attention_mask, seq_idx=seq_idx)
 
 
@@ -99,7 +99,7 @@ def key_mask(attention_mask: torch.Tensor | None, batch: int, length: int) -> to
             f"attention_mask must have shape (B, t + T_new) = ({batch}, {length}), "
             f"got {tuple(attention_mask.shape)}"
         )
-    return attention_mask != 0
+    return attention_mask if attention_mask.dtype == torch.bool else attention_mask != 0
 
 
 def step_position(state: MixerState, x: torch.Tensor, batch_key: str) -> int:

@@ -313,8 +313,9 @@ def _update_mask(
         return None
     if "mask" not in cache:
         cache["mask"] = torch.ones(B, cache["k_f"].shape[1], dtype=torch.bool, device=device)
+    seen = cache["mask"].narrow(1, 0, t + n)  # narrow and copy_: less host time than slice assignment
     if attention_mask is not None:
-        cache["mask"][:, : t + n] = key_mask(attention_mask, B, t + n).to(device)
+        seen.copy_(key_mask(attention_mask, B, t + n))
     else:
-        cache["mask"][:, t : t + n] = True
-    return cache["mask"][:, : t + n]
+        seen.narrow(1, t, n).fill_(True)
+    return seen

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import sessa.ops.decode_ops  # noqa: F401  (registers torch.ops.sessa.*, called while compiling)
+from sessa.ops.cuda_stream import current_raw_stream
 from sessa.ops.packing import check_seq_idx, same_sequence, sequence_starts
 from sessa.ops.precision import work_dtype
 
@@ -54,7 +55,7 @@ def decode_lengths(length: int | torch.Tensor, B: int, device: torch.device) -> 
         return make()
     # every layer of a decoding step asks for the same one or two lengths: the last few are kept (host time),
     # per stream (a kept tensor is only ever read, on the stream it was made on) and inference mode
-    stream = torch.cuda.current_stream(device).cuda_stream
+    stream = current_raw_stream(device)
     return _kept(_LENGTHS, (int(length), B, device, stream, torch.is_inference_mode_enabled()), make)
 
 

@@ -17,6 +17,11 @@ kernels (CUDA).
 
 Shapes: b batch, T length, h heads, p head width (headdim), g groups (h % g == 0, head i reads
 group i // (h / g)), n state size (d_state), c chunks, l/s positions inside a chunk.
+
+``resets`` (b, T) bool (packed rows, ``sessa.ops.packing``): True where a new sequence starts; there the state
+restarts from zero, S_t = dt_t x_t B_tᵀ, whatever came before (and ``initial_state`` is not read past a reset
+at t = 0). The chunked scan keeps its exponents finite: a reset masks the decay products that cross it
+(counted with an integer cumulative sum) instead of entering as a -inf log-decay.
 """
 
 from __future__ import annotations
@@ -115,12 +120,13 @@ def ssd_sequential_ref(
     C: torch.Tensor,
     D: torch.Tensor | None = None,
     initial_state: torch.Tensor | None = None,
+    resets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The recurrence one token at a time (readable reference; O(T) Python steps).
 
     x: (b, T, h, p); dt: (b, T, h) >= 0; A: (h,) < 0; B, C: (b, T, g, n); D: (h,) or None;
-    initial_state: (b, h, p, n) or None. Returns y: (b, T, h, p) in x.dtype and the final state
-    (b, h, p, n) in float32 (float64 for float64 inputs).
+    initial_state: (b, h, p, n) or None; resets: (b, T) bool or None (module docstring). Returns y:
+    (b, T, h, p) in x.dtype and the final state (b, h, p, n) in float32 (float64 for float64 inputs).
     """
     check_ssd_args(x, dt, A, B, C)
     b, T, h, p = x.shape
@@ -131,6 +137,8 @@ def ssd_sequential_ref(
     ys = []
     for t in range(T):
         decay = torch.exp(dt[:, t] * A)[:, :, None, None]
+        if resets is not None:
+            decay = decay * (~resets[:, t].to(x.device))[:, None, None, None]
         state = decay * state + (dt[:, t, :, None] * x[:, t])[..., None] * B[:, t, :, None, :]
         ys.append((state * C[:, t, :, None, :]).sum(-1))
     y = torch.stack(ys, dim=1) if T else x.clone()
@@ -148,6 +156,7 @@ def ssd_chunked(
     chunk_size: int = 64,
     D: torch.Tensor | None = None,
     initial_state: torch.Tensor | None = None,
+    resets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked SSD scan (the fast path), same arguments and results as :func:`ssd_sequential_ref`.
 
@@ -176,11 +185,14 @@ def ssd_chunked(
     a = (dt_c * A.to(work)).transpose(2, 3)  # (b, c, h, l)
     a_cum = a.cumsum(dim=-1)
     xdt = (x_c * dt_c[..., None]).reshape(b, n_chunks, chunk_size, g, h // g, p)
+    # resets seen so far in each chunk (b, c, 1, l): a decay product across a reset is zero
+    r_cum = None if resets is None else chunked(resets[..., None].to(work)).cumsum(dim=2).transpose(2, 3)
 
-    y = _ssd_intra_chunk(xdt, a, B_c, C_c)
-    start_states, final_state = _ssd_pass_states(xdt, a_cum, B_c, initial_state)
-    # contribution of the state entering each chunk: exp(a_cum[l]) C_l · S_start
-    into = torch.exp(a_cum).reshape(b, n_chunks, g, h // g, chunk_size).permute(0, 1, 4, 2, 3)[..., None]
+    y = _ssd_intra_chunk(xdt, a, B_c, C_c, r_cum)
+    start_states, final_state = _ssd_pass_states(xdt, a_cum, B_c, initial_state, r_cum)
+    # contribution of the state entering each chunk: exp(a_cum[l]) C_l · S_start (none after a reset)
+    into = torch.exp(a_cum) if r_cum is None else torch.exp(a_cum) * (r_cum == 0)
+    into = into.reshape(b, n_chunks, g, h // g, chunk_size).permute(0, 1, 4, 2, 3)[..., None]
     start_states = start_states.reshape(b, n_chunks, g, h // g, p, n)
     y = y + torch.einsum("bclgn,bcgrpn->bclgrp", C_c, start_states) * into
     y = y.reshape(b, n_chunks * chunk_size, h, p)[:, :T]
@@ -190,28 +202,47 @@ def ssd_chunked(
 
 
 def _ssd_intra_chunk(
-    xdt: torch.Tensor, a: torch.Tensor, B_c: torch.Tensor, C_c: torch.Tensor
+    xdt: torch.Tensor,
+    a: torch.Tensor,
+    B_c: torch.Tensor,
+    C_c: torch.Tensor,
+    r_cum: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Diagonal blocks: y_l = Σ_{s<=l} exp(a_{s+1} + ... + a_l) (C_l·B_s) dt_s x_s within each chunk.
 
-    xdt: (b, c, l, g, r, p) with r = h / g; a: (b, c, h, l); B_c, C_c: (b, c, l, g, n) -> (b, c, l, g, r, p).
+    xdt: (b, c, l, g, r, p) with r = h / g; a: (b, c, h, l); B_c, C_c: (b, c, l, g, n) -> (b, c, l, g, r, p);
+    r_cum: (b, c, 1, l) resets so far in the chunk, or None (a term with a reset in (s, l] is zero).
     """
     b, c, L, g, r, _ = xdt.shape
     scores = torch.einsum("bclgn,bcsgn->bcgls", C_c, B_c)  # shared by the r heads of a group
-    weights = scores[:, :, :, None] * torch.exp(segsum(a)).reshape(b, c, g, r, L, L)
+    decay = torch.exp(segsum(a))
+    if r_cum is not None:
+        decay = decay * (r_cum[..., :, None] == r_cum[..., None, :])
+    weights = scores[:, :, :, None] * decay.reshape(b, c, g, r, L, L)
     return torch.einsum("bcgrls,bcsgrp->bclgrp", weights, xdt)
 
 
 def _ssd_pass_states(
-    xdt: torch.Tensor, a_cum: torch.Tensor, B_c: torch.Tensor, initial_state: torch.Tensor | None
+    xdt: torch.Tensor,
+    a_cum: torch.Tensor,
+    B_c: torch.Tensor,
+    initial_state: torch.Tensor | None,
+    r_cum: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """States entering every chunk (b, c, h, p, n) and the final state (b, h, p, n)."""
+    """States entering every chunk (b, c, h, p, n) and the final state (b, h, p, n); r_cum as in
+    :func:`_ssd_intra_chunk` (a reset in (s, end] keeps s out of the chunk's end state, one anywhere in the
+    chunk stops the entering state)."""
     b, c, L, g, r, p = xdt.shape
     h, n = g * r, B_c.shape[-1]
     # state left by each chunk alone: Σ_s exp(a_{s+1} + ... + a_end) B_s (dt_s x_s)ᵀ
-    to_end = torch.exp(a_cum[..., -1:] - a_cum).reshape(b, c, g, r, L).permute(0, 1, 4, 2, 3)[..., None]
+    to_end = torch.exp(a_cum[..., -1:] - a_cum)
+    chunk_decay = torch.exp(a_cum[..., -1])
+    if r_cum is not None:
+        to_end = to_end * (r_cum == r_cum[..., -1:])
+        chunk_decay = chunk_decay * (r_cum[..., -1] == 0)
+    to_end = to_end.reshape(b, c, g, r, L).permute(0, 1, 4, 2, 3)[..., None]
     local = torch.einsum("bclgn,bclgrp->bcgrpn", B_c, xdt * to_end).reshape(b, c, h, p, n)
-    chunk_decay = torch.exp(a_cum[..., -1])[..., None, None]  # (b, c, h, 1, 1)
+    chunk_decay = chunk_decay[..., None, None]  # (b, c, h, 1, 1)
     return chain_chunk_states(local, chunk_decay, initial_state)
 
 

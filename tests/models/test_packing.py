@@ -49,7 +49,7 @@ def test_attention_packed_sdpa_equals_reference_and_each_sequence_alone():
         assert torch.allclose(out[b, a:e], alone[0], atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("mixer", ["sessa", "attention"])
+@pytest.mark.parametrize("mixer", ["sessa", "attention", "mamba2"])
 def test_model_packed_rows_equal_each_sequence_alone_with_gradients(mixer):
     """Logits of every packed sequence equal its own forward (RoPE at its own positions, no cross-reads), and
     the loss's gradients equal the sum over the sequences alone."""
@@ -73,8 +73,8 @@ def test_model_packed_rows_equal_each_sequence_alone_with_gradients(mixer):
 
 
 def test_packed_rows_are_refused_where_they_do_not_apply():
-    with pytest.raises(ValueError, match="Mamba2Mixer does not take packed rows"):
-        tiny_model("mamba2")(torch.zeros(1, 4, dtype=torch.long), seq_idx=torch.zeros(1, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="MambaMixer does not take packed rows"):
+        tiny_model("mamba")(torch.zeros(1, 4, dtype=torch.long), seq_idx=torch.zeros(1, 4, dtype=torch.long))
     model = tiny_model("sessa")
     with pytest.raises(ValueError, match="without a cache"):
         model(torch.zeros(1, 4, dtype=torch.long), seq_idx=torch.zeros(1, 4, dtype=torch.long),

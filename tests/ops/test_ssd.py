@@ -90,3 +90,28 @@ def test_chunked_float32_error_is_like_the_reference():
     y_ref, _ = ssd_sequential_ref(*low)
     assert y_fast.dtype == torch.float32
     assert_close_to_ref(y_fast, y_ref, y_exact, k=2.0, atol=1e-6, name="ssd_chunked float32")
+
+
+def test_resets_restart_the_scan_exactly():
+    """Packed rows: with resets, the chunked scan equals the recurrence and each sequence scanned alone
+    (resets inside chunks, on a chunk's first row, two in a row, and one at t = 0 that drops the initial
+    state)."""
+    g = torch.Generator().manual_seed(3)
+    b, T, h, p, groups, n = 2, 37, 4, 3, 2, 5
+    x = torch.randn(b, T, h, p, generator=g, dtype=torch.float64)
+    dt = torch.rand(b, T, h, generator=g, dtype=torch.float64)
+    A = -torch.rand(h, generator=g, dtype=torch.float64)
+    B, C = (torch.randn(b, T, groups, n, generator=g, dtype=torch.float64) for _ in range(2))
+    state0 = torch.randn(b, h, p, n, generator=g, dtype=torch.float64)
+    resets = torch.zeros(b, T, dtype=torch.bool)
+    resets[0, [0, 5, 16, 17, 30]] = True
+    resets[1, 20] = True
+    y_ref, s_ref = ssd_sequential_ref(x, dt, A, B, C, None, state0, resets)
+    y, s = ssd_chunked(x, dt, A, B, C, 16, None, state0, resets)
+    assert torch.allclose(y, y_ref, atol=1e-12) and torch.allclose(s, s_ref, atol=1e-12)
+    for a, e in [(0, 5), (5, 16), (16, 17), (17, 30), (30, 37)]:
+        alone, _ = ssd_sequential_ref(x[:1, a:e], dt[:1, a:e], A, B[:1, a:e], C[:1, a:e])
+        assert torch.allclose(y[0, a:e], alone[0], atol=1e-12)
+    # row 1 keeps the initial state until its reset at t = 20
+    first, _ = ssd_sequential_ref(x[1:, :20], dt[1:, :20], A, B[1:, :20], C[1:, :20], None, state0[1:])
+    assert torch.allclose(y[1, :20], first[0], atol=1e-12)
