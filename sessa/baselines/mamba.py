@@ -27,6 +27,7 @@ from sessa.baselines.common import (
     check_positive_float,
     init_dt_bias,
 )
+from sessa.ops.packing import positions
 from sessa.ops.precision import work_dtype
 from sessa.ops.selective_scan import BACKENDS as SCAN_BACKENDS
 from sessa.ops.selective_scan import selective_scan, selective_scan_ref, selective_scan_step
@@ -47,7 +48,11 @@ class MambaMixer(RecurrentMixer):
     (:func:`selective_scan_ref`) or "auto" (= "chunked": Mamba-1 has no fla path, so a config shared with
     Mamba-2 layers may say "auto"). Incremental state: ``conv`` (B, d_inner, d_conv-1), ``ssm``
     (B, d_inner, d_state) in float32 (float64 for float64), ``t``; ``max_len`` is ignored.
+    Packed rows (``seq_idx``, ``sessa.ops.packing``): the conv reads no input of an earlier sequence and the
+    scan restarts at each sequence start (``resets`` of the selective scans).
     """
+
+    supports_packing = True  # forward takes seq_idx (packed rows)
 
     def __init__(
         self,
@@ -123,12 +128,16 @@ class MambaMixer(RecurrentMixer):
         mask: torch.Tensor | None,
         conv_history: torch.Tensor | None,
         ssm_state: torch.Tensor | None,
+        seq_idx: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The block on x (B, T, d_model) continuing from the given states; returns (out, conv, ssm)."""
+        """The block on x (B, T, d_model) continuing from the given states; returns (out, conv, ssm).
+        seq_idx: packed rows (no states given): the conv and the scan restart at every sequence."""
         xs, z = self.in_proj(x).chunk(2, dim=-1)
         if mask is not None:
             xs = xs.masked_fill(~mask[..., None], 0.0)
-        xs, conv_history = causal_conv(xs, self.conv1d.weight, self.conv1d.bias, conv_history)
+        pos = None if seq_idx is None else positions(seq_idx)
+        resets = None if pos is None else pos == 0
+        xs, conv_history = causal_conv(xs, self.conv1d.weight, self.conv1d.bias, conv_history, pos)
         xs = F.silu(xs)
         dt_low, Bm, Cm = torch.split(self.x_proj(xs), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         work = work_dtype(x.dtype)
@@ -137,12 +146,12 @@ class MambaMixer(RecurrentMixer):
             delta = delta.masked_fill(~mask[..., None], 0.0)
         A = -torch.exp(self.A_log.to(work))
         if self.backend == "reference":
-            y, ssm_state = selective_scan_ref(xs, delta, A, Bm, Cm, self.D, ssm_state)
+            y, ssm_state = selective_scan_ref(xs, delta, A, Bm, Cm, self.D, ssm_state, resets)
         elif x.shape[1] == 1 and ssm_state is not None:
             y, ssm_state = selective_scan_step(
                 ssm_state, xs[:, 0], delta[:, 0], A, Bm[:, 0], Cm[:, 0], self.D
             )
             y = y[:, None]
         else:
-            y, ssm_state = selective_scan(xs, delta, A, Bm, Cm, self.D, ssm_state, self.chunk_size)
+            y, ssm_state = selective_scan(xs, delta, A, Bm, Cm, self.D, ssm_state, self.chunk_size, resets)
         return self.out_proj(y * F.silu(z)), conv_history, ssm_state

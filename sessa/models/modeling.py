@@ -185,8 +185,7 @@ class SessaModel(SessaPreTrainedModel):
         already in ``cache`` (0 without one). Passing a cache continues it (in place); ``use_cache=True``
         without one starts a new cache (it grows as needed). Without either, nothing is cached.
         seq_idx: optional (B, T) packed rows (``sessa.ops.packing``: the sequence of each token; each
-        sequence computes what it would alone), for a pass without a cache, with Sessa, attention and
-        Mamba-2 mixers."""
+        sequence computes what it would alone), for a pass without a cache (every built-in mixer)."""
         _check_extra_kwargs(kwargs, allowed=("output_attentions",))
         h = self._embed(input_ids, inputs_embeds)
         if seq_idx is not None and (cache is not None or use_cache):

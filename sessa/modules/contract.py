@@ -64,7 +64,7 @@ def mix(
         return mixer(x, attention_mask=attention_mask)
     if not getattr(mixer, "supports_packing", False):
         raise ValueError(f"mixer {type(mixer).__name__} does not take packed rows (seq_idx); the mixers that "
-                         "do set supports_packing = True (Sessa, attention, Mamba-2)")
+                         "do set supports_packing = True (every built-in mixer does)")
     return mixer(x, attention_mask=attention_mask, seq_idx=seq_idx)
 
 

@@ -13,6 +13,8 @@ Per channel c and state index k, with Δ_t >= 0 and A < 0 (d × n):
 * :func:`selective_scan_step` — one decoding step.
 
 Shapes: b batch, T length, d channels (d_inner), n state size (d_state), c chunks, l positions in a chunk.
+``resets`` (b, T) bool (packed rows, ``sessa.ops.packing``): True where a new sequence starts; the state
+restarts from zero there (h_t = Δ_t B_t u_t), as in :mod:`sessa.ops.ssd`.
 """
 
 from __future__ import annotations
@@ -48,12 +50,13 @@ def selective_scan_ref(
     C: torch.Tensor,
     D: torch.Tensor | None = None,
     initial_state: torch.Tensor | None = None,
+    resets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The selective scan as a plain loop over time.
 
     u, delta: (b, T, d), delta >= 0; A: (d, n), A < 0; B, C: (b, T, n); D: (d,) or None;
-    initial_state: (b, d, n) or None. Returns y: (b, T, d) in u.dtype and the final state (b, d, n) in
-    float32 (float64 for float64 inputs).
+    initial_state: (b, d, n) or None; resets: (b, T) bool or None (module docstring). Returns y: (b, T, d)
+    in u.dtype and the final state (b, d, n) in float32 (float64 for float64 inputs).
     """
     _check_scan_args(u, delta, A, B, C)
     in_dtype, work = u.dtype, work_dtype(u.dtype)
@@ -62,7 +65,10 @@ def selective_scan_ref(
     h = u.new_zeros(b, d, A.shape[1]) if initial_state is None else initial_state.to(work)
     ys = []
     for t in range(T):
-        h = torch.exp(delta[:, t, :, None] * A) * h + (delta[:, t] * u[:, t])[..., None] * B[:, t, None, :]
+        decay = torch.exp(delta[:, t, :, None] * A)
+        if resets is not None:
+            decay = decay * (~resets[:, t].to(u.device))[:, None, None]
+        h = decay * h + (delta[:, t] * u[:, t])[..., None] * B[:, t, None, :]
         ys.append((h * C[:, t, None, :]).sum(-1))
     y = torch.stack(ys, dim=1) if T else u.clone()
     if D is not None:
@@ -79,6 +85,7 @@ def selective_scan(
     D: torch.Tensor | None = None,
     initial_state: torch.Tensor | None = None,
     chunk_size: int = 32,
+    resets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked selective scan, same arguments and results as :func:`selective_scan_ref`.
 
@@ -103,17 +110,23 @@ def selective_scan(
     log_decay = chunked(delta_w[..., None] * A_w)  # (b, c, l, d, n), <= 0
     inputs = chunked((delta_w * u_w)[..., None] * B.to(work)[:, :, None, :])
     C_c = chunked(C.to(work))  # (b, c, l, n)
+    reset_c = None if resets is None else chunked(resets.to(device=u.device, dtype=work))  # (b, c, l)
 
-    # 1. recurrence inside every chunk at once, each from a zero state
+    # 1. recurrence inside every chunk at once, each from a zero state (a reset drops the state: factor 0)
     h = log_decay.new_zeros(b, log_decay.shape[1], d, A.shape[1])
     ys = []
     for i in range(L):
-        h = torch.exp(log_decay[:, :, i]) * h + inputs[:, :, i]
+        decay = torch.exp(log_decay[:, :, i])
+        if reset_c is not None:
+            decay = decay * (1.0 - reset_c[:, :, i, None, None])
+        h = decay * h + inputs[:, :, i]
         ys.append((h * C_c[:, :, i, None, :]).sum(-1))
     y = torch.stack(ys, dim=2)  # (b, c, l, d)
 
     # 2. chain chunk-end states; 3. add each entering state decayed by exp(in-chunk segment sum)
     decay_from_start = torch.exp(log_decay.cumsum(dim=2))
+    if reset_c is not None:  # the entering state reaches row l only with no reset in rows 0..l
+        decay_from_start = decay_from_start * (reset_c.cumsum(dim=2) == 0)[..., None, None]
     starts, final_state = chain_chunk_states(h, decay_from_start[:, :, -1], initial_state)
     y = y + torch.einsum("bcldn,bcln->bcld", decay_from_start * starts[:, :, None], C_c)
     y = y.reshape(b, -1, d)[:, :T]

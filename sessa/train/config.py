@@ -52,7 +52,7 @@ class TrainConfig:
     amp: str = "auto"  # "auto": bf16 autocast on CUDA, none on CPU
     compile: bool = False  # torch.compile the model
     gradient_checkpointing: bool = False  # keep block inputs only, recompute blocks in the backward
-    pack: bool = False  # lay each batch's examples end to end in fewer rows (Sessa/attention/Mamba-2 models)
+    pack: bool = False  # lay each batch's examples end to end in fewer rows (seq_idx; every built-in model)
     distributed: str = "none"  # "ddp" or "fsdp" under torchrun; "none" runs one process
     tensorboard: bool = False  # also log to TensorBoard (needs the tensorboard package)
     out_dir: str = "runs/train"

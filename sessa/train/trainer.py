@@ -85,7 +85,7 @@ def check_packable(model: torch.nn.Module, name: str) -> None:
     mixers = [m.mixer for m in model.modules() if isinstance(getattr(m, "mixer", None), torch.nn.Module)]
     refused = sorted({type(m).__name__ for m in mixers if not getattr(m, "supports_packing", False)})
     if refused or not mixers:
-        raise ValueError(f"--pack needs mixers that take packed rows (Sessa, attention, Mamba-2); model "
+        raise ValueError(f"--pack needs mixers that take packed rows (supports_packing = True); model "
                          f"{name!r} uses {', '.join(refused) or 'no known mixer'}")
 
 

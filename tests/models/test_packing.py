@@ -49,7 +49,7 @@ def test_attention_packed_sdpa_equals_reference_and_each_sequence_alone():
         assert torch.allclose(out[b, a:e], alone[0], atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("mixer", ["sessa", "attention", "mamba2"])
+@pytest.mark.parametrize("mixer", ["sessa", "attention", "mamba2", "mamba"])
 def test_model_packed_rows_equal_each_sequence_alone_with_gradients(mixer):
     """Logits of every packed sequence equal its own forward (RoPE at its own positions, no cross-reads), and
     the loss's gradients equal the sum over the sequences alone."""
@@ -72,7 +72,10 @@ def test_model_packed_rows_equal_each_sequence_alone_with_gradients(mixer):
         assert torch.allclose(packed[name], p.grad, atol=1e-10, rtol=1e-8), name
 
 
-def test_packed_rows_are_refused_where_they_do_not_apply():
+def test_packed_rows_are_refused_where_they_do_not_apply(monkeypatch):
+    from sessa.baselines.mamba import MambaMixer
+
+    monkeypatch.setattr(MambaMixer, "supports_packing", False)  # a mixer without packed rows
     with pytest.raises(ValueError, match="MambaMixer does not take packed rows"):
         tiny_model("mamba")(torch.zeros(1, 4, dtype=torch.long), seq_idx=torch.zeros(1, 4, dtype=torch.long))
     model = tiny_model("sessa")

@@ -288,7 +288,7 @@ def test_cli_bytelm_train_then_generate_streams_text(tmp_path):
     assert static.stdout == dynamic.stdout  # the fixed-size cache decodes the same tokens
 
 
-@pytest.mark.parametrize("model", ["sessa", "attention", "mamba2"])
+@pytest.mark.parametrize("model", ["sessa", "attention", "mamba2", "mamba"])
 def test_packed_training_follows_the_padded_run(tmp_path, model):
     """--pack lays each batch's examples end to end (SCAN: lengths 4-33) on fewer positions; the examples,
     hence the losses, stay those of the padded run (float32 rounding apart)."""
@@ -300,6 +300,9 @@ def test_packed_training_follows_the_padded_run(tmp_path, model):
     assert packed["tokens_seen"] < padded["tokens_seen"]  # positions computed (1596 vs 1888 here)
 
 
-def test_pack_refuses_a_model_without_packed_rows(tmp_path):
+def test_pack_refuses_a_model_without_packed_rows(tmp_path, monkeypatch):
+    from sessa.baselines.mamba import MambaMixer
+
+    monkeypatch.setattr(MambaMixer, "supports_packing", False)  # a mixer without packed rows
     with pytest.raises(ValueError, match="--pack needs mixers that take packed rows.*MambaMixer"):
         Trainer(tiny(tmp_path, model="mamba", pack=True), quiet=True)
