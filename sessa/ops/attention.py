@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 import sessa.ops.decode_ops  # noqa: F401  (registers torch.ops.sessa.*, called while compiling)
 from sessa.ops.cuda_stream import current_raw_stream
-from sessa.ops.packing import check_seq_idx, same_sequence, sequence_starts
+from sessa.ops.packing import check_seq_idx, same_sequence, stream_offsets
 from sessa.ops.precision import work_dtype
 
 BACKENDS = ("sdpa", "reference")  # the valid ``backend`` values of causal_attention (and of the mixers)
@@ -344,13 +344,12 @@ def packed_flash_attention(
 ) -> torch.Tensor:
     """Causal attention of packed rows (q (B, T, H, hd), k, v (B, T, Hkv, hd), seq_idx (B, T)) by the flash
     kernel for variable-length sequences: the batch becomes one stream of B * T tokens cut at every sequence
-    start (and row start); no T x T mask. One host sync (the longest sequence). Returns (B, T, H, hd)."""
+    start (and row start, :func:`~sessa.ops.packing.stream_offsets`, which waits for the device once per
+    seq_idx, not once per layer); no T x T mask. Returns (B, T, H, hd)."""
     varlen_attn = _varlen_attn()
     B, T, H, hd = q.shape
     Hkv = k.shape[2]
-    starts = sequence_starts(seq_idx.to(q.device)).flatten()
-    cu = torch.cat([starts.nonzero().flatten(), starts.new_tensor([B * T], dtype=torch.long)]).to(torch.int32)
-    longest = int((cu[1:] - cu[:-1]).max())
+    cu, longest = stream_offsets(seq_idx.to(q.device))
     params = inspect.signature(varlen_attn).parameters
     kw: dict[str, Any] = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
     if Hkv != H:

@@ -6,10 +6,13 @@ reads a token of another sequence: each sequence computes exactly what it would 
 of its own. The trainer packs short examples this way (``sessa.train.data``).
 
 The pieces every packed path shares: :func:`check_seq_idx`, :func:`sequence_starts`, :func:`sequence_bounds`,
-:func:`positions` and :func:`same_sequence` (the (B, T, T) mask the readable references use).
+:func:`positions`, :func:`stream_offsets` (the batch as one stream of sequences, for flash-attention's kernel)
+and :func:`same_sequence` (the (B, T, T) mask the readable references use).
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 
@@ -51,6 +54,27 @@ def positions(seq_idx: torch.Tensor) -> torch.Tensor:
     """(B, T) int64 position of each token inside its own sequence (0 at each start)."""
     first, _ = sequence_bounds(sequence_starts(seq_idx))
     return torch.arange(seq_idx.shape[1], device=seq_idx.device) - first
+
+
+_LAST_OFFSETS: list = [None]  # (weakref to a seq_idx, its version, offsets, longest): see stream_offsets
+
+
+def stream_offsets(seq_idx: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The packed batch as one stream of B * T tokens cut at every sequence start (row starts included):
+    its offsets (S + 1,) int32 on seq_idx's device, flash-attn's ``cu_seqlens``, and the longest sequence.
+    Both need the host to wait for the device, so the result for the last seq_idx seen is kept (the same
+    tensor object, not changed in place since): every layer of a forward asks for it again."""
+    keep = not torch.compiler.is_compiling() and not seq_idx.is_inference()  # inference tensors: no version
+    last = _LAST_OFFSETS[0]
+    if keep and last is not None and last[0]() is seq_idx and last[1] == seq_idx._version:
+        return last[2], last[3]
+    starts = sequence_starts(seq_idx).flatten()
+    ends = starts.new_tensor([starts.numel()], dtype=torch.long)
+    offsets = torch.cat([starts.nonzero().flatten(), ends]).to(torch.int32)
+    longest = int((offsets[1:] - offsets[:-1]).max())
+    if keep:
+        _LAST_OFFSETS[0] = (weakref.ref(seq_idx), seq_idx._version, offsets, longest)
+    return offsets, longest
 
 
 def same_sequence(seq_idx: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import torch
 
 from sessa.ops.attention import causal_attention, causal_attention_ref
 from sessa.ops.feedback import feedback_solve, feedback_solve_ref
-from sessa.ops.packing import positions, same_sequence, sequence_starts
+from sessa.ops.packing import positions, same_sequence, sequence_starts, stream_offsets
 from sessa.tokens import IGNORE_INDEX
 from sessa.train.data import pack_rows
 from tests.models.common import tiny_model
@@ -25,6 +25,22 @@ def test_packing_helpers():
     assert same[0, 6, 9] and not same[0, 5, 6] and same[1, 0, 8] and not same[1, 8, 9]
     # a value seen again after a change starts a new sequence (runs, not values)
     assert sequence_starts(torch.tensor([[0, 0, 1, 0]])).tolist() == [[True, False, True, True]]
+
+
+def test_stream_offsets_cut_at_every_start_and_are_kept_for_the_same_tensor():
+    seq_idx = SEQ_IDX.clone()
+    offsets, longest = stream_offsets(seq_idx)
+    assert offsets.dtype == torch.int32 and offsets.tolist() == [0, 5, 6, 10, 12, 21, 24] and longest == 9
+    again = stream_offsets(seq_idx)
+    assert again[0] is offsets and again[1] == longest  # every layer asks again: kept
+    seq_idx[1, 9:] = 4  # changed in place: made again
+    offsets, longest = stream_offsets(seq_idx)
+    assert offsets.tolist() == [0, 5, 6, 10, 12, 24] and longest == 12
+    assert stream_offsets(SEQ_IDX.clone())[0].tolist() == [0, 5, 6, 10, 12, 21, 24]  # another tensor
+    with torch.inference_mode():  # inference tensors have no version: never kept, still right
+        frozen = SEQ_IDX.clone()
+        first, second = stream_offsets(frozen)[0], stream_offsets(frozen)[0]
+        assert first is not second and first.tolist() == second.tolist() == [0, 5, 6, 10, 12, 21, 24]
 
 
 @pytest.mark.parametrize("backend", ["reference", "chunked"])
