@@ -15,6 +15,7 @@ from torch import nn
 
 from sessa.modules.contract import MixerState, check_input, key_mask, reorder_state_tensors, step_position
 from sessa.modules.stacking import stacked_projection
+from sessa.ops import decode_step
 from sessa.ops.attention import BACKENDS, attend_static, causal_attention, split_heads
 from sessa.ops.packing import check_seq_idx, positions
 from sessa.ops.prologue import step_prologue
@@ -118,6 +119,9 @@ class AttentionMixer(nn.Module):
         if end > max_len:
             raise ValueError(f"state is full: {t} tokens cached + {T_new} new > max_len={max_len}")
         mask = self._update_key_mask(state, key_mask(attention_mask, B, end), t, end)
+        if T_new == 1 and (out := self._bound_step(x, state, t)) is not None:
+            state["t"] = end
+            return out
         # without a gradient one GEMM for q, k, v (sessa.modules.stacking) and one launch for RoPE and the
         # cache writes of one token (sessa.ops.prologue): decoding is host-bound
         stacked = stacked_projection([self.q_proj, self.k_proj, self.v_proj], state)
@@ -133,6 +137,25 @@ class AttentionMixer(nn.Module):
         out = causal_attention(q, keys, values, key_mask=mask, backend=self.backend)
         state["t"] = end
         return self.out_proj(out.reshape(B, T_new, self.d_model))
+
+    def _bound_step(self, x: torch.Tensor, state: MixerState, t: int) -> torch.Tensor | None:
+        """One new token per row through the launches bound to the state (:mod:`sessa.ops.decode_step`:
+        the prologue and the split-context attention, three launches with kept arguments); None where the
+        binding does not apply (then the generic step runs)."""
+        if not decode_step.bindable(x) or self.backend != "sdpa":
+            return None
+        if x.requires_grad and torch.is_grad_enabled():
+            return None
+        stacked = stacked_projection([self.q_proj, self.k_proj, self.v_proj], state)
+        if stacked is None:
+            return None
+        width = stacked.weight.shape[0]
+        mask = state.get("key_mask")
+        bound = decode_step.step_launches(state, "k", "v", mask, self.n_heads, width, self.rope)
+        if bound is None or x.dtype != state["k"].dtype:
+            return None
+        proj = F.linear(x, stacked.weight, stacked.bias)
+        return decode_step.run_step(bound, proj, t, self.rope_base if self.rope else None, self.out_proj)
 
     def step_static(
         self, x: torch.Tensor, state: MixerState, pos: torch.Tensor, mask: torch.Tensor

@@ -12,6 +12,7 @@ from torch import nn
 from sessa.modules.contract import MixerState, check_input, key_mask, reorder_state_tensors, step_position
 from sessa.modules.stacking import stacked_projection
 from sessa.ops import attention as attention_ops
+from sessa.ops import decode_step
 from sessa.ops import feedback as feedback_ops
 from sessa.ops.attention import attend_static, causal_attention, rope_inv_freq, split_heads
 from sessa.ops.feedback import feedback_continue, feedback_solve
@@ -138,10 +139,7 @@ class SessaMixer(nn.Module):
         one GEMM with the input projections stacked (kept in the cache, :mod:`sessa.modules.stacking`)
         replaces five, and :func:`~sessa.ops.prologue.step_prologue` does the rest (one launch for one token
         on CUDA): a decoding step is bound by host time per op."""
-        modules = [self.q_proj, self.k_proj, self.v_proj]
-        if self.use_feedback:
-            modules += [self.proj_fb, self.gamma_ctx]  # proj_fb's rows are q_b, then k_b
-        stacked = stacked_projection(modules, cache)
+        stacked = stacked_projection(self._stacked_modules(), cache)
         n = a.shape[1]
         if stacked is None:
             q, k, v = self.qkv(a, t)
@@ -161,6 +159,33 @@ class SessaMixer(nn.Module):
             return q, None
         start = self.D + 2 * self.n_kv_heads * self.head_dim  # q_b, then k_b
         return q, (proj[..., start : start + self.D], proj[..., start + self.D : start + 2 * self.D], gamma)
+
+    def _stacked_modules(self) -> list[nn.Module]:
+        modules = [self.q_proj, self.k_proj, self.v_proj]
+        if self.use_feedback:
+            modules += [self.proj_fb, self.gamma_ctx]  # proj_fb's rows are q_b, then k_b
+        return modules
+
+    def _bound_step(self, a: torch.Tensor, cache: MixerState, t: int) -> torch.Tensor | None:
+        """One new token per row a: (B, 1, D) at position t through the launches bound to the cache
+        (:mod:`sessa.ops.decode_step`: the prologue, the forward attention and the feedback row as five
+        launches with kept arguments, s written into the cache by the last); None where the binding does
+        not apply (no stacked projection, a gradient wanted, not CUDA): then the generic step runs."""
+        if not decode_step.bindable(a) or self.attention_backend != "sdpa":
+            return None
+        if a.requires_grad and torch.is_grad_enabled():
+            return None
+        stacked = stacked_projection(self._stacked_modules(), cache)
+        if stacked is None:
+            return None
+        gain = (self.gamma_bias, self.gamma_max) if self.use_feedback else None
+        width, rope = stacked.weight.shape[0], self.use_forward_rope
+        mask = cache.get("mask")
+        bound = decode_step.step_launches(cache, "k_f", "v_f", mask, self.n_heads, width, rope, gain)
+        if bound is None or a.dtype != cache["k_f"].dtype:
+            return None
+        proj = F.linear(a, stacked.weight, stacked.bias)
+        return decode_step.run_step(bound, proj, t, 10000.0 if rope else None, self.out_proj)
 
     # -- parallel forward ----------------------------------------------------------------------------
     def forward(
@@ -242,6 +267,9 @@ class SessaMixer(nn.Module):
         if t + n > capacity:
             raise ValueError(f"cache is full: {t} cached + {n} new tokens > max_len {capacity}")
         mask = _update_mask(cache, attention_mask, B, t, n, bar_a.device)
+        if n == 1 and (s := self._bound_step(bar_a, cache, t)) is not None:
+            cache["t"] = t + 1
+            return s
         q, feedback = self._step_inputs(bar_a, t, cache)
         keys = cast(cache["k_f"].narrow(1, 0, t + n), q.dtype)
         values = cast(cache["v_f"].narrow(1, 0, t + n), q.dtype)

@@ -45,7 +45,9 @@ def stacked_projection(
     params = [p for m in modules for p in (m.weight, m.bias) if p is not None]
     if torch.is_grad_enabled() and any(p.requires_grad for p in params):
         return None
-    key = tuple((p.data_ptr(), p._version) for p in params)
+    # inference tensors (a model moved to its device under inference_mode) keep no version counter; the stack
+    # lives in one generation's cache, so only their memory is keyed
+    key = tuple((p.data_ptr(), -1 if p.is_inference() else p._version) for p in params)
     stacked = cache.get(CACHE_KEY)
     if stacked is None or stacked.key != key:
         weight = torch.cat([m.weight for m in modules])

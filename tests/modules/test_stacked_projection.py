@@ -84,3 +84,14 @@ def test_no_stack_when_a_gradient_an_adapter_or_a_hook_needs_the_calls():
 
         mixer.v_proj = Adapter(16, 16)
         assert stacked_projection([mixer.q_proj, mixer.k_proj, mixer.v_proj], cache) is None
+
+
+def test_a_model_moved_under_inference_mode_decodes():
+    """Parameters made under inference_mode are inference tensors without a version counter: the stack is
+    keyed by their memory alone, and decoding gives the forward's outputs."""
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        mixer = SessaMixer(16, n_heads=2).to(torch.float64)
+        assert mixer.q_proj.weight.is_inference()
+        x = torch.randn(2, 9, 16, dtype=torch.float64)
+        torch.testing.assert_close(_steps(mixer, x), mixer(x), rtol=0, atol=1e-12)
