@@ -256,11 +256,11 @@ def prologue_checks() -> list[dict]:
 
 
 def bound_step_checks() -> list[dict]:
-    """The launches bound to a cache (sessa.ops.decode_step): direct launches give the bits of the same
+    """The launches bound to a cache (sessa.ops.step_launches): direct launches give the bits of the same
     binding's generic launches (Sessa 125m shapes, bf16, key mask, GQA); a 125m-shaped bf16 model decoding
     through bindings against the same model with fast launches off (the generic step)."""
     from sessa.ops.attention import rope_tables
-    from sessa.ops.decode_step import CACHE_KEY, StepLaunches
+    from sessa.ops.step_launches import CACHE_KEY, StepLaunches
 
     gen = torch.Generator(device="cuda").manual_seed(5)
     rows = []

@@ -5,7 +5,7 @@
 Each piece of a 125m model's cached one-token step (bf16, batch 1, CUDA) runs ``iters`` times in a loop; the
 wall time per call is its host time as long as its GPU work is shorter (a few us for these pieces). Pieces:
 the layer step (GatedBlock.step) and the mixer step of Sessa and of our attention model (with the launches
-bound to the cache, ``sessa.ops.decode_step``, and through the generic step), some of their ops alone, and
+bound to the cache, ``sessa.ops.step_launches``, and through the generic step), some of their ops alone, and
 one decoder layer of the size-matched Hugging Face Llama with its dynamic cache. All pieces are timed in
 turn, ``rounds`` times; the least time of each is reported (a lent machine's host speed drifts).
 """
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from sessa.bench.generate import build
-from sessa.ops import decode_step
+from sessa.ops import step_launches
 
 
 def per_call(fn, iters: int) -> float:
@@ -41,11 +41,11 @@ def generic(fn):  # noqa: ANN001, ANN201
     """fn with the bound launches switched off (the generic step)."""
 
     def run() -> None:
-        decode_step.bindable, keep = (lambda x: False), decode_step.bindable
+        step_launches.bindable, keep = (lambda x: False), step_launches.bindable
         try:
             fn()
         finally:
-            decode_step.bindable = keep
+            step_launches.bindable = keep
 
     return run
 

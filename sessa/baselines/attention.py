@@ -15,7 +15,7 @@ from torch import nn
 
 from sessa.modules.contract import MixerState, check_input, key_mask, reorder_state_tensors, step_position
 from sessa.modules.stacking import stacked_projection
-from sessa.ops import decode_step
+from sessa.ops import step_launches
 from sessa.ops.attention import BACKENDS, attend_static, causal_attention, split_heads
 from sessa.ops.packing import check_seq_idx, positions
 from sessa.ops.prologue import step_prologue
@@ -139,10 +139,10 @@ class AttentionMixer(nn.Module):
         return self.out_proj(out.reshape(B, T_new, self.d_model))
 
     def _bound_step(self, x: torch.Tensor, state: MixerState, t: int) -> torch.Tensor | None:
-        """One new token per row through the launches bound to the state (:mod:`sessa.ops.decode_step`:
+        """One new token per row through the launches bound to the state (:mod:`sessa.ops.step_launches`:
         the prologue and the split-context attention, three launches with kept arguments); None where the
         binding does not apply (then the generic step runs)."""
-        if not decode_step.bindable(x) or self.backend != "sdpa":
+        if not step_launches.bindable(x) or self.backend != "sdpa":
             return None
         if x.requires_grad and torch.is_grad_enabled():
             return None
@@ -151,11 +151,11 @@ class AttentionMixer(nn.Module):
             return None
         width = stacked.weight.shape[0]
         mask = state.get("key_mask")
-        bound = decode_step.step_launches(state, "k", "v", mask, self.n_heads, width, self.rope)
+        bound = step_launches.step_launches(state, "k", "v", mask, self.n_heads, width, self.rope)
         if bound is None or x.dtype != state["k"].dtype:
             return None
         proj = F.linear(x, stacked.weight, stacked.bias)
-        return decode_step.run_step(bound, proj, t, self.rope_base if self.rope else None, self.out_proj)
+        return step_launches.run_step(bound, proj, t, self.rope_base if self.rope else None, self.out_proj)
 
     def step_static(
         self, x: torch.Tensor, state: MixerState, pos: torch.Tensor, mask: torch.Tensor

@@ -12,8 +12,8 @@ from torch import nn
 from sessa.modules.contract import MixerState, check_input, key_mask, reorder_state_tensors, step_position
 from sessa.modules.stacking import stacked_projection
 from sessa.ops import attention as attention_ops
-from sessa.ops import decode_step
 from sessa.ops import feedback as feedback_ops
+from sessa.ops import step_launches
 from sessa.ops.attention import attend_static, causal_attention, rope_inv_freq, split_heads
 from sessa.ops.feedback import feedback_continue, feedback_solve
 from sessa.ops.feedback.decode import feedback_decode
@@ -168,10 +168,10 @@ class SessaMixer(nn.Module):
 
     def _bound_step(self, a: torch.Tensor, cache: MixerState, t: int) -> torch.Tensor | None:
         """One new token per row a: (B, 1, D) at position t through the launches bound to the cache
-        (:mod:`sessa.ops.decode_step`: the prologue, the forward attention and the feedback row as five
+        (:mod:`sessa.ops.step_launches`: the prologue, the forward attention and the feedback row as five
         launches with kept arguments, s written into the cache by the last); None where the binding does
         not apply (no stacked projection, a gradient wanted, not CUDA): then the generic step runs."""
-        if not decode_step.bindable(a) or self.attention_backend != "sdpa":
+        if not step_launches.bindable(a) or self.attention_backend != "sdpa":
             return None
         if a.requires_grad and torch.is_grad_enabled():
             return None
@@ -181,11 +181,11 @@ class SessaMixer(nn.Module):
         gain = (self.gamma_bias, self.gamma_max) if self.use_feedback else None
         width, rope = stacked.weight.shape[0], self.use_forward_rope
         mask = cache.get("mask")
-        bound = decode_step.step_launches(cache, "k_f", "v_f", mask, self.n_heads, width, rope, gain)
+        bound = step_launches.step_launches(cache, "k_f", "v_f", mask, self.n_heads, width, rope, gain)
         if bound is None or a.dtype != cache["k_f"].dtype:
             return None
         proj = F.linear(a, stacked.weight, stacked.bias)
-        return decode_step.run_step(bound, proj, t, 10000.0 if rope else None, self.out_proj)
+        return step_launches.run_step(bound, proj, t, 10000.0 if rope else None, self.out_proj)
 
     # -- parallel forward ----------------------------------------------------------------------------
     def forward(

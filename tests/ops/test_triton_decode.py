@@ -12,12 +12,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+
+from tests.helpers import run_interpreted
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 # (B, capacity L, D, lengths per row, key mask, dtype): a row with no key, one key, a full cache; widths
@@ -193,12 +192,7 @@ def _run_cases() -> dict[str, float]:
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_decode_kernels_match_the_reference_in_the_interpreter():
-    root = str(Path(__file__).resolve().parents[2])  # the child imports tests.helpers
-    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ratios = json.loads(proc.stdout.strip().splitlines()[-1])
+    ratios = run_interpreted(__file__)
     assert len(ratios) == len(CASES) + len(ATTENTION_CASES) + len(CONTINUE_CASES) + len(PROLOGUE_CASES) + 3
     # error vs float64 within a few times the reference's own error in the same precision
     assert all(r <= 4.0 for r in ratios.values()), ratios

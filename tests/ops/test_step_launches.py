@@ -1,5 +1,5 @@
-"""The launches of a one-token step bound to a layer's cache (``sessa.ops.decode_step``): the same outputs and
-cache writes as the generic step, kept across steps, made again when the cache grows or is reordered.
+"""The launches of a one-token step bound to a layer's cache (``sessa.ops.step_launches``): the same outputs
+and cache writes as the generic step, kept across steps, made again when the cache grows or is reordered.
 
 The binding takes CUDA tensors and Triton's direct launches; here it runs in a child process with
 TRITON_INTERPRET=1 and its two gates (``bindable``, ``usable``) opened for CPU tensors, so every launch goes
@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+
+from tests.helpers import run_interpreted
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 MODELS = [
@@ -30,7 +28,7 @@ MODELS = [
 
 def _open_gates() -> dict[str, int]:
     """Let CPU tensors take the binding; count the bindings made and the bound steps run."""
-    import sessa.ops.decode_step as ds
+    import sessa.ops.step_launches as ds
 
     counts = {"made": 0, "steps": 0}
     init, prologue = ds.StepLaunches.__init__, ds.StepLaunches.prologue
@@ -84,7 +82,7 @@ def _op_case() -> dict[str, float]:
     q, caches and gain bit for bit (the same kernel), the attention and the feedback row to the rounding of
     the dtype (other splits of the context), s written at t and nowhere else."""
     from sessa.ops.attention import rope_tables
-    from sessa.ops.decode_step import StepLaunches
+    from sessa.ops.step_launches import StepLaunches
     from sessa.ops.triton_decode import decode_attention_triton, feedback_decode_triton, step_prologue_triton
 
     gen = torch.Generator().manual_seed(3)
@@ -124,12 +122,7 @@ def _op_case() -> dict[str, float]:
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_bound_steps_equal_the_forward_and_the_generic_ops_in_the_interpreter():
-    root = str(Path(__file__).resolve().parents[2])  # the child imports tests.helpers
-    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = run_interpreted(__file__)
     models, op = result["models"], result["op"]
     assert len(models) == len(MODELS)
     for name, (err, made, steps) in models.items():
@@ -142,7 +135,7 @@ def test_bound_steps_equal_the_forward_and_the_generic_ops_in_the_interpreter():
 
 
 def test_the_binding_is_not_used_on_cpu_without_the_interpreter():
-    from sessa.ops.decode_step import CACHE_KEY
+    from sessa.ops.step_launches import CACHE_KEY
     from tests.models.common import tiny_model
 
     model = tiny_model("sessa")
