@@ -144,7 +144,7 @@ class AttentionMixer(nn.Module):
         binding does not apply (then the generic step runs)."""
         if not step_launches.bindable(x) or self.backend != "sdpa":
             return None
-        if x.requires_grad and torch.is_grad_enabled():
+        if (x.requires_grad and torch.is_grad_enabled()) or x.dtype != state["k"].dtype:
             return None
         stacked = stacked_projection([self.q_proj, self.k_proj, self.v_proj], state)
         if stacked is None:
@@ -152,7 +152,7 @@ class AttentionMixer(nn.Module):
         width = stacked.weight.shape[0]
         mask = state.get("key_mask")
         bound = step_launches.step_launches(state, "k", "v", mask, self.n_heads, width, self.rope)
-        if bound is None or x.dtype != state["k"].dtype:
+        if bound is None:
             return None
         proj = F.linear(x, stacked.weight, stacked.bias)
         return step_launches.run_step(bound, proj, t, self.rope_base if self.rope else None, self.out_proj)

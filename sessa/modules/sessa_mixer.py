@@ -173,7 +173,7 @@ class SessaMixer(nn.Module):
         not apply (no stacked projection, a gradient wanted, not CUDA): then the generic step runs."""
         if not step_launches.bindable(a) or self.attention_backend != "sdpa":
             return None
-        if a.requires_grad and torch.is_grad_enabled():
+        if (a.requires_grad and torch.is_grad_enabled()) or a.dtype != cache["k_f"].dtype:
             return None
         stacked = stacked_projection(self._stacked_modules(), cache)
         if stacked is None:
@@ -182,7 +182,7 @@ class SessaMixer(nn.Module):
         width, rope = stacked.weight.shape[0], self.use_forward_rope
         mask = cache.get("mask")
         bound = step_launches.step_launches(cache, "k_f", "v_f", mask, self.n_heads, width, rope, gain)
-        if bound is None or a.dtype != cache["k_f"].dtype:
+        if bound is None:
             return None
         proj = F.linear(a, stacked.weight, stacked.bias)
         return step_launches.run_step(bound, proj, t, 10000.0 if rope else None, self.out_proj)

@@ -22,6 +22,7 @@ MODELS = [
     ("sessa", {}),
     ("sessa", {"n_kv_heads": 1}),
     ("sessa", {"use_feedback": False}),
+    ("sessa", {"use_forward_rope": False}),
     ("attention", {"n_kv_heads": 1}),
 ]
 
