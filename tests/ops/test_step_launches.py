@@ -29,10 +29,10 @@ MODELS = [
 
 def _open_gates() -> dict[str, int]:
     """Let CPU tensors take the binding; count the bindings made and the bound steps run."""
-    import sessa.ops.step_launches as ds
+    import sessa.ops.step_launches as sl
 
     counts = {"made": 0, "steps": 0}
-    init, prologue = ds.StepLaunches.__init__, ds.StepLaunches.prologue
+    init, prologue = sl.StepLaunches.__init__, sl.StepLaunches.prologue
 
     def counted_init(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
         counts["made"] += 1
@@ -42,9 +42,9 @@ def _open_gates() -> dict[str, int]:
         counts["steps"] += 1
         return prologue(self, *args)
 
-    ds.bindable = lambda x: True
-    ds.usable = lambda *args: True
-    ds.StepLaunches.__init__, ds.StepLaunches.prologue = counted_init, counted_prologue
+    sl.bindable = lambda x: True
+    sl.usable = lambda *args: True
+    sl.StepLaunches.__init__, sl.StepLaunches.prologue = counted_init, counted_prologue
     return counts
 
 
