@@ -121,10 +121,38 @@ def _op_case() -> dict[str, float]:
     }
 
 
+def _beam_case(counts: dict[str, int]) -> dict[str, float]:
+    """Beam search (3 beams, 2 returned; the cache is reordered every step) of tiny Sessa and attention
+    models through bindings against the generic step (the gate closed again): the same tokens, scores to
+    rounding."""
+    import sessa.ops.step_launches as sl
+    from tests.models.common import left_pad, prompts, tiny_model
+
+    ids, mask = left_pad(prompts((9, 6), seed=3), 0)
+    opened = sl.bindable
+    out = {}
+    for name in ("sessa", "attention"):
+        model = tiny_model(name)
+        runs = []
+        for gate in (opened, lambda x: False):
+            sl.bindable, counts["steps"] = gate, 0
+            with torch.no_grad():
+                res = model.generate(ids, attention_mask=mask, max_new_tokens=6, num_beams=3, do_sample=False,
+                                     pad_token_id=0, num_return_sequences=2, output_scores=True,
+                                     return_dict_in_generate=True)
+            runs.append((res.sequences, res.sequences_scores, counts["steps"]))
+        sl.bindable = opened
+        (seq1, sc1, bound_steps), (seq2, sc2, generic_steps) = runs
+        same = torch.equal(seq1, seq2) and bound_steps > 0 and generic_steps == 0
+        out[name] = (sc1 - sc2).abs().max().item() if same else 99.0
+    return out
+
+
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
-def test_bound_steps_equal_the_forward_and_the_generic_ops_in_the_interpreter():
+def test_bound_steps_equal_the_forward_the_generic_ops_and_beam_search_in_the_interpreter():
     result = run_interpreted(__file__)
-    models, op = result["models"], result["op"]
+    models, op, beams = result["models"], result["op"], result["beams"]
+    assert all(diff < 1e-5 for diff in beams.values()), beams  # same tokens, scores to rounding
     assert len(models) == len(MODELS)
     for name, (err, made, steps) in models.items():
         assert err < 1e-5, (name, err)
@@ -148,4 +176,4 @@ def test_the_binding_is_not_used_on_cpu_without_the_interpreter():
 
 if __name__ == "__main__":
     counts = _open_gates()
-    print(json.dumps({"models": _model_cases(counts), "op": _op_case()}))
+    print(json.dumps({"models": _model_cases(counts), "op": _op_case(), "beams": _beam_case(counts)}))
