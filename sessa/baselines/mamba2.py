@@ -28,7 +28,7 @@ from sessa.baselines.common import (
     check_positive_float,
     init_dt_bias,
 )
-from sessa.ops import ssd_fla
+from sessa.ops import mamba2_step, ssd_fla
 from sessa.ops.packing import positions
 from sessa.ops.precision import cast, work_dtype
 from sessa.ops.ssd import BACKENDS as SSD_BACKENDS
@@ -138,6 +138,8 @@ class Mamba2Mixer(RecurrentMixer):
         for p in (self.dt_bias, self.A_log, self.D):
             p._no_weight_decay = True  # same convention as mamba_ssm
         self.norm = GatedRMSNorm(self.d_inner, group_size=self.d_inner // ngroups, eps=norm_eps)
+        dims = (self.d_inner, self.n_heads, self.headdim, d_state, ngroups, d_conv)
+        self._dims = mamba2_step.Mamba2Dims(*dims)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
 
     def extra_repr(self) -> str:
@@ -161,7 +163,17 @@ class Mamba2Mixer(RecurrentMixer):
         """The block on x (B, T, d_model) continuing from the given states; returns (out, conv, ssm).
         seq_idx: packed rows (no states given): the conv and the scan restart at every sequence."""
         b, T, _ = x.shape
-        z, xbc, dt = torch.split(self.in_proj(x), [self.d_inner, self.conv_dim, self.n_heads], dim=-1)
+        zxbcdt = self.in_proj(x)
+        if T == 1 and ssm_state is not None and conv_history is not None and self.backend != "reference":
+            # one token after a state: the rest of the step as two Triton launches on CUDA (ops.mamba2_step)
+            params = mamba2_step.Mamba2Params(self.conv1d.weight, self.conv1d.bias, self.dt_bias, self.A_log,
+                                              self.D, self.norm.weight, self.norm.eps)
+            real = None if mask is None else mask[:, 0]
+            fused = mamba2_step.mamba2_step(zxbcdt[:, 0], real, conv_history, ssm_state, params, self._dims)
+            if fused is not None:
+                y, conv_history, ssm_state = fused
+                return self.out_proj(y[:, None]), conv_history, ssm_state
+        z, xbc, dt = torch.split(zxbcdt, [self.d_inner, self.conv_dim, self.n_heads], dim=-1)
         if mask is not None:
             xbc = xbc.masked_fill(~mask[..., None], 0.0)
         pos = None if seq_idx is None else positions(seq_idx)
