@@ -13,9 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sessa.modules.contract import MixerState, check_input, key_mask, reorder_state_tensors, step_position
-from sessa.modules.stacking import stacked_projection
-from sessa.ops import step_launches
+from sessa.modules.contract import (
+    MixerState,
+    check_input,
+    key_mask,
+    record_key_mask,
+    reorder_state_tensors,
+    step_position,
+)
+from sessa.modules.stacking import bound_step, stacked_projection
 from sessa.ops.attention import BACKENDS, attend_static, causal_attention, split_heads
 from sessa.ops.packing import check_seq_idx, positions
 from sessa.ops.prologue import step_prologue
@@ -118,10 +124,14 @@ class AttentionMixer(nn.Module):
         end, max_len = t + T_new, state["k"].shape[1]
         if end > max_len:
             raise ValueError(f"state is full: {t} tokens cached + {T_new} new > max_len={max_len}")
-        mask = self._update_key_mask(state, key_mask(attention_mask, B, end), t, end)
-        if T_new == 1 and (out := self._bound_step(x, state, t)) is not None:
-            state["t"] = end
-            return out
+        mask = record_key_mask(state, "key_mask", key_mask(attention_mask, B, end), t, end, state["k"])
+        if T_new == 1 and self.backend == "sdpa":  # the launches bound to the state (CUDA, no gradient)
+            modules = [self.q_proj, self.k_proj, self.v_proj]
+            out = bound_step(x, state, t, modules, keys=("k", "v", "key_mask"), n_heads=self.n_heads,
+                             rope_base=self.rope_base if self.rope else None, out_proj=self.out_proj)
+            if out is not None:
+                state["t"] = end
+                return out
         # without a gradient one GEMM for q, k, v (sessa.modules.stacking) and one launch for RoPE and the
         # cache writes of one token (sessa.ops.prologue): decoding is host-bound
         stacked = stacked_projection([self.q_proj, self.k_proj, self.v_proj], state)
@@ -138,25 +148,6 @@ class AttentionMixer(nn.Module):
         state["t"] = end
         return self.out_proj(out.reshape(B, T_new, self.d_model))
 
-    def _bound_step(self, x: torch.Tensor, state: MixerState, t: int) -> torch.Tensor | None:
-        """One new token per row through the launches bound to the state (:mod:`sessa.ops.step_launches`:
-        the prologue and the split-context attention, three launches with kept arguments); None where the
-        binding does not apply (then the generic step runs)."""
-        if not step_launches.bindable(x) or self.backend != "sdpa":
-            return None
-        if (x.requires_grad and torch.is_grad_enabled()) or x.dtype != state["k"].dtype:
-            return None
-        stacked = stacked_projection([self.q_proj, self.k_proj, self.v_proj], state)
-        if stacked is None:
-            return None
-        width = stacked.weight.shape[0]
-        mask = state.get("key_mask")
-        bound = step_launches.step_launches(state, "k", "v", mask, self.n_heads, width, self.rope)
-        if bound is None:
-            return None
-        proj = F.linear(x, stacked.weight, stacked.bias)
-        return step_launches.run_step(bound, proj, t, self.rope_base if self.rope else None, self.out_proj)
-
     def step_static(
         self, x: torch.Tensor, state: MixerState, pos: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
@@ -169,21 +160,6 @@ class AttentionMixer(nn.Module):
 
     def reorder_state(self, state: MixerState, index: torch.Tensor) -> MixerState:
         return reorder_state_tensors(state, index)
-
-    def _update_key_mask(
-        self, state: MixerState, mask: torch.Tensor | None, t: int, end: int
-    ) -> torch.Tensor | None:
-        """Record the mask of tokens 0..end-1 in the state; return it (None while nothing is padded)."""
-        if mask is None and "key_mask" not in state:
-            return None
-        if "key_mask" not in state:
-            state["key_mask"] = torch.ones(state["k"].shape[:2], dtype=torch.bool, device=state["k"].device)
-        seen = state["key_mask"].narrow(1, 0, end)  # narrow and copy_: less host time than slice assignment
-        if mask is None:
-            seen.narrow(1, t, end - t).fill_(True)
-        else:
-            seen.copy_(mask)
-        return seen
 
     def qkv(
         self, x: torch.Tensor, start: int | torch.Tensor

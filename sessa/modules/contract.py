@@ -102,6 +102,25 @@ def key_mask(attention_mask: torch.Tensor | None, batch: int, length: int) -> to
     return attention_mask if attention_mask.dtype == torch.bool else attention_mask != 0
 
 
+def record_key_mask(
+    state: MixerState, name: str, mask: torch.Tensor | None, t: int, end: int, like: torch.Tensor
+) -> torch.Tensor | None:
+    """Keep ``state[name]``, the (B, max_len) bool key mask of a cache, in step with the tokens 0..end-1:
+    mask (B, end) bool (:func:`key_mask`) or None (the new tokens t..end-1 are real). The state's mask is made
+    (all True, shaped like the first two dims of ``like``, a cache) when a mask is first given. Returns the
+    mask of positions [0, end), or None while nothing was ever masked."""
+    if mask is None and name not in state:
+        return None
+    if name not in state:
+        state[name] = torch.ones(like.shape[:2], dtype=torch.bool, device=like.device)
+    seen = state[name].narrow(1, 0, end)  # narrow and copy_: less host time than slice assignment
+    if mask is None:
+        seen.narrow(1, t, end - t).fill_(True)
+    else:
+        seen.copy_(mask)
+    return seen
+
+
 def step_position(state: MixerState, x: torch.Tensor, batch_key: str) -> int:
     """Validate a state dict against the new input x (B, T_new, D); return its position counter ``t``.
 

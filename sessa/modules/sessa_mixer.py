@@ -9,11 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sessa.modules.contract import MixerState, check_input, key_mask, reorder_state_tensors, step_position
-from sessa.modules.stacking import stacked_projection
+from sessa.modules.contract import (
+    MixerState,
+    check_input,
+    key_mask,
+    record_key_mask,
+    reorder_state_tensors,
+    step_position,
+)
+from sessa.modules.stacking import bound_step, stacked_projection
 from sessa.ops import attention as attention_ops
 from sessa.ops import feedback as feedback_ops
-from sessa.ops import step_launches
 from sessa.ops.attention import attend_static, causal_attention, rope_inv_freq, split_heads
 from sessa.ops.feedback import feedback_continue, feedback_solve
 from sessa.ops.feedback.decode import feedback_decode
@@ -166,27 +172,6 @@ class SessaMixer(nn.Module):
             modules += [self.proj_fb, self.gamma_ctx]  # proj_fb's rows are q_b, then k_b
         return modules
 
-    def _bound_step(self, a: torch.Tensor, cache: MixerState, t: int) -> torch.Tensor | None:
-        """One new token per row a: (B, 1, D) at position t through the launches bound to the cache
-        (:mod:`sessa.ops.step_launches`: the prologue, the forward attention and the feedback row as five
-        launches with kept arguments, s written into the cache by the last); None where the binding does
-        not apply (no stacked projection, a gradient wanted, not CUDA): then the generic step runs."""
-        if not step_launches.bindable(a) or self.attention_backend != "sdpa":
-            return None
-        if (a.requires_grad and torch.is_grad_enabled()) or a.dtype != cache["k_f"].dtype:
-            return None
-        stacked = stacked_projection(self._stacked_modules(), cache)
-        if stacked is None:
-            return None
-        gain = (self.gamma_bias, self.gamma_max) if self.use_feedback else None
-        width, rope = stacked.weight.shape[0], self.use_forward_rope
-        mask = cache.get("mask")
-        bound = step_launches.step_launches(cache, "k_f", "v_f", mask, self.n_heads, width, rope, gain)
-        if bound is None:
-            return None
-        proj = F.linear(a, stacked.weight, stacked.bias)
-        return step_launches.run_step(bound, proj, t, 10000.0 if rope else None, self.out_proj)
-
     # -- parallel forward ----------------------------------------------------------------------------
     def forward(
         self,
@@ -266,10 +251,15 @@ class SessaMixer(nn.Module):
         t, capacity = step_position(cache, bar_a, "k_f"), cache["k_f"].shape[1]
         if t + n > capacity:
             raise ValueError(f"cache is full: {t} cached + {n} new tokens > max_len {capacity}")
-        mask = _update_mask(cache, attention_mask, B, t, n, bar_a.device)
-        if n == 1 and (s := self._bound_step(bar_a, cache, t)) is not None:
-            cache["t"] = t + 1
-            return s
+        mask = record_key_mask(cache, "mask", key_mask(attention_mask, B, t + n), t, t + n, cache["k_f"])
+        if n == 1 and self.attention_backend == "sdpa":  # the launches bound to the cache (CUDA, no gradient)
+            gain = (self.gamma_bias, self.gamma_max) if self.use_feedback else None
+            base = 10000.0 if self.use_forward_rope else None
+            s = bound_step(bar_a, cache, t, self._stacked_modules(), keys=("k_f", "v_f", "mask"),
+                           n_heads=self.n_heads, rope_base=base, out_proj=self.out_proj, gain=gain)
+            if s is not None:
+                cache["t"] = t + 1
+                return s
         q, feedback = self._step_inputs(bar_a, t, cache)
         keys = cast(cache["k_f"].narrow(1, 0, t + n), q.dtype)
         values = cast(cache["v_f"].narrow(1, 0, t + n), q.dtype)
@@ -332,18 +322,3 @@ class SessaMixer(nn.Module):
         s = self.step(bar_a_t, cache)
         return (s[:, 0] if s.shape[1] == 1 else s), cache
 
-
-def _update_mask(
-    cache: MixerState, attention_mask: torch.Tensor | None, B: int, t: int, n: int, device: torch.device
-) -> torch.Tensor | None:
-    """Keep the cache's key mask in step with the tokens; returns the mask of positions [0, t + n)."""
-    if attention_mask is None and "mask" not in cache:
-        return None
-    if "mask" not in cache:
-        cache["mask"] = torch.ones(B, cache["k_f"].shape[1], dtype=torch.bool, device=device)
-    seen = cache["mask"].narrow(1, 0, t + n)  # narrow and copy_: less host time than slice assignment
-    if attention_mask is not None:
-        seen.copy_(key_mask(attention_mask, B, t + n))
-    else:
-        seen.narrow(1, t, n).fill_(True)
-    return seen
