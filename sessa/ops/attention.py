@@ -6,6 +6,7 @@ Hkv key/value heads (GQA: head h reads kv head h // (H / Hkv)), hd head width.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import math
@@ -323,13 +324,15 @@ def causal_attention(
     return out.transpose(1, 2)
 
 
-def _varlen_attn():
-    """PyTorch's flash-attention kernel for packed sequences (``torch.nn.attention.varlen``), or None."""
+@functools.cache
+def _varlen_attn() -> tuple[Callable, frozenset[str]] | None:
+    """PyTorch's flash-attention kernel for packed sequences (``torch.nn.attention.varlen``) and the names of
+    its parameters (they differ between torch versions), looked up once; None without it."""
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:  # torch without it: packed rows take SDPA with a block-diagonal mask
         return None
-    return varlen_attn
+    return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
 
 
 def packed_flash_usable(q: torch.Tensor) -> bool:
@@ -346,11 +349,10 @@ def packed_flash_attention(
     kernel for variable-length sequences: the batch becomes one stream of B * T tokens cut at every sequence
     start (and row start, :func:`~sessa.ops.packing.stream_offsets`, which waits for the device once per
     seq_idx, not once per layer); no T x T mask. Returns (B, T, H, hd)."""
-    varlen_attn = _varlen_attn()
+    varlen_attn, params = _varlen_attn()
     B, T, H, hd = q.shape
     Hkv = k.shape[2]
     cu, longest = stream_offsets(seq_idx.to(q.device))
-    params = inspect.signature(varlen_attn).parameters
     kw: dict[str, Any] = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
     if Hkv != H:
         if "enable_gqa" in params:
