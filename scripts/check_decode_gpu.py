@@ -301,26 +301,34 @@ def bound_step_checks() -> list[dict]:
         config = SessaConfig.from_preset("125m", mixer="sessa", vocab_size=259)
         model = SessaForCausalLM(config if name == "sessa" else model_config(config, name))
         model = model.to(device="cuda", dtype=torch.bfloat16).eval()
-        ids = torch.randint(3, 250, (2, 1040), device="cuda")
-        mask = torch.ones_like(ids)
-        mask[1, :100] = 0
         logits = []
         for fast in ("1", "0"):
-            os.environ["SESSA_TRITON_FAST_LAUNCH"] = fast
-            try:
-                with torch.inference_mode():
-                    res = model(ids[:, :1024], attention_mask=mask[:, :1024], use_cache=True)
-                    out = [model(ids[:, i : i + 1], attention_mask=mask[:, : i + 1], cache=res.cache).logits
-                           for i in range(1024, 1040)]
-                bound = [st.get(CACHE_KEY, (None, None))[1] is not None for st in res.cache.states]
-                logits.append((torch.cat(out, 1).float(), all(bound) if fast == "1" else not any(bound)))
-            finally:
-                os.environ.pop("SESSA_TRITON_FAST_LAUNCH")
+            out, cache = _padded_decode(model, "SESSA_TRITON_FAST_LAUNCH", fast)
+            bound = [st.get(CACHE_KEY, (None, None))[1] is not None for st in cache.states]
+            logits.append((out, all(bound) if fast == "1" else not any(bound)))
         diff = (logits[0][0] - logits[1][0]).abs().max().item() / logits[1][0].abs().max().item()
         ok = diff <= 2e-2 and logits[0][1] and logits[1][1]
         rows.append({"check": "bound vs generic decode, 125m bf16", "model": name, "max_rel_diff": diff,
                      "bound_where_expected": logits[0][1] and logits[1][1], "ok": ok})
     return rows
+
+
+def _padded_decode(model: torch.nn.Module, env: str, value: str) -> tuple[torch.Tensor, object]:
+    """16 decoding steps of model after a 1,024-token prompt of two rows (the second left-padded by 100; the
+    same random tokens at every call), with os.environ[env] = value meanwhile: the steps' logits (2, 16,
+    vocab) in float64 and the cache."""
+    ids = torch.randint(3, 250, (2, 1040), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :100] = 0
+    os.environ[env] = value
+    try:
+        with torch.inference_mode():
+            cache = model(ids[:, :1024], attention_mask=mask[:, :1024], use_cache=True).cache
+            out = [model(ids[:, i : i + 1], attention_mask=mask[:, : i + 1], cache=cache).logits
+                   for i in range(1024, 1040)]
+    finally:
+        os.environ.pop(env)
+    return torch.cat(out, 1).double(), cache
 
 
 def mamba2_step_checks() -> list[dict]:
@@ -364,20 +372,9 @@ def mamba2_step_checks() -> list[dict]:
     torch.manual_seed(0)
     config = model_config(SessaConfig.from_preset("125m", mixer="sessa", vocab_size=259), "mamba2")
     model = SessaForCausalLM(config).cuda().eval()
-    ids = torch.randint(3, 250, (2, 1040), device="cuda")
-    mask = torch.ones_like(ids)
-    mask[1, :100] = 0
 
     def decode(kernels: bool) -> torch.Tensor:
-        os.environ["SESSA_TRITON_DECODE"] = "1" if kernels else "0"
-        try:
-            with torch.inference_mode():
-                res = model(ids[:, :1024], attention_mask=mask[:, :1024], use_cache=True)
-                out = [model(ids[:, i : i + 1], attention_mask=mask[:, : i + 1], cache=res.cache).logits
-                       for i in range(1024, 1040)]
-        finally:
-            os.environ.pop("SESSA_TRITON_DECODE")
-        return torch.cat(out, 1).double()
+        return _padded_decode(model, "SESSA_TRITON_DECODE", "1" if kernels else "0")[0]
 
     exact = decode(False)  # float32 weights, the PyTorch step
     model = model.to(torch.bfloat16)

@@ -44,3 +44,15 @@ def left_pad(rows: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch
         ids[i, width - len(r) :] = r
         mask[i, width - len(r) :] = 1
     return ids, mask
+
+
+def step_logits(
+    model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor | None, start: int, end: int, cache: Any
+) -> torch.Tensor:
+    """Tokens start..end-1 of ids (B, T) fed one at a time through ``cache`` (continued in place), with the
+    attention mask up to each token (or none): their logits, (B, end - start, vocab)."""
+    logits = []
+    for t in range(start, end):
+        seen = None if mask is None else mask[:, : t + 1]
+        logits.append(model(ids[:, t : t + 1], attention_mask=seen, cache=cache).logits[:, -1])
+    return torch.stack(logits, 1)

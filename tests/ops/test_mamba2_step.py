@@ -88,7 +88,7 @@ def _model_cases() -> dict[str, list[float]]:
     import sessa.ops.mamba2_step as ms
     from sessa.baselines.mamba2 import Mamba2Mixer
     from tests.helpers import rel_err
-    from tests.models.common import left_pad, prompts, tiny_model
+    from tests.models.common import left_pad, prompts, step_logits, tiny_model
 
     calls = {"n": 0}
     fits, launch = ms._fits, ms.mamba2_step
@@ -108,10 +108,9 @@ def _model_cases() -> dict[str, list[float]]:
         errs = []
         with torch.no_grad():
             full = model(ids, attention_mask=mask).logits
-            res = model(ids[:, :5], attention_mask=mask[:, :5], use_cache=True)
-            for t in range(5, 11):
-                res = model(ids[:, t : t + 1], attention_mask=mask[:, : t + 1], cache=res.cache)
-                errs.append(rel_err(res.logits[:, -1], full[:, t]))
+            cache = model(ids[:, :5], attention_mask=mask[:, :5], use_cache=True).cache
+            steps = step_logits(model, ids, mask, 5, 11, cache)
+            errs += [rel_err(steps[:, i], full[:, t]) for i, t in enumerate(range(5, 11))]
         out[f"model-{extra}"] = [max(errs), calls["n"] / len(model.model.layers)]
     torch.manual_seed(1)
     mixer = Mamba2Mixer(24, d_state=8, headdim=6, ngroups=2).eval()
@@ -130,7 +129,7 @@ def _bf16_case() -> list[float]:
     error against the same model in float32 (PyTorch step), over the logits' scale. Call after
     ``_model_cases`` (which opens the gate)."""
     import sessa.ops.mamba2_step as ms
-    from tests.models.common import left_pad, prompts, tiny_model
+    from tests.models.common import left_pad, prompts, step_logits, tiny_model
 
     model = tiny_model("mamba2")
     ids, mask = left_pad(prompts((12, 8), seed=4), 0)
@@ -139,11 +138,10 @@ def _bf16_case() -> list[float]:
     def decode(kernels: bool) -> torch.Tensor:
         ms.usable = opened if kernels else (lambda *args: False)
         with torch.no_grad():
-            res = model(ids[:, :4], attention_mask=mask[:, :4], use_cache=True)
-            out = [model(ids[:, t : t + 1], attention_mask=mask[:, : t + 1], cache=res.cache).logits
-                   for t in range(4, 12)]
+            cache = model(ids[:, :4], attention_mask=mask[:, :4], use_cache=True).cache
+            steps = step_logits(model, ids, mask, 4, 12, cache)
         ms.usable = opened
-        return torch.cat(out, 1).double()
+        return steps.double()
 
     exact = decode(False)
     model = model.to(torch.bfloat16)

@@ -53,7 +53,7 @@ def _model_cases(counts: dict[str, int]) -> dict[str, list[float]]:
     swapped (a reorder, as beam search does): the largest relative error of the step logits against the
     full forward, the bindings made and the bound steps run per layer."""
     from tests.helpers import rel_err
-    from tests.models.common import left_pad, prompts, tiny_model
+    from tests.models.common import left_pad, prompts, step_logits, tiny_model
 
     out = {}
     for mixer, extra in MODELS:
@@ -64,16 +64,14 @@ def _model_cases(counts: dict[str, int]) -> dict[str, list[float]]:
         errs = []
         with torch.no_grad():
             full = model(ids, attention_mask=mask).logits
-            res = model(ids[:, :5], attention_mask=mask[:, :5], use_cache=True)
-            for t in range(5, 9):
-                res = model(ids[:, t : t + 1], attention_mask=mask[:, : t + 1], cache=res.cache)
-                errs.append(rel_err(res.logits[:, -1], full[:, t]))
+            cache = model(ids[:, :5], attention_mask=mask[:, :5], use_cache=True).cache
+            steps = step_logits(model, ids, mask, 5, 9, cache)
+            errs += [rel_err(steps[:, i], full[:, t]) for i, t in enumerate(range(5, 9))]
             swap = torch.tensor([1, 0])
-            res.cache.reorder_cache(swap)
+            cache.reorder_cache(swap)
             full_swapped = model(ids[swap], attention_mask=mask[swap]).logits
-            for t in range(9, 12):
-                res = model(ids[swap, t : t + 1], attention_mask=mask[swap, : t + 1], cache=res.cache)
-                errs.append(rel_err(res.logits[:, -1], full_swapped[:, t]))
+            steps = step_logits(model, ids[swap], mask[swap], 9, 12, cache)
+            errs += [rel_err(steps[:, i], full_swapped[:, t]) for i, t in enumerate(range(9, 12))]
         out[f"{mixer}-{extra}"] = [max(errs), counts["made"] / n_layers, counts["steps"] / n_layers]
     return out
 

@@ -144,7 +144,7 @@ def _model_steps_with_prologue() -> dict[str, float]:
     relative error of the step logits against the full forward, over 1e-5 (<= 1 passes)."""
     import sessa.ops.prologue as prologue
     from tests.helpers import rel_err
-    from tests.models.common import tiny_model
+    from tests.models.common import step_logits, tiny_model
 
     calls = []
 
@@ -159,11 +159,8 @@ def _model_steps_with_prologue() -> dict[str, float]:
         ids = torch.randint(3, 200, (2, 9), generator=torch.Generator().manual_seed(4))
         with torch.no_grad():
             full = model(ids).logits
-            res = model(ids[:, :5], use_cache=True)
-            errs = []
-            for t in range(5, 9):
-                res = model(ids[:, t : t + 1], cache=res.cache)
-                errs.append(rel_err(res.logits[:, -1], full[:, t]))
+            steps = step_logits(model, ids, None, 5, 9, model(ids[:, :5], use_cache=True).cache)
+            errs = [rel_err(steps[:, i], full[:, t]) for i, t in enumerate(range(5, 9))]
         out[f"model-{mixer}-{extra}"] = max(errs) / 1e-5 if calls else 99.0
         calls.clear()
     return out
