@@ -76,9 +76,10 @@ class _Launch:
             else:
                 ints[i] = v
                 parts.append(_int_part(v) if type(v) is int else None)
-        hit = self.hits.get(tuple(parts))
+        key = tuple(parts)
+        hit = self.hits.get(key)
         if hit is None or not self.no_hooks():  # a launch hook (a profiler) sees the generic launches
-            self._generic(values, tuple(parts))
+            self._generic(values, key)
             return
         run, function, metadata, tail = hit
         g, stream = self.grid3, self.bound.streams.handle[0]
@@ -131,12 +132,12 @@ class StepLaunches:
         attn = launches(self.q[:, 0], k_cache, v_cache, mask, length, self.out[:, 0])
         self.attention_launches = [_Launch(*attn[0], device, (4,)), _Launch(*attn[1], device, ())]  # lengths
         if self.feedback:
-            q_b = proj.narrow(2, D + 2 * Hkv * hd, D)
+            self.q_b_offset = D + 2 * Hkv * hd  # [q | k | v | q_b | ...]
+            q_b = proj.narrow(2, self.q_b_offset, D)
             f = torch.empty(B, D, device=device, dtype=dtype)
             out = s_cache.narrow(1, 0, 1)
             gamma = self.gamma[:, 0, 0]
             fb = launches(q_b, kb_cache[:, :, None], s_cache[:, :, None], mask, length, out, f, gamma)
-            self.q_b_offset = D + 2 * Hkv * hd
             # variable: q_b and the lengths; f and the output (the s cache at t)
             self.feedback_launches = [_Launch(*fb[0], device, (0, 4)), _Launch(*fb[1], device, (3, 5))]
             self.s_cache = s_cache
