@@ -166,7 +166,7 @@ def _check_w() -> dict:
     (q, k, g, _), _, mask = _inputs(B, T, D, "float32", True, seed=5)
     bl = choose_blocks(T, D, torch.float32, L, interpret=True, sub_block=16)
     streams = Streams(q.device)
-    w, _ = build_w(q, k, g, mask, _lse(q, k, mask, bl, streams), bl, split=False, streams=streams)
+    w = build_w(q, k, g, mask, _lse(q, k, mask, bl, streams), bl, split=False, streams=streams)
     allowed = torch.ones(T, T, dtype=torch.bool).tril(-1)[None] & mask[:, None, :]
     logits = (q.double() @ k.double().transpose(1, 2) / D**0.5).masked_fill(~allowed, float("-inf"))
     n = g.double() * torch.softmax(logits, -1).nan_to_num(0.0)  # rows with no readable key: 0
@@ -176,6 +176,47 @@ def _check_w() -> dict:
         inv = torch.linalg.inv(torch.eye(e - a, dtype=torch.float64) - n[:, a:e, a:e])
         err = max(err, (w[:, c, : e - a, : e - a].double() - inv).abs().max().item())
     return {"err": err, "finite": bool(w.isfinite().all())}
+
+
+def _check_w_split() -> dict:
+    """bf16 operands: W is stored rounded to bf16 and each product splits its fp32 right-hand side into bf16
+    high and low parts. Returns the relative error of W's rounding against the fp32 W, and of the product
+    s = W x (forward) and W^T x (backward) against float64 products with the stored bf16 W (the split should
+    keep x to ~16 bits, far below the ~2^-9 of one bf16 product)."""
+    import torch
+
+    from sessa.ops.feedback.triton_common import choose_blocks
+    from sessa.ops.feedback.triton_fwd import _lse
+    from sessa.ops.feedback.triton_launch import Streams
+    from sessa.ops.feedback.triton_tril import build_w, w_applier
+
+    B, T, D, L = 2, 80, 32, 48
+    (q, k, g, _), _, mask = _inputs(B, T, D, "float32", True, seed=6)
+    bl = choose_blocks(T, D, torch.bfloat16, L, interpret=True, sub_block=16)
+    streams = Streams(q.device)
+    lse = _lse(q, k, mask, bl, streams)
+    w32 = build_w(q, k, g, mask, lse, bl, split=False, streams=streams)
+    w16 = build_w(q, k, g, mask, lse, bl, split=True, streams=streams)
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(B, T, D, generator=gen) * 100.0  # far from bf16-representable values
+    out = {"dtype": str(w16.dtype), "w_round": _rel(w16.float(), w32)}
+    for trans in (False, True):
+        res = torch.full((B, T, D), float("nan"))
+        res_op = res.to(torch.bfloat16)
+        ref = torch.empty(B, T, D, dtype=torch.float64)
+        for c, a in enumerate(range(0, T, L)):
+            e = min(a + L, T)
+            w = w16[:, c, : e - a, : e - a].double()
+            ref[:, a:e] = (w.transpose(1, 2) if trans else w) @ x[:, a:e].double()
+            if trans:  # W^T (x + x2) on full (B, T, D) tensors
+                w_applier(w16, x, res, res_op, bl, streams, x2=torch.zeros_like(x), trans=True)(a, e - a)
+            else:  # W rhs with rhs the super-chunk's rows
+                rhs = torch.zeros(B, bl.rows, D)
+                rhs[:, : e - a] = x[:, a:e]
+                w_applier(w16, rhs, res, res_op, bl, streams)(a, e - a)
+        out["trans" if trans else "fwd"] = _rel(res, ref)
+        out["op_round"] = max(out.get("op_round", 0.0), _rel(res_op.float(), res))
+    return out
 
 
 def _check_compiled() -> dict:
@@ -210,7 +251,7 @@ def _child(cases: list) -> None:
 
     ft.POISON = True
     out = {"cases": [_check_case(*c) for c in cases], "varlen": _check_varlen(), "w": _check_w(),
-           "compiled": _check_compiled()}
+           "w_split": _check_w_split(), "compiled": _check_compiled()}
     print("RESULT " + json.dumps(out))
 
 
@@ -256,6 +297,17 @@ def test_varlen_forward_and_backward_equal_per_sequence_solves(fast_results, idx
 def test_intra_chunk_inverse_equals_dense_inverse(fast_results):
     assert fast_results["w"]["finite"]
     assert fast_results["w"]["err"] < 1e-5, fast_results["w"]
+
+
+def test_bf16_inverse_times_split_right_hand_side(fast_results):
+    """bf16 operands: W is stored in bf16 (rounding ~2^-9) and its products keep the fp32 right-hand side to
+    ~16 bits (high + low bf16 parts): forward and transposed products within 1e-4 of float64 products with
+    the stored W, against ~2e-3 for W's own rounding and for the bf16 operand copy."""
+    res = fast_results["w_split"]
+    assert res["dtype"] == "torch.bfloat16"
+    assert 1e-4 < res["w_round"] < 4e-3, res
+    assert res["fwd"] < 1e-4 and res["trans"] < 1e-4, res
+    assert 1e-4 < res["op_round"] < 4e-3, res
 
 
 def test_compiled_op_equals_eager_op(fast_results):

@@ -71,7 +71,7 @@ class FeedbackSolveTriton(torch.autograd.Function):
         blocks = solve_blocks(f, chunk_size, sub_block)
         with on_device(f):
             st = forward_fixed(q_b, k_b, gamma, f, mask, blocks, poison=POISON)
-        ctx.save_for_backward(q_b, k_b, gamma, f, mask, st.s, st.s_op, st.lse, *st.w)
+        ctx.save_for_backward(q_b, k_b, gamma, f, mask, st.s, st.s_op, st.lse, st.w)
         ctx.blocks = blocks
         return st.s.to(f.dtype)
 
@@ -79,8 +79,8 @@ class FeedbackSolveTriton(torch.autograd.Function):
     def backward(ctx, ds):  # type: ignore[override]
         from sessa.ops.feedback.triton_fwd import ForwardState
 
-        q_b, k_b, gamma, f, mask, s, s_op, lse, w_hi, w_lo = ctx.saved_tensors
-        st = ForwardState(s, s_op, lse, (w_hi, w_lo), ctx.blocks)
+        q_b, k_b, gamma, f, mask, s, s_op, lse, w = ctx.saved_tensors
+        st = ForwardState(s, s_op, lse, w, ctx.blocks)
         with on_device(f):
             dq, dk, dgamma, df = backward_fixed(q_b, k_b, gamma, f, mask, st, dense(ds), poison=POISON)
         return dq, dk, dgamma[..., None].to(gamma.dtype), df, None, None, None

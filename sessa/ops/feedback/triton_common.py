@@ -36,6 +36,7 @@ class Blocks:
     bn_lse: int
     prec: str  # tl.dot input precision for fp32 operands
     inv_prec: str  # precision of the fp32 products with the triangular inverses
+    level_prec: str  # ... of the recursive-doubling levels that build them (triton_tril)
     T_pad: int  # scratch columns
     rows: int  # scratch rows
     warps: int  # warps of the scratch producers and GEMMs
@@ -128,6 +129,7 @@ def choose_blocks(
         bm_w=bm_w, bd_w=tn["bd_w"], bk_w=min(bm_w, tn["bk_w"]), bm_lse=tn["bm_lse"], bn_lse=tn["bn_lse"],
         prec="ieee" if ieee else "tf32",
         inv_prec="ieee" if interpret else "tf32x3", T_pad=cdiv(T, 128) * 128,
+        level_prec="ieee" if interpret else ("tf32x3" if dtype == torch.float32 else "tf32"),
         rows=min(L, cdiv(T, span) * span), warps=tn["warps"], warps_w=tn["warps_w"],
         stages=tn["stages"], stages_lse=tn["stages_lse"], stages_push=tn["stages_push"],
         stages_w=tn["stages_w"],

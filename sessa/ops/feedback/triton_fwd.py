@@ -10,7 +10,8 @@ Two-level blocking: the sequence is cut into *super-chunks* of L rows (``chunk_s
                       and D) and, in the same launch, the next super-chunk's P[rows, 0:a'] =
                       exp2(logit - lse) (``_probs_tile``, into an (L x T) scratch, bf16 for bf16/fp16
                       inputs, double-buffered): P does not depend on s;
-   ``w_applier``      s = W rhs, a tiled GEMM in fp32 (tf32x3).
+   ``w_applier``      s = W rhs, a tiled GEMM (W in bf16 times rhs split in two bf16 parts; fp32 inputs:
+                      fp32 in tf32x3).
 
 Why materialise P instead of recomputing logits per D-tile: D = 1024 makes a BM x D fp32 accumulator too
 large for registers, so an output row is split into D / BN tiles; recomputing the D-long logits once per
@@ -150,12 +151,12 @@ def _step_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, pn_ptr, p_ptr, sop_ptr, f_ptr, g
 class ForwardState:
     """What the backward needs besides the inputs. s: (B,T,D) fp32; s_op: operand copy (bf16 or s itself);
     lse: (B,T) fp32 log2-units log-sum-exp; w: the intra-chunk inverses (B, T/L, L, L) as returned by
-    triton_tril.build_w (fp32, or bf16 high and low parts)."""
+    triton_tril.build_w (fp32, or bf16 for bf16 operands)."""
 
     s: torch.Tensor
     s_op: torch.Tensor
     lse: torch.Tensor
-    w: tuple
+    w: torch.Tensor
     blocks: Blocks
 
 

@@ -7,10 +7,10 @@ host time per call); :func:`sessa.ops.feedback.triton.feedback_solve_triton` swi
 ``torch.compiler.is_compiling()`` (and returns s in f's dtype). Both run the same launchers
 (``forward_fixed`` / ``backward_fixed``).
 
-A custom op may not return a tensor twice or an alias of an input, so the forward returns five distinct
+A custom op may not return a tensor twice or an alias of an input, so the forward returns four distinct
 tensors: s (fp32), the operand copy s_op (bf16; an empty tensor when s itself is the operand, fp32 inputs),
-the row log-sum-exp and the intra-chunk inverse W (its bf16 high and low parts; fp32 and an empty tensor for
-fp32 inputs). The fake implementations derive those shapes from ``solve_blocks``, as the launchers do.
+the row log-sum-exp and the intra-chunk inverse W (bf16; fp32 for fp32 inputs). The fake implementations
+derive those shapes from ``solve_blocks``, as the launchers do.
 """
 
 from __future__ import annotations
@@ -35,14 +35,13 @@ def solve_fwd_op(
     key_mask: torch.Tensor | None,
     chunk_size: int | None,
     sub_block: int | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(s fp32, s_op or empty, lse, w_hi, w_lo or empty) of dense (B, T, D) inputs; gamma (B, T, 1)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(s fp32, s_op or empty, lse, w) of dense (B, T, D) inputs; gamma (B, T, 1)."""
     with on_device(f):
         st = forward_fixed(q_b, k_b, gamma, f, key_mask, ft.solve_blocks(f, chunk_size, sub_block),
                            poison=ft.POISON)
     s_op = st.s_op if st.s_op is not st.s else st.s.new_empty(_EMPTY)
-    w_lo = st.w[1] if st.w[1] is not None else st.w[0].new_empty(_EMPTY)
-    return st.s, s_op, st.lse, st.w[0], w_lo
+    return st.s, s_op, st.lse, st.w
 
 
 @solve_fwd_op.register_fake
@@ -53,9 +52,8 @@ def _(q_b, k_b, gamma, f, key_mask, chunk_size, sub_block):  # noqa: ANN001, ANN
     split = odt != torch.float32
     s = f.new_empty(B, T, D, dtype=torch.float32)
     s_op = f.new_empty(B, T, D, dtype=odt) if split else f.new_empty(_EMPTY, dtype=torch.float32)
-    w_hi = f.new_empty(B, cdiv(T, bl.L), bl.L, bl.L, dtype=odt)
-    w_lo = torch.empty_like(w_hi) if split else f.new_empty(_EMPTY, dtype=torch.float32)
-    return s, s_op, f.new_empty(B, T, dtype=torch.float32), w_hi, w_lo
+    w = f.new_empty(B, cdiv(T, bl.L), bl.L, bl.L, dtype=odt)
+    return s, s_op, f.new_empty(B, T, dtype=torch.float32), w
 
 
 @torch.library.custom_op("sessa::feedback_solve_bwd", mutates_args=())
@@ -68,22 +66,20 @@ def solve_bwd_op(
     s: torch.Tensor,
     s_op: torch.Tensor,
     lse: torch.Tensor,
-    w_hi: torch.Tensor,
-    w_lo: torch.Tensor,
+    w: torch.Tensor,
     ds: torch.Tensor,
     chunk_size: int | None,
     sub_block: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq_b, dk_b, dgamma (B, T, 1), df) from the forward op's outputs and ds: (B, T, D)."""
-    st = ForwardState(s, s_op if s_op.numel() else s, lse, (w_hi, w_lo if w_lo.numel() else None),
-                      ft.solve_blocks(f, chunk_size, sub_block))
+    st = ForwardState(s, s_op if s_op.numel() else s, lse, w, ft.solve_blocks(f, chunk_size, sub_block))
     with on_device(f):
         dq, dk, dgamma, df = backward_fixed(q_b, k_b, gamma, f, key_mask, st, dense(ds), poison=ft.POISON)
     return dq, dk, dgamma[..., None].to(gamma.dtype), df
 
 
 @solve_bwd_op.register_fake
-def _(q_b, k_b, gamma, f, key_mask, s, s_op, lse, w_hi, w_lo, ds, chunk_size, sub_block):  # noqa: ANN001, ANN202
+def _(q_b, k_b, gamma, f, key_mask, s, s_op, lse, w, ds, chunk_size, sub_block):  # noqa: ANN001, ANN202
     return torch.empty_like(q_b), torch.empty_like(k_b), torch.empty_like(gamma), torch.empty_like(f)
 
 
@@ -95,9 +91,8 @@ def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
 
 
 def _backward(ctx, ds, *_):  # noqa: ANN001, ANN202
-    q_b, k_b, gamma, f, key_mask, s, s_op, lse, w_hi, w_lo = ctx.saved_tensors
-    grads = solve_bwd_op(q_b, k_b, gamma, f, key_mask, s, s_op, lse, w_hi, w_lo, ds, ctx.chunk_size,
-                         ctx.sub_block)
+    q_b, k_b, gamma, f, key_mask, s, s_op, lse, w = ctx.saved_tensors
+    grads = solve_bwd_op(q_b, k_b, gamma, f, key_mask, s, s_op, lse, w, ds, ctx.chunk_size, ctx.sub_block)
     return (*grads, None, None, None)
 
 

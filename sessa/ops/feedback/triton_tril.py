@@ -12,7 +12,12 @@ s = W rhs in the forward, df = W^T rhs in the backward. Building W:
    blocks known, the inverse of the 2s x 2s block is [[W1, 0], [W2 N21 W1, W2]] (N21 = G P below the
    diagonal between them); each level s = C, 2C, .. < L is two batched GEMM launches (Y = N21 W1, then
    W2 Y) over all pairs of all super-chunks at once: log2(L / C) levels instead of L / C sequential steps.
-Products with W and M use fp32 operands ("tf32x3" on the GPU: three tf32 products, close to fp32).
+Precision. fp32 inputs: W stays fp32, built and applied in "tf32x3" (three tf32 products, close to fp32).
+bf16 / fp16 inputs (bf16 operands): the doubling levels run in one tf32 pass, W is stored rounded to bf16,
+and each product with W splits its fp32 right-hand side into a bf16 high and low part (two bf16 products):
+the right-hand side's rounding is what an output near bf16 resolution needs kept, W's own rounding adds
+little (measured against float64, RESULTS "Cheaper intra-chunk inverses"). The diagonal blocks' inverses
+stay in "tf32x3" (C x C, cheap).
 """
 
 from __future__ import annotations
@@ -126,7 +131,7 @@ def _wlevel_kernel(a_ptr, b_ptr, g_ptr, out_ptr, T, L, S, n_tiles, stride_xb, st
 
 
 @triton.jit
-def _wapply_kernel(w_ptr, wlo_ptr, x_ptr, x2_ptr, out_ptr, outop_ptr, s_ptr, f_ptr, dpart_ptr,
+def _wapply_kernel(w_ptr, x_ptr, x2_ptr, out_ptr, outop_ptr, s_ptr, f_ptr, dpart_ptr,
                    A, T, D, L_eff, x_row0, chunk,
                    stride_wb, stride_wc, stride_wr, stride_xb, stride_xt, stride_ob, stride_ot, stride_pb,
                    stride_pt, stride_eb,
@@ -136,8 +141,8 @@ def _wapply_kernel(w_ptr, wlo_ptr, x_ptr, x2_ptr, out_ptr, outop_ptr, s_ptr, f_p
     """out[A + r] = sum_k W[r, k] x[k] (TRANS: sum_k W[k, r] (x + x2)[k]) with W = w[:, chunk] lower
     triangular, K step BK (dividing BM).
     x rows are x_row0 + k; out, outop, s, f rows are A + r. DELTA: per-D-tile <out_rounded, s - f> row sums.
-    SPLIT: W is given as bf16 hi + lo parts and x is split likewise in registers; three bf16 products
-    (hi.hi + hi.lo + lo.hi) give ~16 mantissa bits at the bf16 tensor-core rate."""
+    SPLIT: W is bf16 and x (fp32) is split in registers into bf16 high and low parts: two bf16 products
+    (W.hi + W.lo) keep x's fp32 resolution at the bf16 tensor-core rate."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
@@ -145,9 +150,7 @@ def _wapply_kernel(w_ptr, wlo_ptr, x_ptr, x2_ptr, out_ptr, outop_ptr, s_ptr, f_p
     rl = r0 + tl.arange(0, BM)
     dcols = pid_n * BN + tl.arange(0, BN)
     dmask = dcols < D
-    w_off = pid_b * stride_wb + tl.cast(chunk, tl.int64) * stride_wc  # chunk * L * L may exceed 2^31
-    w_ptr += w_off
-    wlo_ptr += w_off
+    w_ptr += pid_b * stride_wb + tl.cast(chunk, tl.int64) * stride_wc  # chunk * L * L may exceed 2^31
     x_off = pid_b * stride_xb + dcols[None, :]
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     if TRANS:
@@ -166,12 +169,10 @@ def _wapply_kernel(w_ptr, wlo_ptr, x_ptr, x2_ptr, out_ptr, outop_ptr, s_ptr, f_p
         if HAS_X2:
             x += tl.load(x2_ptr + x_off + (x_row0 + kk)[:, None] * stride_xt, mask=xm, other=0.0)
         if SPLIT:
-            w_lo = tl.load(wlo_ptr + w_offs)
             x_hi = x.to(tl.bfloat16)
             x_lo = (x - x_hi.to(tl.float32)).to(tl.bfloat16)
             acc = mma(w, x_hi, acc, INV_PREC)
             acc = mma(w, x_lo, acc, INV_PREC)
-            acc = mma(w_lo, x_hi, acc, INV_PREC)
         else:
             acc = tl.dot(w, x, acc, input_precision=INV_PREC)
     m2 = (rl < L_eff)[:, None] & dmask[None, :]
@@ -191,11 +192,9 @@ def _wapply_kernel(w_ptr, wlo_ptr, x_ptr, x2_ptr, out_ptr, outop_ptr, s_ptr, f_p
         tl.store(dpart_ptr + pid_b * stride_eb + (A + rl) * tl.num_programs(1) + pid_n, part, mask=rl < L_eff)
 
 
-def build_w(
-    q_b, k_b, gamma, key_mask, lse, bl: Blocks, split: bool, streams: Streams
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def build_w(q_b, k_b, gamma, key_mask, lse, bl: Blocks, split: bool, streams: Streams) -> torch.Tensor:
     """W: (B, n_chunks, L, L), the inverse of (I - G P) inside each super-chunk (zero above the diagonal):
-    fp32 and None, or (split) its bf16 high part and the bf16 remainder."""
+    fp32, or (split) rounded to bf16 for the two-product application of ``w_applier``."""
     B, T, D = q_b.shape
     scale2 = LOG2E / math.sqrt(D)
     km, smb, mode = _mask_arg(key_mask, q_b)
@@ -220,15 +219,12 @@ def build_w(
         n_tiles = size // bm
         grid = (n_tiles * n_tiles, cdiv(cdiv(L, size), 2), B * n_chunks)
         for second, a, b, out in ((False, pd, w, y), (True, w, y, w)):
-            BoundKernel(_wlevel_kernel, streams, SECOND=second, BM=bm, INV_PREC=bl.inv_prec, num_warps=4)(
+            BoundKernel(_wlevel_kernel, streams, SECOND=second, BM=bm, INV_PREC=bl.level_prec, num_warps=4)(
                 grid, a, b, gamma, out, T, L, size, n_tiles, ws[0], ws[1], gs[0], gs[1],
             )
         size *= 2
     del pd, y
-    if split:  # bf16 hi + lo parts: the products with W then run on bf16 tensor cores
-        w_hi = w.to(torch.bfloat16)
-        return w_hi, w.sub_(w_hi.float()).to(torch.bfloat16)
-    return w, None
+    return w.to(torch.bfloat16) if split else w
 
 
 def w_applier(w, x, out, out_op, bl: Blocks, streams: Streams, *, x2=None, trans=False, delta=None, s=None,
@@ -236,22 +232,20 @@ def w_applier(w, x, out, out_op, bl: Blocks, streams: Streams, *, x2=None, trans
     """A launcher ``(A, L_eff) -> None`` of out[:, A:A+L_eff] = W_chunk x (x: the super-chunk's rows, local
     row 0 = A), or with ``trans`` W_chunk^T (x + x2) (x, x2: full (B, T, D) tensors); it also writes the
     operand copy out_op (unless it is out) and, with ``delta``, the Delta partials (from s and f).
-    w: the pair returned by build_w. Everything but the super-chunk is fixed here, once per solve."""
+    w: as returned by build_w. Everything but the super-chunk is fixed here, once per solve."""
     B, T, D = out.shape
-    w_hi = w[0]
-    w_lo = w_hi if w[1] is None else w[1]
-    assert w_lo.stride() == w_hi.stride() and (x2 is None or x2.stride() == x.stride())
+    assert x2 is None or x2.stride() == x.stride()
     if delta is not None:
         assert s.stride() == out.stride() and f.stride() == out.stride()
     nd = cdiv(D, bl.bd_w)
     kern = BoundKernel(
         _wapply_kernel, streams, TRANS=trans, HAS_X2=x2 is not None, STORE_OP=out_op is not out,
-        DELTA=delta is not None, SPLIT=w[1] is not None, BM=bl.bm_w, BN=bl.bd_w, BK=bl.bk_w,
+        DELTA=delta is not None, SPLIT=w.dtype == torch.bfloat16, BM=bl.bm_w, BN=bl.bd_w, BK=bl.bk_w,
         INV_PREC=bl.inv_prec, num_warps=bl.warps_w, num_stages=bl.stages_w,
     )
-    tensors = (w_hi, w_lo, x, x if x2 is None else x2, out, out_op, out if s is None else s,
+    tensors = (w, x, x if x2 is None else x2, out, out_op, out if s is None else s,
                out if f is None else f, out if delta is None else delta)
-    ws, xs, os_, ps = w_hi.stride(), x.stride(), out.stride(), out_op.stride()
+    ws, xs, os_, ps = w.stride(), x.stride(), out.stride(), out_op.stride()
     strides = (ws[0], ws[1], ws[2], xs[0], xs[1], os_[0], os_[1], ps[0], ps[1],
                0 if delta is None else delta.stride(0))
     L, bm = bl.L, bl.bm_w

@@ -1,0 +1,92 @@
+"""Where the Triton feedback solve's wall time goes at a shape: host enqueue time vs GPU time.
+
+For each super-chunk length L, in one process (bf16 unless --dtype, forward + backward, causal SDPA with
+D / 64 heads of 64 at the same (B, T) as the yardstick):
+
+- eager: the median of ``triton.testing.do_bench`` (what ``tune_feedback.py`` reports);
+- host: the host time to enqueue one forward + backward while the GPU is held busy (``torch.cuda._sleep``),
+  so no launch waits for the GPU: the least of 20 rounds;
+- graph: the same forward + backward captured once in a CUDA graph and replayed (no host work per call): the
+  GPU time of the launch sequence alone.
+
+    python scripts/solve_host_time.py --B 1 --T 4096 --D 1024 --L 0 1024 --out host.jsonl
+
+eager ~ max(host, graph) tells which of the two bounds the op at that shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import triton.testing
+
+from sessa.ops.feedback import feedback_solve
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--B", type=int, default=1)
+    ap.add_argument("--T", type=int, default=4096)
+    ap.add_argument("--D", type=int, default=1024)
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--L", type=int, nargs="+", default=[0], help="super-chunk lengths (0 = default)")
+    ap.add_argument("--out", default=None, help="append one JSON line per L here")
+    args = ap.parse_args()
+    B, T, D, dt = args.B, args.T, args.D, getattr(torch, args.dtype)
+    q, k, f = (torch.randn(B, T, D, device="cuda", dtype=dt, requires_grad=True) for _ in range(3))
+    g = (0.999 * torch.tanh(2 + torch.rand(B, T, 1, device="cuda"))).to(dt).requires_grad_()
+    ds = torch.randn_like(f)
+    heads = D // 64
+    qa, ka, va = (torch.randn(B, heads, T, 64, device="cuda", dtype=dt, requires_grad=True) for _ in range(3))
+
+    def sdpa() -> None:
+        torch.nn.functional.scaled_dot_product_attention(qa, ka, va, is_causal=True).backward(qa)
+
+    sdpa_ms = triton.testing.do_bench(sdpa, warmup=50, rep=300, return_mode="median")
+    device = torch.cuda.get_device_name()
+    print(f"{device} {args.dtype} B={B} T={T} D={D}; SDPA fwd+bwd {sdpa_ms:.3f} ms", flush=True)
+    for L in args.L:
+        chunk = L or None
+
+        def step(chunk=chunk) -> None:
+            feedback_solve(q, k, g, f, backend="triton", chunk_size=chunk).backward(ds)
+
+        eager = triton.testing.do_bench(step, warmup=50, rep=300, return_mode="median")
+        host = []
+        for _ in range(20):
+            torch.cuda.synchronize()
+            torch.cuda._sleep(50_000_000)  # ~25+ ms of GPU spin: every launch below is queued, none waits
+            t0 = time.perf_counter()
+            step()
+            host.append((time.perf_counter() - t0) * 1e3)
+        torch.cuda.synchronize()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                step()
+            graphed = triton.testing.do_bench(graph.replay, warmup=20, rep=300, return_mode="median")
+        except RuntimeError as exc:  # reported, the other measurements stand
+            print(f"L={chunk}: graph capture failed: {str(exc)[:300]}", flush=True)
+            graphed = float("nan")
+        row = {"device": device, "date": time.strftime("%Y-%m-%d"), "dtype": args.dtype, "B": B, "T": T,
+               "D": D, "L": chunk, "sdpa_ms": sdpa_ms, "eager_ms": eager, "host_ms": min(host),
+               "graph_ms": graphed}
+        print(f"L={chunk}: eager {eager:.3f} ms ({eager / sdpa_ms:.2f}x SDPA), host {min(host):.3f} ms, "
+              f"graph replay {graphed:.3f} ms ({graphed / sdpa_ms:.2f}x SDPA)", flush=True)
+        if args.out:
+            with open(args.out, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+        del graph
+
+
+if __name__ == "__main__":
+    main()
