@@ -103,6 +103,15 @@ def check_case(dtype_name: str, case: tuple, device: str) -> dict:
             "sec": time.time() - start}
 
 
+def _atomics_bound(dtype_name: str) -> float:
+    """How far two runs' dgamma may differ (relative to its largest entry): its row sums are accumulated with
+    atomics in any order, in fp32, and then rounded to the output dtype, so one run may round an entry to
+    the neighbouring value: one unit of that dtype's rounding (bf16: 2^-8 of an entry the size of the
+    largest). The bound of 1e-5 used before failed once on an H200 (1.2e-5 in bf16, 2026-12-02) while s, dq_b,
+    dk_b and df were bit-identical."""
+    return torch.finfo(getattr(torch, dtype_name)).eps / 2
+
+
 def check_launch_paths(dtype_name: str, case: tuple, device: str) -> dict:
     """Direct launches (sessa's fast path) against Triton's JIT entry: bit-identical s, dq_b, dk_b, df (dgamma
     sums with atomics, so its last bits may differ)."""
@@ -120,7 +129,8 @@ def check_launch_paths(dtype_name: str, case: tuple, device: str) -> dict:
         direct[path] = LAUNCHES["direct"] - before
     os.environ.pop("SESSA_TRITON_FAST_LAUNCH")
     diffs = [max_rel(a, b.double()) for a, b in zip(out["fast"], out["jit"], strict=True)]
-    ok = [d == 0 or (n == "dgamma" and d < 1e-5) for n, d in zip(NAMES, diffs, strict=True)]
+    bound = _atomics_bound(dtype_name)
+    ok = [d == 0 or (n == "dgamma" and d <= bound) for n, d in zip(NAMES, diffs, strict=True)]
     ok = [x and direct["fast"] > 0 and direct["jit"] == 0 for x in ok]
     note = f"fast vs JIT launch ({direct['fast']} direct launches, {direct['jit']} in the JIT run)"
     return {"dtype": dtype_name, "case": case, "tri": diffs, "chk": None, "ok": ok,
@@ -137,7 +147,8 @@ def check_compiled(dtype_name: str, case: tuple, device: str) -> dict:
     eager = run(ft.feedback_solve_triton, inputs, ds, key_mask)
     compiled = run(torch.compile(ft.feedback_solve_triton, fullgraph=True), inputs, ds, key_mask)
     diffs = [max_rel(a, b.double()) for a, b in zip(compiled, eager, strict=True)]
-    ok = [d == 0 or (n == "dgamma" and d < 1e-5) for n, d in zip(NAMES, diffs, strict=True)]
+    bound = _atomics_bound(dtype_name)
+    ok = [d == 0 or (n == "dgamma" and d <= bound) for n, d in zip(NAMES, diffs, strict=True)]
     return {"dtype": dtype_name, "case": case, "tri": diffs, "chk": None, "ok": ok,
             "sec": time.time() - start, "note": "torch.compile(fullgraph=True) vs eager"}
 

@@ -76,3 +76,21 @@ def test_launch_hooks_send_launches_through_the_jit_entry():
             hook.remove(print)
         knobs.runtime.launch_enter_hook = hook
     assert _no_launch_hooks()
+
+
+def test_solves_keep_their_streams_and_bound_kernels(monkeypatch):
+    """A solve takes the Streams of its device's current stream and its BoundKernels from a cache instead of
+    making them anew (host time); the fast-launch switch still takes effect at the next solve."""
+    from sessa.ops.feedback.triton_fwd import _lse_kernel
+    from sessa.ops.feedback.triton_launch import BoundKernel
+
+    cpu = torch.device("cpu")
+    st = Streams.shared(cpu, side=True)
+    assert Streams.shared(cpu, side=True) is st and Streams.shared(cpu) is not st
+    a = BoundKernel.get(_lse_kernel, st, MASK=0, BM=32)
+    assert BoundKernel.get(_lse_kernel, st, MASK=0, BM=32) is a
+    assert BoundKernel.get(_lse_kernel, st, MASK=0, BM=64) is not a
+    assert BoundKernel.get(_lse_kernel, Streams.shared(cpu), MASK=0, BM=32) is not a
+    monkeypatch.setenv("SESSA_TRITON_FAST_LAUNCH", "0")
+    b = BoundKernel.get(_lse_kernel, st, MASK=0, BM=32)
+    assert b is not a and b.consts == a.consts and not b.fast

@@ -205,11 +205,11 @@ def _chunk_launcher(q_b, k_b, gamma, f, key_mask, st: ForwardState, ds, bufs, st
     scale = 1.0 / math.sqrt(D)
     solve = w_applier(st.w, ds, df, df_op, bl, streams, x2=push, trans=True, delta=dpart, s=st.s, f=f)
     opts = dict(PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages)
-    dlogit = BoundKernel(_dlogit_kernel, streams, MASK=mode, BM=bl.bm, BN=bl.bn, BK=bl.bk, SPAN=bl.span,
+    dlogit = BoundKernel.get(_dlogit_kernel, streams, MASK=mode, BM=bl.bm, BN=bl.bn, BK=bl.bk, SPAN=bl.span,
                          **opts)
-    dq_dk = BoundKernel(_dq_dk_kernel, streams, MASK=mode, BM=bl.bm, BN=bl.bn, BD=bl.bd, BT=bl.bt_dk,
+    dq_dk = BoundKernel.get(_dq_dk_kernel, streams, MASK=mode, BM=bl.bm, BN=bl.bn, BD=bl.bd, BT=bl.bt_dk,
                         BD_DK=bl.bd_dk, SPAN=bl.span, **opts)
-    push_acc = BoundKernel(_tgemm_acc_kernel, streams, MASK=mode, BKEY=bl.bn, BT=bl.bt_dk, BN=bl.bd_dk,
+    push_acc = BoundKernel.get(_tgemm_acc_kernel, streams, MASK=mode, BKEY=bl.bn, BT=bl.bt_dk, BN=bl.bd_dk,
                            SPAN=bl.span, PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages_push)
     assert q_b.stride() == k_b.stride() == dq.stride() and p.stride() == dl0.stride()  # dk is fp32
     qs, gs, ds_, ps, ks = q_b.stride(), gamma.stride(), df_op.stride(), p.stride(), dk.stride()
@@ -256,7 +256,7 @@ def backward_fixed(q_b, k_b, gamma, f, key_mask, st: ForwardState, ds: torch.Ten
     if poison:
         for x in (p, *dls, df, df_op, dpart, dq):
             x.fill_(float("nan"))
-    streams = Streams(dev, side=True)
+    streams = Streams.shared(dev, side=True)
     bufs = (p, dls[0], push, df, df_op, dpart, dgamma, dk, dq)
     chunk = _chunk_launcher(q_b, k_b, gamma, f, key_mask, st, ds, bufs, streams)
     # The last super-chunk starts at the last multiple of L below T (not at T - L).

@@ -164,7 +164,7 @@ def _lse(q_b, k_b, key_mask, bl: Blocks, streams: Streams) -> torch.Tensor:
     B, T, D = q_b.shape
     km, smb, mode = _mask_arg(key_mask, q_b)
     lse = torch.empty(B, T, device=q_b.device, dtype=torch.float32)
-    BoundKernel(_lse_kernel, streams, MASK=mode, BM=bl.bm_lse, BN=bl.bn_lse, BK=bl.bk,
+    BoundKernel.get(_lse_kernel, streams, MASK=mode, BM=bl.bm_lse, BN=bl.bn_lse, BK=bl.bk,
                 PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages_lse)(
         (cdiv(T, bl.bm_lse), B), q_b, k_b, km, lse, T, D, q_b.stride(0), q_b.stride(1), k_b.stride(0),
         k_b.stride(1), smb, lse.stride(0), LOG2E / math.sqrt(D),
@@ -178,7 +178,7 @@ def step_launcher(q_b, k_b, gamma, f, key_mask, lse, s_op, rhs, pbuf, bl: Blocks
     < A_next) into pn, in one launch; p and pn are buffers of pbuf. The rest is fixed here, once per solve."""
     B, T, D = f.shape
     km, smb, mode = _mask_arg(key_mask, q_b)
-    kern = BoundKernel(_step_kernel, streams, MASK=mode, BM=bl.bm, BN=bl.bn, BK=bl.bk,
+    kern = BoundKernel.get(_step_kernel, streams, MASK=mode, BM=bl.bm, BN=bl.bn, BK=bl.bk,
                        BD=bl.bd, PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages)
     inputs = (q_b, k_b, km, lse)
     outputs = (s_op, f, gamma, rhs)
@@ -203,7 +203,7 @@ def forward_fixed(q_b, k_b, gamma, f, key_mask, blocks: Blocks, poison: bool = F
     """Fixed-length forward on dense (B, T, D) tensors (triton_common.dense); gamma (B, T, 1)."""
     B, T, D = f.shape
     bl = blocks
-    streams = Streams(f.device)
+    streams = Streams.shared(f.device)
     lse = _lse(q_b, k_b, key_mask, bl, streams)
     w = build_w(q_b, k_b, gamma, key_mask, lse, bl, op_dtype(f.dtype) != torch.float32, streams)
     s = torch.empty(B, T, D, device=f.device, dtype=torch.float32)

@@ -70,7 +70,25 @@ def _arg_key(args: tuple) -> tuple | None:
 
 class Streams:
     """The current stream of the solve's device and (``side=True``) a second stream for independent
-    launches, with their raw handles for the fast path; on CPU (interpreter) both are None."""
+    launches, with their raw handles for the fast path; on CPU (interpreter) both are None. A solve takes
+    the one kept for its device's current stream (:meth:`shared`)."""
+
+    _shared: dict[tuple, Streams] = {}
+
+    @classmethod
+    def shared(cls, device: torch.device, side: bool = False) -> Streams:
+        """The Streams of ``device``'s current stream, made once and kept: a side stream and its events
+        cost host time to create, once per solve before. Every event a solve waits on it records first in
+        the same solve (also inside a CUDA-graph capture); one thread per device, as the autograd engine
+        runs backward passes."""
+        main = torch.cuda.current_stream(device) if device.type == "cuda" else None
+        key = (str(device), main.cuda_stream if main is not None else 0, side)
+        streams = cls._shared.get(key)
+        if streams is None:
+            if len(cls._shared) >= 64:  # CUDA-graph captures may each bring their own stream
+                cls._shared.clear()
+            streams = cls._shared[key] = cls(device, side)
+        return streams
 
     def __init__(self, device: torch.device, side: bool = False):
         self.cuda = device.type == "cuda"
@@ -109,7 +127,23 @@ class Streams:
 class BoundKernel:
     """A ``@triton.jit`` kernel with its constexprs and launch options fixed (``num_warps``,
     ``num_stages``): ``bound(grid, *args, side=False)`` launches it on the main stream of ``streams``
-    (or its side stream). ``args``: the kernel's non-constexpr parameters, in order."""
+    (or its side stream). ``args``: the kernel's non-constexpr parameters, in order. :meth:`get` returns
+    the one kept for the same kernel, streams and constants."""
+
+    _kept: dict[tuple, BoundKernel] = {}
+
+    @classmethod
+    def get(cls, kernel: Any, streams: Streams, **consts: Any) -> BoundKernel:
+        """``BoundKernel(kernel, streams, **consts)``, made once per (kernel, streams, consts) and kept (a
+        solve binds ~10 kernels; making them anew took ~0.5 ms of host time per forward + backward)."""
+        # ids: hashing a JITFunction is slow; the switch: read when a kernel is bound (fast or JIT entry)
+        key = (id(kernel), id(streams), os.environ.get("SESSA_TRITON_FAST_LAUNCH"), *consts.items())
+        bound = cls._kept.get(key)
+        if bound is None or bound.streams is not streams or bound.kernel is not kernel:
+            if len(cls._kept) >= 1024:
+                cls._kept.clear()
+            bound = cls._kept[key] = cls(kernel, streams, **consts)
+        return bound
 
     def __init__(self, kernel: Any, streams: Streams, **consts: Any):
         self.kernel, self.streams = kernel, streams

@@ -201,13 +201,13 @@ def build_w(q_b, k_b, gamma, key_mask, lse, bl: Blocks, split: bool, streams: St
     n_chunks, L = cdiv(T, bl.L), bl.L
     w = torch.zeros(B, n_chunks, L, L, device=q_b.device, dtype=torch.float32)
     qs, ks, gs, ws = q_b.stride(), k_b.stride(), gamma.stride(), w.stride()
-    BoundKernel(_diag_inverse_kernel, streams, MASK=mode, C=bl.C, BK=bl.bk,
+    BoundKernel.get(_diag_inverse_kernel, streams, MASK=mode, C=bl.C, BK=bl.bk,
                 LOG2C=int(math.log2(bl.C)), PREC=bl.prec, INV_PREC=bl.inv_prec, num_warps=4)(
         (cdiv(T, bl.C), B), q_b, k_b, km, lse, gamma, w, T, D, L, qs[0], qs[1], ks[0], ks[1], smb,
         lse.stride(0), gs[0], gs[1], ws[0], ws[1], scale2,
     )
     pd = torch.empty_like(w)
-    BoundKernel(_diag_probs_kernel, streams, MASK=mode, BM=bl.bm, BN=bl.bn, BK=bl.bk, PREC=bl.prec,
+    BoundKernel.get(_diag_probs_kernel, streams, MASK=mode, BM=bl.bm, BN=bl.bn, BK=bl.bk, PREC=bl.prec,
                 num_warps=bl.warps, num_stages=bl.stages)(
         (L // bl.bm, L // bl.bn, B * n_chunks), q_b, k_b, km, lse, pd, T, D, L, n_chunks, qs[0], qs[1], ks[0],
         ks[1], smb, lse.stride(0), ws[0], ws[1], scale2,
@@ -219,7 +219,8 @@ def build_w(q_b, k_b, gamma, key_mask, lse, bl: Blocks, split: bool, streams: St
         n_tiles = size // bm
         grid = (n_tiles * n_tiles, cdiv(cdiv(L, size), 2), B * n_chunks)
         for second, a, b, out in ((False, pd, w, y), (True, w, y, w)):
-            BoundKernel(_wlevel_kernel, streams, SECOND=second, BM=bm, INV_PREC=bl.level_prec, num_warps=4)(
+            BoundKernel.get(_wlevel_kernel, streams, SECOND=second, BM=bm, INV_PREC=bl.level_prec,
+                            num_warps=4)(
                 grid, a, b, gamma, out, T, L, size, n_tiles, ws[0], ws[1], gs[0], gs[1],
             )
         size *= 2
@@ -238,7 +239,7 @@ def w_applier(w, x, out, out_op, bl: Blocks, streams: Streams, *, x2=None, trans
     if delta is not None:
         assert s.stride() == out.stride() and f.stride() == out.stride()
     nd = cdiv(D, bl.bd_w)
-    kern = BoundKernel(
+    kern = BoundKernel.get(
         _wapply_kernel, streams, TRANS=trans, HAS_X2=x2 is not None, STORE_OP=out_op is not out,
         DELTA=delta is not None, SPLIT=w.dtype == torch.bfloat16, BM=bl.bm_w, BN=bl.bd_w, BK=bl.bk_w,
         INV_PREC=bl.inv_prec, num_warps=bl.warps_w, num_stages=bl.stages_w,
