@@ -206,11 +206,11 @@ def _chunk_launcher(q_b, k_b, gamma, f, key_mask, st: ForwardState, ds, bufs, st
     solve = w_applier(st.w, ds, df, df_op, bl, streams, x2=push, trans=True, delta=dpart, s=st.s, f=f)
     opts = dict(PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages)
     dlogit = BoundKernel.get(_dlogit_kernel, streams, MASK=mode, BM=bl.bm, BN=bl.bn, BK=bl.bk, SPAN=bl.span,
-                         **opts)
+                             **opts)
     dq_dk = BoundKernel.get(_dq_dk_kernel, streams, MASK=mode, BM=bl.bm, BN=bl.bn, BD=bl.bd, BT=bl.bt_dk,
-                        BD_DK=bl.bd_dk, SPAN=bl.span, **opts)
+                            BD_DK=bl.bd_dk, SPAN=bl.span, **opts)
     push_acc = BoundKernel.get(_tgemm_acc_kernel, streams, MASK=mode, BKEY=bl.bn, BT=bl.bt_dk, BN=bl.bd_dk,
-                           SPAN=bl.span, PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages_push)
+                               SPAN=bl.span, PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages_push)
     assert q_b.stride() == k_b.stride() == dq.stride() and p.stride() == dl0.stride()  # dk is fp32
     qs, gs, ds_, ps, ks = q_b.stride(), gamma.stride(), df_op.stride(), p.stride(), dk.stride()
     dlogit_args = (T, D, dpart.shape[-1], qs[0], qs[1], smb, st.lse.stride(0), gs[0], gs[1], ds_[0], ds_[1],

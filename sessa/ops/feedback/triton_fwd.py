@@ -165,7 +165,7 @@ def _lse(q_b, k_b, key_mask, bl: Blocks, streams: Streams) -> torch.Tensor:
     km, smb, mode = _mask_arg(key_mask, q_b)
     lse = torch.empty(B, T, device=q_b.device, dtype=torch.float32)
     BoundKernel.get(_lse_kernel, streams, MASK=mode, BM=bl.bm_lse, BN=bl.bn_lse, BK=bl.bk,
-                PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages_lse)(
+                    PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages_lse)(
         (cdiv(T, bl.bm_lse), B), q_b, k_b, km, lse, T, D, q_b.stride(0), q_b.stride(1), k_b.stride(0),
         k_b.stride(1), smb, lse.stride(0), LOG2E / math.sqrt(D),
     )
@@ -179,7 +179,7 @@ def step_launcher(q_b, k_b, gamma, f, key_mask, lse, s_op, rhs, pbuf, bl: Blocks
     B, T, D = f.shape
     km, smb, mode = _mask_arg(key_mask, q_b)
     kern = BoundKernel.get(_step_kernel, streams, MASK=mode, BM=bl.bm, BN=bl.bn, BK=bl.bk,
-                       BD=bl.bd, PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages)
+                           BD=bl.bd, PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages)
     inputs = (q_b, k_b, km, lse)
     outputs = (s_op, f, gamma, rhs)
     qs, ks, os_, fs, gs, rs = (x.stride() for x in (q_b, k_b, s_op, f, gamma, rhs))

@@ -202,13 +202,13 @@ def build_w(q_b, k_b, gamma, key_mask, lse, bl: Blocks, split: bool, streams: St
     w = torch.zeros(B, n_chunks, L, L, device=q_b.device, dtype=torch.float32)
     qs, ks, gs, ws = q_b.stride(), k_b.stride(), gamma.stride(), w.stride()
     BoundKernel.get(_diag_inverse_kernel, streams, MASK=mode, C=bl.C, BK=bl.bk,
-                LOG2C=int(math.log2(bl.C)), PREC=bl.prec, INV_PREC=bl.inv_prec, num_warps=4)(
+                    LOG2C=int(math.log2(bl.C)), PREC=bl.prec, INV_PREC=bl.inv_prec, num_warps=4)(
         (cdiv(T, bl.C), B), q_b, k_b, km, lse, gamma, w, T, D, L, qs[0], qs[1], ks[0], ks[1], smb,
         lse.stride(0), gs[0], gs[1], ws[0], ws[1], scale2,
     )
     pd = torch.empty_like(w)
     BoundKernel.get(_diag_probs_kernel, streams, MASK=mode, BM=bl.bm, BN=bl.bn, BK=bl.bk, PREC=bl.prec,
-                num_warps=bl.warps, num_stages=bl.stages)(
+                    num_warps=bl.warps, num_stages=bl.stages)(
         (L // bl.bm, L // bl.bn, B * n_chunks), q_b, k_b, km, lse, pd, T, D, L, n_chunks, qs[0], qs[1], ks[0],
         ks[1], smb, lse.stride(0), ws[0], ws[1], scale2,
     )
