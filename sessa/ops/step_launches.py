@@ -41,13 +41,6 @@ from sessa.ops.cuda_stream import current_raw_stream
 CACHE_KEY = "step_launches"  # where a layer's cache keeps its binding
 
 
-def _int_part(v: int) -> Any:
-    """The specialisation part of an int argument (as ``triton_launch._arg_key`` keys it)."""
-    if v != 1 and -2147483648 <= v <= 2147483647:
-        return v % 16 == 0
-    return (v == 1, v >= 2**63, v % 16 == 0)
-
-
 class _Launch:
     """One kernel launch of a bound step: the kernel's argument list kept with every pointer as an int, the
     positions ``var`` filled per call (a tensor there passes its pointer). A call whose variable arguments
@@ -56,10 +49,10 @@ class _Launch:
 
     def __init__(self, kernel: Any, grid: tuple, args: tuple, consts: dict, device: torch.device,
                  var: tuple[int, ...]) -> None:
-        from sessa.ops.feedback.triton_launch import _no_launch_hooks
+        from sessa.ops.feedback.triton_launch import _no_launch_hooks, int_key
         from sessa.ops.triton_decode import _bound
 
-        self.bound, self.no_hooks = _bound(kernel, consts, device), _no_launch_hooks
+        self.bound, self.no_hooks, self.int_key = _bound(kernel, consts, device), _no_launch_hooks, int_key
         self.grid, self.grid3 = grid, (*grid, 1, 1)[:3]
         self.args = list(args)  # tensors, for the generic launch
         self.ints = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args]
@@ -67,7 +60,7 @@ class _Launch:
         self.hits: dict[tuple, tuple] = {}
 
     def __call__(self, *values: Any) -> None:
-        ints, parts = self.ints, []
+        ints, parts, int_key = self.ints, [], self.int_key
         for i, v in zip(self.var, values, strict=True):
             if isinstance(v, torch.Tensor):
                 p = v.data_ptr()
@@ -75,7 +68,7 @@ class _Launch:
                 parts.append((v.dtype, p % 16 == 0))
             else:
                 ints[i] = v
-                parts.append(_int_part(v) if type(v) is int else None)
+                parts.append(int_key(v) if type(v) is int else None)
         key = tuple(parts)
         hit = self.hits.get(key)
         if hit is None or not self.no_hooks():  # a launch hook (a profiler) sees the generic launches

@@ -29,7 +29,6 @@ import torch
 import triton
 import triton.language as tl
 
-from sessa.ops.cuda_stream import current_raw_stream
 from sessa.ops.feedback.triton_launch import BoundKernel, Streams, on_device
 
 MAX_SPLITS = 128  # programs per (row, head) at most
@@ -233,22 +232,13 @@ def _lengths(length: torch.Tensor, B: int) -> torch.Tensor:
     return length.to(torch.int32).reshape(-1).expand(B).contiguous()
 
 
-_BOUND: dict[tuple, BoundKernel] = {}
-
-
 def _bound(kernel, consts: dict, device: torch.device) -> BoundKernel:  # noqa: ANN001
-    """The kernel bound to its constexprs and the current stream, kept: a decoding step launches the same
-    few every token, and launches through :class:`~sessa.ops.feedback.triton_launch.BoundKernel` skip
-    Triton's JIT entry once their specialisation has been seen (~7 instead of ~27 us of host time per
-    launch, measured for the solve's kernels on an H100 host)."""
-    stream = current_raw_stream(device) if device.type == "cuda" else 0
-    key = (kernel, *consts.values(), device, stream)
-    bound = _BOUND.get(key)
-    if bound is None:
-        if len(_BOUND) > 256:  # a captured CUDA graph brings its own stream
-            _BOUND.clear()
-        bound = _BOUND[key] = BoundKernel(kernel, Streams(device), **consts)
-    return bound
+    """The kernel bound to its constexprs and the current stream, kept (``BoundKernel.get``): a decoding
+    step launches the same few every token, and launches through
+    :class:`~sessa.ops.feedback.triton_launch.BoundKernel` skip Triton's JIT entry once their specialisation
+    has been seen (~7 instead of ~27 us of host time per launch, measured for the solve's kernels on an H100
+    host)."""
+    return BoundKernel.get(kernel, Streams.shared(device), **consts)
 
 
 def _run(q, k, v, key_mask, length, out, f=None, gamma=None) -> None:  # noqa: ANN001

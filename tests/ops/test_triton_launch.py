@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from sessa.ops.feedback.triton_launch import Streams, _arg_key, _fast_enabled  # noqa: E402
+from sessa.ops.feedback.triton_launch import Streams, _arg_key, _fast_enabled, int_key  # noqa: E402
 
 
 def test_arg_key_separates_every_specialisation_triton_makes():
@@ -24,6 +24,13 @@ def test_arg_key_separates_every_specialisation_triton_makes():
     assert _arg_key((base,)) != _arg_key((base.double(),))
     # an int and a tensor in the same slot never share a key
     assert _arg_key((16,)) != _arg_key((base,))
+
+
+def test_int_key_is_the_rule_arg_key_spells_inline():
+    """The bound decode launches (sessa.ops.step_launches) key their int arguments with int_key, the fast
+    solve launches with _arg_key's inline copy of it: one rule."""
+    for v in (-(2**31) - 1, -(2**31), -16, -1, 0, 1, 2, 16, 17, 2**31 - 1, 2**31, 2**62, 2**63, 2**64 - 16):
+        assert _arg_key((v,)) == (int_key(v),), v
 
 
 def test_arg_key_declines_unknown_argument_types():

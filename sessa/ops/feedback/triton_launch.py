@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from sessa.ops.cuda_stream import current_raw_stream
+
 try:  # Triton >= 3.4 keeps its launch hooks here; older versions take the JIT entry only
     from triton import knobs as _knobs
 except ImportError:  # pragma: no cover - depends on the installed Triton
@@ -50,11 +52,18 @@ def _unknown(arg: Any):
     raise TypeError(type(arg).__name__)
 
 
+def int_key(v: int) -> Any:
+    """The specialisation part of an int argument: its divisibility by 16 when it is a 32-bit value other
+    than 1 (the common case), else (== 1, unsigned 64-bit, divisibility). :func:`_arg_key` spells the same
+    rule inline (a call per argument costs host time on every launch); a test holds the two equal."""
+    if v != 1 and -2147483648 <= v <= 2147483647:
+        return v % 16 == 0
+    return (v == 1, v >= 2**63, v % 16 == 0)
+
+
 def _arg_key(args: tuple) -> tuple | None:
     """The specialisation-relevant part of the arguments (None: an argument type this module does not
-    model, so the JIT entry decides). An int is keyed by its divisibility by 16 when it is a 32-bit value
-    other than 1 (the common case), else by (== 1, unsigned 64-bit, divisibility); a tensor by (dtype,
-    16-byte aligned)."""
+    model, so the JIT entry decides): an int by :func:`int_key`, a tensor by (dtype, 16-byte aligned)."""
     try:
         return tuple([
             (a % 16 == 0 if a != 1 and -2147483648 <= a <= 2147483647 else (a == 1, a >= 2**63, a % 16 == 0))
@@ -81,8 +90,7 @@ class Streams:
         cost host time to create, once per solve before. Every event a solve waits on it records first in
         the same solve (also inside a CUDA-graph capture); one thread per device, as the autograd engine
         runs backward passes."""
-        main = torch.cuda.current_stream(device) if device.type == "cuda" else None
-        key = (str(device), main.cuda_stream if main is not None else 0, side)
+        key = (device, current_raw_stream(device) if device.type == "cuda" else 0, side)
         streams = cls._shared.get(key)
         if streams is None:
             if len(cls._shared) >= 64:  # CUDA-graph captures may each bring their own stream
