@@ -11,13 +11,16 @@ D / 64 heads of 64 at the same (B, T) as the yardstick):
 
     python scripts/solve_host_time.py --B 1 --T 4096 --D 1024 --L 0 1024 --out host.jsonl
 
-eager ~ max(host, graph) tells which of the two bounds the op at that shape.
+eager ~ max(host, graph) tells which of the two bounds the op at that shape. ``--cprofile N`` also prints
+where the host time goes: a cProfile of N forward + backward calls enqueued while the GPU is held busy.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import pstats
 import time
 
 import torch
@@ -34,6 +37,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--L", type=int, nargs="+", default=[0], help="super-chunk lengths (0 = default)")
     ap.add_argument("--out", default=None, help="append one JSON line per L here")
+    ap.add_argument("--cprofile", type=int, default=0, help="profile the host side of this many calls per L")
     args = ap.parse_args()
     B, T, D, dt = args.B, args.T, args.D, getattr(torch, args.dtype)
     q, k, f = (torch.randn(B, T, D, device="cuda", dtype=dt, requires_grad=True) for _ in range(3))
@@ -62,6 +66,18 @@ def main() -> None:
             t0 = time.perf_counter()
             step()
             host.append((time.perf_counter() - t0) * 1e3)
+        if args.cprofile:
+            torch.cuda.synchronize()
+            torch.cuda._sleep(50_000_000 * max(1, args.cprofile // 4))
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(args.cprofile):
+                step()
+            prof.disable()
+            print(f"L={chunk}: host profile of {args.cprofile} calls (by tottime, then cumulative)",
+                  flush=True)
+            pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+            pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
         torch.cuda.synchronize()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())

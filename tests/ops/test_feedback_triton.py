@@ -219,16 +219,66 @@ def _check_w_split() -> dict:
     return out
 
 
+def _check_lse_split() -> dict:
+    """The log-sum-exp pass with its keys split over several programs per row tile (as on a GPU with few
+    rows): against the one-split pass and float64, with no mask, a key mask and packed segments, T not a
+    multiple of the tiles; and one whole solve with the splits its device would pick."""
+    import torch
+
+    from sessa.ops.feedback import triton_fwd
+    from sessa.ops.feedback.triton import packed_table
+    from sessa.ops.feedback.triton_common import choose_blocks
+    from sessa.ops.feedback.triton_launch import Streams
+
+    B, T, D = 2, 100, 16
+    (q, k, _, _), _, key_mask = _inputs(B, T, D, "float32", True, seed=9)
+    bl = choose_blocks(T, D, torch.float32, 32, interpret=True)
+    streams = Streams(q.device)
+    cu = torch.tensor([0, 1, 40, 41, 100])
+    table = packed_table(cu, T, q.device).expand(B, 2, T).contiguous()
+    seg = torch.zeros(T, dtype=torch.long).index_add_(0, cu[1:-1], torch.ones(3, dtype=torch.long)).cumsum(0)
+    out = {"splits": [], "diff": 0.0, "err": 0.0}
+    for name, mask in (("none", None), ("keys", key_mask), ("segments", table)):
+        allowed = torch.ones(T, T, dtype=torch.bool).tril(-1)[None].expand(B, T, T)
+        if name == "keys":
+            allowed = allowed & key_mask[:, None, :]
+        if name == "segments":
+            allowed = allowed & (seg[:, None] == seg[None, :])
+        logits = (q.double() @ k.double().transpose(1, 2) / D**0.5).masked_fill(~allowed, float("-inf"))
+        ref = torch.logsumexp(logits, -1) / torch.log(torch.tensor(2.0, dtype=torch.float64))
+        one = triton_fwd._lse(q, k, mask, bl, streams)
+        for ks in (32, 64):
+            split = triton_fwd._lse(q, k, mask, bl, streams, keys_per_split=ks)
+            same_inf = bool(((split == float("-inf")) == (ref == float("-inf"))).all())
+            fin = ref.isfinite()
+            diff = (split[fin] - one[fin]).abs().max().item()
+            out["diff"] = max(out["diff"], diff, 0.0 if same_inf else 1.0)
+            out["err"] = max(out["err"], (split[fin].double() - ref[fin]).abs().max().item())
+    original = triton_fwd.sm_count
+    try:  # a device with 16 SMs: this case's 8 row tiles get 4 splits of 32 keys
+        triton_fwd.sm_count = lambda device: 16
+        out["splits"] = [triton_fwd.lse_split(2, 100, bl, 16), triton_fwd.lse_split(64, 100, bl, 16)]
+        out["case"] = _check_case(2, 100, 32, 32, 16, "float32", True)
+    finally:
+        triton_fwd.sm_count = original
+    return out
+
+
 def _check_compiled() -> dict:
     """The op under ``torch.compile(fullgraph=True)`` (the custom ops of ``triton_ops``; a graph break would
     raise) against the eager op, fp32 and bf16 with a key mask: the largest difference over s and the four
-    gradients; and ``torch.library.opcheck`` of the forward op (schema, fake tensors, autograd)."""
+    gradients (fp32: absolute; bf16: in units of one bf16 rounding of the larger value); and
+    ``torch.library.opcheck`` of the forward op (schema, fake tensors, autograd).
+
+    Why bf16 is judged in roundings: the eager op returns the kernels' bf16 copies of s and df (rounded in
+    the kernel), the compiled op rounds its fp32 s and df with ``Tensor.to``. On a GPU both round to nearest
+    and agree bit for bit (scripts/check_triton_gpu.py checks it); Triton's interpreter truncates instead."""
     import torch
 
     from sessa.ops.feedback import triton_ops
     from sessa.ops.feedback.triton import feedback_solve_triton
 
-    diff, checked = 0.0, []
+    out: dict = {"opcheck": []}
     for dtype in ("float32", "bfloat16"):
         inputs, ds, key_mask = _inputs(2, 40, 16, dtype, True, seed=3)
 
@@ -237,13 +287,17 @@ def _check_compiled() -> dict:
 
         eager = _solve(fn, inputs, ds, key_mask)
         compiled = _solve(torch.compile(fn, backend="aot_eager", fullgraph=True), inputs, ds, key_mask)
-        pairs = zip(eager, compiled, strict=True)
-        diff = max([diff] + [(a.double() - b.double()).abs().max().item() for a, b in pairs])
+        diffs = []
+        for a, b in zip(eager, compiled, strict=True):
+            a, b = a.double(), b.double()
+            unit = 1.0 if dtype == "float32" else 2.0**-7 * torch.maximum(a.abs(), b.abs()).clamp_min(1e-30)
+            diffs.append(((a - b).abs() / unit).max().item())
+        out[dtype] = max(diffs)
         leaves = [x.detach().clone().requires_grad_() for x in inputs]
         torch.library.opcheck(triton_ops.solve_fwd_op, (*leaves, key_mask, 16, 16),
                               test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
-        checked.append(dtype)
-    return {"diff": diff, "opcheck": checked}
+        out["opcheck"].append(dtype)
+    return out
 
 
 def _child(cases: list) -> None:
@@ -251,7 +305,7 @@ def _child(cases: list) -> None:
 
     ft.POISON = True
     out = {"cases": [_check_case(*c) for c in cases], "varlen": _check_varlen(), "w": _check_w(),
-           "w_split": _check_w_split(), "compiled": _check_compiled()}
+           "w_split": _check_w_split(), "compiled": _check_compiled(), "lse_split": _check_lse_split()}
     print("RESULT " + json.dumps(out))
 
 
@@ -310,9 +364,21 @@ def test_bf16_inverse_times_split_right_hand_side(fast_results):
     assert 1e-4 < res["op_round"] < 4e-3, res
 
 
+def test_split_log_sum_exp_equals_the_one_pass(fast_results):
+    """Few rows: the log-sum-exp's keys split over programs and merged give the one-pass values (to fp32
+    rounding), -inf exactly where a row reads no key, and a whole solve with those splits passes."""
+    res = fast_results["lse_split"]
+    assert res["splits"] == [32, 128], res["splits"]  # 4 splits of 32 keys; 64 rows of tiles: no split
+    assert res["diff"] < 1e-5 and res["err"] < 1e-5, res
+    _assert_case((2, 100, 32, 32, 16, "float32", True), res["case"])
+
+
 def test_compiled_op_equals_eager_op(fast_results):
-    """torch.compile keeps the solve as two custom ops without a graph break, with the eager op's numbers."""
-    assert fast_results["compiled"]["diff"] == 0.0, fast_results["compiled"]
+    """torch.compile keeps the solve as two custom ops without a graph break, with the eager op's numbers:
+    fp32 bit for bit, bf16 within one rounding (the interpreter truncates where the GPU rounds; the GPU
+    check script holds bf16 to bit equality)."""
+    assert fast_results["compiled"]["float32"] == 0.0, fast_results["compiled"]
+    assert fast_results["compiled"]["bfloat16"] <= 1.0, fast_results["compiled"]
     assert fast_results["compiled"]["opcheck"] == ["float32", "bfloat16"]
 
 

@@ -73,7 +73,7 @@ class FeedbackSolveTriton(torch.autograd.Function):
             st = forward_fixed(q_b, k_b, gamma, f, mask, blocks, poison=POISON)
         ctx.save_for_backward(q_b, k_b, gamma, f, mask, st.s, st.s_op, st.lse, st.w)
         ctx.blocks = blocks
-        return st.s.to(f.dtype)
+        return st.s_op if st.s_op.dtype == f.dtype else st.s.to(f.dtype)  # bf16: s_op is s rounded
 
     @staticmethod
     def backward(ctx, ds):  # type: ignore[override]

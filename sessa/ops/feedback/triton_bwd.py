@@ -12,7 +12,7 @@ sum_{t in later super-chunks} gamma_t P[t, j] df_t. Per super-chunk (4 launches)
 3. ``_tgemm_acc_kernel`` per (key tile, D-tile): push[j] += (gamma P)[:, j]^T df (on the sequential path);
 4. on a side stream (dlogit double-buffered), overlapping the next super-chunk, one ``_dq_dk_kernel``
    launch: dq = dlogit @ k / sqrt(D) per (row tile, D-tile) and dk[j] += dlogit[:, j]^T q / sqrt(D) per
-   (key tile, D-tile).
+   (key tile, D-tile); the super-chunk's own keys are then complete and go to dk_b in its dtype.
 
 Every scratch tile a consumer reads was written by the producer (on the producer's tile grid; the dk / push
 GEMM steps over bt_dk rows and dq over bm rows, so the producer writes whole blocks of SPAN = max(bm, bt_dk)
@@ -105,14 +105,16 @@ def _dlogit_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, g_ptr, dfop_ptr, sop_ptr, dpar
 
 
 @triton.jit
-def _tgemm_tile(pid_j, pid_d, pid_b, km_ptr, a_ptr, b_ptr, out_ptr, A, T, D, L_eff,
-                stride_ab, stride_ar, stride_bb, stride_bt, stride_ob, stride_ot, scale,
+def _tgemm_tile(pid_j, pid_d, pid_b, km_ptr, a_ptr, b_ptr, out_ptr, out2_ptr, A, T, D, L_eff, fresh_end,
+                final_from, stride_ab, stride_ar, stride_bb, stride_bt, stride_ob, stride_ot, scale,
                 MASK: tl.constexpr, BKEY: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr,
                 SPAN: tl.constexpr, PREC: tl.constexpr):
     """out[j] += scale * sum_{t in the super-chunk} a[t - A, j] b[t] for a key tile j and a D tile.
 
     dk: a = dlogit, b = q_b; push: a = gamma P, b = df. Reads only scratch tiles the dlogit kernel wrote
-    (packed sequences: the SPAN-row blocks starting before the end of the last key's sequence)."""
+    (packed sequences: the SPAN-row blocks starting before the end of the last key's sequence). Key tiles
+    below fresh_end have no earlier sum in out (it is not read: no zero fill); those from final_from on get
+    their last term here and go to out2, in out2's dtype (dk: the gradient itself, no conversion pass)."""
     j0 = pid_j * BKEY
     keys = j0 + tl.arange(0, BKEY)
     dcols = pid_d * BN + tl.arange(0, BN)
@@ -132,7 +134,13 @@ def _tgemm_tile(pid_j, pid_d, pid_b, km_ptr, a_ptr, b_ptr, out_ptr, A, T, D, L_e
         acc = mma(tl.trans(a), b.to(a.dtype), acc, PREC)  # fp16 q_b times the bf16 dlogit scratch: bf16
     m2 = (keys < T)[:, None] & dmask[None, :]
     offs = pid_b * stride_ob + keys[:, None] * stride_ot + dcols[None, :]
-    tl.store(out_ptr + offs, tl.load(out_ptr + offs, mask=m2, other=0.0) + acc * scale, mask=m2)
+    acc = acc * scale
+    if j0 >= fresh_end:
+        acc += tl.load(out_ptr + offs, mask=m2, other=0.0)
+    if j0 >= final_from:
+        tl.store(out2_ptr + offs, acc.to(out2_ptr.dtype.element_ty), mask=m2)
+    else:
+        tl.store(out_ptr + offs, acc, mask=m2)
 
 
 @triton.jit
@@ -142,8 +150,8 @@ def _tgemm_acc_kernel(km_ptr, a_ptr, b_ptr, out_ptr, A, T, D, L_eff, stride_mb,
                       SPAN: tl.constexpr, PREC: tl.constexpr):
     pid_b = tl.program_id(2).to(tl.int64)
     _tgemm_tile(tl.program_id(0), tl.program_id(1), pid_b, km_ptr + pid_b * stride_mb, a_ptr, b_ptr, out_ptr,
-                A, T, D, L_eff, stride_ab, stride_ar, stride_bb, stride_bt, stride_ob, stride_ot, scale,
-                MASK, BKEY, BT, BN, SPAN, PREC)
+                out_ptr, A, T, D, L_eff, 0, T, stride_ab, stride_ar, stride_bb, stride_bt, stride_ob,
+                stride_ot, scale, MASK, BKEY, BT, BN, SPAN, PREC)
 
 
 @triton.jit
@@ -171,13 +179,14 @@ def _dq_tile(pid_m, pid_d, pid_b, km_ptr, dl_ptr, k_ptr, dq_ptr, A, T, D,
     tl.store(out, (acc * scale).to(dq_ptr.dtype.element_ty), mask=m2)
 
 
-@triton.jit
-def _dq_dk_kernel(km_ptr, dl_ptr, q_ptr, k_ptr, dq_ptr, dk_ptr, A, T, D, L_eff, N_DQ, stride_mb,
-                  stride_pb, stride_pr, stride_qb, stride_qt, stride_ob, stride_ot, scale,
+@triton.jit(do_not_specialize=["dk_fresh"])  # T or 0: one compiled kernel for both
+def _dq_dk_kernel(km_ptr, dl_ptr, q_ptr, k_ptr, dq_ptr, dk_ptr, dk2_ptr, A, T, D, L_eff, N_DQ, dk_fresh,
+                  stride_mb, stride_pb, stride_pr, stride_qb, stride_qt, stride_ob, stride_ot, scale,
                   MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr,
                   BD_DK: tl.constexpr, SPAN: tl.constexpr, PREC: tl.constexpr):
     """Both products of dlogit in one launch: the first N_DQ programs are dq tiles, the rest dk tiles
-    (dk[j] += scale * dlogit[:, j]^T q)."""
+    (dk[j] += scale * dlogit[:, j]^T q; dk_fresh: T on the first super-chunk visited, where dk holds no sum
+    yet, else 0; keys from A on are complete after this super-chunk: written to dk2, the gradient)."""
     pid = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     km_ptr += pid_b * stride_mb
@@ -188,9 +197,9 @@ def _dq_dk_kernel(km_ptr, dl_ptr, q_ptr, k_ptr, dq_ptr, dk_ptr, A, T, D, L_eff, 
     else:
         pid -= N_DQ
         n_d = tl.cdiv(D, BD_DK)
-        _tgemm_tile(pid // n_d, pid % n_d, pid_b, km_ptr, dl_ptr, q_ptr, dk_ptr, A, T, D, L_eff, stride_pb,
-                    stride_pr, stride_qb, stride_qt, stride_ob, stride_ot, scale, MASK, BN, BT, BD_DK, SPAN,
-                    PREC)
+        _tgemm_tile(pid // n_d, pid % n_d, pid_b, km_ptr, dl_ptr, q_ptr, dk_ptr, dk2_ptr, A, T, D, L_eff,
+                    dk_fresh, A, stride_pb, stride_pr, stride_qb, stride_qt, stride_ob, stride_ot, scale,
+                    MASK, BN, BT, BD_DK, SPAN, PREC)
 
 
 def _chunk_launcher(q_b, k_b, gamma, f, key_mask, st: ForwardState, ds, bufs, streams: Streams):
@@ -200,7 +209,7 @@ def _chunk_launcher(q_b, k_b, gamma, f, key_mask, st: ForwardState, ds, bufs, st
     super-chunk is fixed here, once per solve."""
     B, T, D = f.shape
     bl: Blocks = st.blocks
-    p, dl0, push, df, df_op, dpart, dgamma, dk, dq = bufs
+    p, dl0, push, df, df_op, dpart, dgamma, dk, dk_out, dq = bufs
     km, smb, mode = _mask_arg(key_mask, q_b)
     scale = 1.0 / math.sqrt(D)
     solve = w_applier(st.w, ds, df, df_op, bl, streams, x2=push, trans=True, delta=dpart, s=st.s, f=f)
@@ -212,6 +221,7 @@ def _chunk_launcher(q_b, k_b, gamma, f, key_mask, st: ForwardState, ds, bufs, st
     push_acc = BoundKernel.get(_tgemm_acc_kernel, streams, MASK=mode, BKEY=bl.bn, BT=bl.bt_dk, BN=bl.bd_dk,
                                SPAN=bl.span, PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages_push)
     assert q_b.stride() == k_b.stride() == dq.stride() and p.stride() == dl0.stride()  # dk is fp32
+    assert dk.stride() == dk_out.stride()
     qs, gs, ds_, ps, ks = q_b.stride(), gamma.stride(), df_op.stride(), p.stride(), dk.stride()
     dlogit_args = (T, D, dpart.shape[-1], qs[0], qs[1], smb, st.lse.stride(0), gs[0], gs[1], ds_[0], ds_[1],
                    dpart.stride(0), ps[0], ps[1], LOG2E * scale)
@@ -227,8 +237,9 @@ def _chunk_launcher(q_b, k_b, gamma, f, key_mask, st: ForwardState, ds, bufs, st
                dgamma, dl, p, A, *dlogit_args)
         streams.fork()  # dq and dk only read dl: on the side stream they overlap the next launches
         nq = cdiv(L_eff, bl.bm) * n_dq
-        dq_dk((nq + cdiv(A + L_eff, bl.bn) * n_dk, B), km, dl, q_b, k_b, dq, dk, A, T, D, L_eff, nq, smb,
-              ps[0], ps[1], qs[0], qs[1], ks[0], ks[1], scale, side=True)
+        fresh = T if A + L_eff == T else 0  # the first super-chunk visited: no earlier dk terms
+        dq_dk((nq + cdiv(A + L_eff, bl.bn) * n_dk, B), km, dl, q_b, k_b, dq, dk, dk_out, A, T, D, L_eff, nq,
+              fresh, smb, ps[0], ps[1], qs[0], qs[1], ks[0], ks[1], scale, side=True)
         if A > 0:  # push is on the sequential path: the next super-chunk's right-hand side needs it
             # push[j] += sum_t (gamma P)[t, j] df_t over the super-chunk's rows t, for the keys j < A
             push_acc((cdiv(A, bl.bn), n_dk, B), km, p, df_op, push, A, T, D, L_eff, smb, ps[0], ps[1],
@@ -251,13 +262,14 @@ def backward_fixed(q_b, k_b, gamma, f, key_mask, st: ForwardState, ds: torch.Ten
     df_op = df if odt == torch.float32 else torch.empty(B, T, D, device=dev, dtype=odt)
     dpart = torch.empty(B, T, cdiv(D, bl.bd_w), device=dev, dtype=torch.float32)
     dgamma = torch.zeros(B, T, device=dev, dtype=torch.float32)
-    dk = torch.zeros(B, T, D, device=dev, dtype=torch.float32)
+    dk = torch.empty(B, T, D, device=dev, dtype=torch.float32)  # keys < A: the sum so far
+    dk_out = dk if k_b.dtype == torch.float32 else torch.empty_like(k_b)
     dq = torch.empty_like(q_b)
     if poison:
-        for x in (p, *dls, df, df_op, dpart, dq):
+        for x in (p, *dls, df, df_op, dpart, dk, dk_out, dq):
             x.fill_(float("nan"))
     streams = Streams.shared(dev, side=True)
-    bufs = (p, dls[0], push, df, df_op, dpart, dgamma, dk, dq)
+    bufs = (p, dls[0], push, df, df_op, dpart, dgamma, dk, dk_out, dq)
     chunk = _chunk_launcher(q_b, k_b, gamma, f, key_mask, st, ds, bufs, streams)
     # The last super-chunk starts at the last multiple of L below T (not at T - L).
     dq_events: list = []
@@ -266,4 +278,4 @@ def backward_fixed(q_b, k_b, gamma, f, key_mask, st: ForwardState, ds: torch.Ten
         chunk(dls[i % 2], A, min(bl.L, T - A), dq_events[i - 2] if i >= 2 else None)
         dq_events.append(streams.side_event())
     streams.join()
-    return dq, dk.to(k_b.dtype), dgamma, df.to(f.dtype)
+    return dq, dk_out, dgamma, df_op if df_op.dtype == f.dtype else df.to(f.dtype)

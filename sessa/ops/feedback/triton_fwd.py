@@ -4,6 +4,7 @@ Two-level blocking: the sequence is cut into *super-chunks* of L rows (``chunk_s
 *sub-blocks* of C rows (16..64). Per batch element:
 
 1. ``_lse_kernel`` (once, all rows in parallel): per-row log-sum-exp of the strict-past logits (log2 units);
+   few rows (B * T): keys split over several programs per row tile, merged by ``_lse_combine_kernel``;
 2. ``triton_tril.build_w`` (once, all super-chunks in parallel): W = (I - G P)^{-1} inside each super-chunk;
 3. for each super-chunk [a, a + L) in order (the only sequential loop, 2 launches per super-chunk):
    ``_step_kernel``   rhs = f + gamma * (P[:, :a] @ s[:a]) (``_inter_tile``: a tiled GEMM parallel over rows
@@ -49,20 +50,25 @@ from sessa.ops.feedback.triton_tril import build_w, w_applier
 
 # ----------------------------------------------------------------------------------------------- kernels
 @triton.jit
-def _lse_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, T, D,
-                stride_qb, stride_qt, stride_kb, stride_kt, stride_mb, stride_lb, scale2,
+def _lse_kernel(q_ptr, k_ptr, km_ptr, out_ptr, T, D, KS,
+                stride_qb, stride_qt, stride_kb, stride_kt, stride_mb, stride_ob, stride_os, scale2,
                 MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                 PREC: tl.constexpr):
+    """Log-sum-exp (log2 units) of one row tile's strict-past logits over the keys [s KS, (s + 1) KS) of
+    split s = program_id(1), to out[b, s, rows] (-inf where a row reads no key there). One split: out is
+    the row log-sum-exp itself; more: partial sums that ``_lse_combine_kernel`` merges."""
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest rows first: less tail imbalance
-    pid_b = tl.program_id(1).to(tl.int64)
+    pid_s = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
     q_ptr += pid_b * stride_qb
     k_ptr += pid_b * stride_kb
     km_ptr += pid_b * stride_mb
     rows = pid_m * BM + tl.arange(0, BM)
     m = tl.full([BM], float("-inf"), tl.float32)
     acc = tl.zeros([BM], tl.float32)
-    hi = tl.minimum(pid_m * BM + BM, T)
-    for c0 in range(_first_key(km_ptr, pid_m * BM, T, BN, MASK), hi, BN):
+    lo = tl.maximum(_first_key(km_ptr, pid_m * BM, T, BN, MASK), pid_s * KS)
+    hi = tl.minimum(tl.minimum(pid_m * BM + BM, T), pid_s * KS + KS)
+    for c0 in range(lo, hi, BN):
         cols = c0 + tl.arange(0, BN)
         x = _logits(q_ptr, k_ptr, rows, cols, T, D, stride_qt, stride_kt, BM, BN, BK, PREC) * scale2
         x = tl.where(_allowed(rows, cols, T, km_ptr, MASK), x, float("-inf"))
@@ -71,7 +77,25 @@ def _lse_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, T, D,
         acc = acc * tl.exp2(m - m_safe) + tl.sum(tl.exp2(x - m_safe[:, None]), 1)
         m = m_new
     lse = tl.where(acc > 0, m + tl.log2(acc), float("-inf"))
-    tl.store(lse_ptr + pid_b * stride_lb + rows, lse, mask=rows < T)
+    tl.store(out_ptr + pid_b * stride_ob + pid_s * stride_os + rows, lse, mask=rows < T)
+
+
+@triton.jit
+def _lse_combine_kernel(part_ptr, lse_ptr, T, S, stride_pb, stride_ps, stride_lb, BLOCK: tl.constexpr):
+    """lse[b, t] = log2 sum_s 2^part[b, s, t] over the S key splits of ``_lse_kernel`` (-inf: no key)."""
+    pid_b = tl.program_id(1).to(tl.int64)
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = rows < T
+    part_ptr += pid_b * stride_pb + rows
+    m = tl.full([BLOCK], float("-inf"), tl.float32)
+    for i in range(0, S):
+        m = tl.maximum(m, tl.load(part_ptr + i * stride_ps, mask=ok, other=float("-inf")))
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    acc = tl.zeros([BLOCK], tl.float32)
+    for i in range(0, S):
+        acc += tl.exp2(tl.load(part_ptr + i * stride_ps, mask=ok, other=float("-inf")) - m_safe)
+    tl.store(lse_ptr + pid_b * stride_lb + rows, tl.where(acc > 0, m_safe + tl.log2(acc), float("-inf")),
+             mask=ok)
 
 
 @triton.jit
@@ -160,16 +184,56 @@ class ForwardState:
     blocks: Blocks
 
 
-def _lse(q_b, k_b, key_mask, bl: Blocks, streams: Streams) -> torch.Tensor:
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (0 elsewhere), looked up once per device."""
+    if device.type != "cuda":
+        return 0
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    n = _SMS.get(index)
+    if n is None:
+        n = _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return n
+
+
+_SMS: dict[int, int] = {}
+LSE_PROGRAMS_PER_SM = 4  # a split log-sum-exp pass aims at about this many programs per SM
+
+
+def lse_split(B: int, T: int, bl: Blocks, sms: int) -> int:
+    """Keys per split of the log-sum-exp pass (a multiple of its key tile; >= T: no split). Its programs
+    are row tiles, B * T / bm_lse of them: 64 at (B, T) = (1, 4096), half of an H200's 132 SMs, and the
+    longest of them reads every key. When the row tiles do not fill the SMs once, the keys of each row tile
+    are split over several programs (partial sums merged by a second, small launch), up to about
+    LSE_PROGRAMS_PER_SM programs per SM: row tiles whose rows all precede a split's keys exit at once. With
+    more row tiles the one pass is kept (at (1, 16384) a split measured no faster)."""
+    tiles = cdiv(T, bl.bm_lse) * B
+    if tiles >= sms:
+        return cdiv(T, bl.bn_lse) * bl.bn_lse
+    splits = min(cdiv(LSE_PROGRAMS_PER_SM * sms, tiles), cdiv(T, bl.bn_lse))
+    return cdiv(cdiv(T, splits), bl.bn_lse) * bl.bn_lse
+
+
+def _lse(q_b, k_b, key_mask, bl: Blocks, streams: Streams, keys_per_split: int | None = None) -> torch.Tensor:
+    """The (B, T) fp32 row log-sum-exp (log2 units) of the strict-past logits; keys_per_split: as
+    :func:`lse_split` picks for the device (None) or given (a multiple of bl.bn_lse)."""
     B, T, D = q_b.shape
     km, smb, mode = _mask_arg(key_mask, q_b)
+    ks = lse_split(B, T, bl, sm_count(q_b.device)) if keys_per_split is None else keys_per_split
+    splits = cdiv(T, ks)
     lse = torch.empty(B, T, device=q_b.device, dtype=torch.float32)
+    out = lse[:, None] if splits == 1 else torch.empty(B, splits, T, device=q_b.device, dtype=torch.float32)
     BoundKernel.get(_lse_kernel, streams, MASK=mode, BM=bl.bm_lse, BN=bl.bn_lse, BK=bl.bk,
                     PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages_lse)(
-        (cdiv(T, bl.bm_lse), B), q_b, k_b, km, lse, T, D, q_b.stride(0), q_b.stride(1), k_b.stride(0),
-        k_b.stride(1), smb, lse.stride(0), LOG2E / math.sqrt(D),
+        (cdiv(T, bl.bm_lse), splits, B), q_b, k_b, km, out, T, D, ks, q_b.stride(0), q_b.stride(1),
+        k_b.stride(0), k_b.stride(1), smb, out.stride(0), out.stride(1), LOG2E / math.sqrt(D),
     )
+    if splits > 1:
+        BoundKernel.get(_lse_combine_kernel, streams, BLOCK=LSE_COMBINE_ROWS, num_warps=4)(
+            (cdiv(T, LSE_COMBINE_ROWS), B), out, lse, T, splits, out.stride(0), out.stride(1), lse.stride(0))
     return lse
+
+
+LSE_COMBINE_ROWS = 1024
 
 
 def step_launcher(q_b, k_b, gamma, f, key_mask, lse, s_op, rhs, pbuf, bl: Blocks, streams: Streams):
