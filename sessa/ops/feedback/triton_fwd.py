@@ -184,6 +184,11 @@ class ForwardState:
     blocks: Blocks
 
 
+_SMS: dict[int, int] = {}  # SM count per CUDA device index
+LSE_PROGRAMS_PER_SM = 4  # a split log-sum-exp pass aims at about this many programs per SM
+LSE_COMBINE_ROWS = 1024  # rows per program of the merge of split log-sum-exp partials
+
+
 def sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device (0 elsewhere), looked up once per device."""
     if device.type != "cuda":
@@ -193,10 +198,6 @@ def sm_count(device: torch.device) -> int:
     if n is None:
         n = _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
     return n
-
-
-_SMS: dict[int, int] = {}
-LSE_PROGRAMS_PER_SM = 4  # a split log-sum-exp pass aims at about this many programs per SM
 
 
 def lse_split(B: int, T: int, bl: Blocks, sms: int) -> int:
@@ -231,9 +232,6 @@ def _lse(q_b, k_b, key_mask, bl: Blocks, streams: Streams, keys_per_split: int |
         BoundKernel.get(_lse_combine_kernel, streams, BLOCK=LSE_COMBINE_ROWS, num_warps=4)(
             (cdiv(T, LSE_COMBINE_ROWS), B), out, lse, T, splits, out.stride(0), out.stride(1), lse.stride(0))
     return lse
-
-
-LSE_COMBINE_ROWS = 1024
 
 
 def step_launcher(q_b, k_b, gamma, f, key_mask, lse, s_op, rhs, pbuf, bl: Blocks, streams: Streams):
