@@ -4,6 +4,10 @@ SDPA attention with 16 heads of 64 at the same (B, T), all in one process.
 Times are medians over repeats of CUDA-event-timed runs after warm-up, with a 256 MiB buffer rewritten
 before each run so no input sits in L2 (METHOD.md); on CPU, wall-clock medians. Peak memory is
 torch.cuda.max_memory_allocated during forward+backward minus what was allocated before (the inputs).
+On CUDA the Triton solve and SDPA are also timed as one forward + backward captured in a CUDA graph and
+replayed ("graph ms"): the GPU time of their launches without the host time of issuing them, which bounds
+short sequences in eager mode (what ``torch.compile(mode="reduce-overhead")`` or a graphed training step
+gets).
 
     sessa bench --T 1024 4096 16384 --dtype bfloat16 --out bench.json
 """
@@ -71,8 +75,10 @@ def _peak_mib(device: torch.device, fn: Callable[[], object]) -> float | None:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def measure(timer: Timer, forward: Callable[[], torch.Tensor], leaves: list[torch.Tensor]) -> dict:
-    """fwd / bwd / fwd+bwd median ms and peak MiB of a differentiable forward() over the given leaves."""
+def measure(timer: Timer, forward: Callable[[], torch.Tensor], leaves: list[torch.Tensor],
+            graphed: bool = False) -> dict:
+    """fwd / bwd / fwd+bwd median ms and peak MiB of a differentiable forward() over the given leaves;
+    graphed (CUDA): also ``graph_ms``, fwd+bwd replayed from a CUDA graph (:func:`graph_ms`)."""
     grad = None
 
     def clear():
@@ -106,7 +112,29 @@ def measure(timer: Timer, forward: Callable[[], torch.Tensor], leaves: list[torc
     clear()
     res["peak_mib"] = _peak_mib(timer.device, fwd_bwd)
     clear()
+    if graphed and timer.cuda:
+        res["graph_ms"] = graph_ms(timer, fwd_bwd, clear)
     return res
+
+
+def graph_ms(timer: Timer, fwd_bwd: Callable[[], object], clear: Callable[[], object]) -> float:
+    """Median ms of fwd_bwd() captured once in a CUDA graph and replayed (warmed up on a side stream first,
+    as capture requires); the leaves' gradients live in the graph's memory while it exists."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            clear()
+            fwd_bwd()
+    torch.cuda.current_stream().wait_stream(side)
+    clear()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fwd_bwd()
+    ms = timer(graph.replay)
+    del graph
+    clear()
+    return ms
 
 
 def _feedback_case(backend: str, B: int, T: int, D: int, dtype, device, chunk_size):
@@ -131,10 +159,13 @@ def _layer_case(backend: str, B: int, T: int, D: int, dtype, device):
     return (lambda: layer(x)), [x, *layer.parameters()]
 
 
+GRAPHED = ("feedback/triton", "sdpa/16x64")  # cases also timed from a CUDA graph
+
+
 def _run_case(timer, name, make, record, log=print, **meta) -> None:
     try:
         forward, leaves = make()
-        res = measure(timer, forward, leaves)
+        res = measure(timer, forward, leaves, graphed=name in GRAPHED)
         del forward, leaves
     except torch.cuda.OutOfMemoryError:
         res = {"error": "oom"}
@@ -186,7 +217,8 @@ def run_sweep(args, device, dtype, timer) -> list[dict]:
 
 
 def ratio_table(record: list[dict]) -> list[dict]:
-    """Per (B, T): each case's fwd+bwd time over SDPA's and over the dense reference's."""
+    """Per (B, T): each case's fwd+bwd time over SDPA's and over the dense reference's; where both were
+    timed from CUDA graphs, also the graph-replay time over SDPA's."""
     rows = []
     for key in sorted({(r["B"], r["T"]) for r in record}):
         cases = {r["name"]: r for r in record if (r["B"], r["T"]) == key and "fwdbwd_ms" in r}
@@ -201,9 +233,15 @@ def ratio_table(record: list[dict]) -> list[dict]:
                     "peak_mib": r["peak_mib"],
                     "vs_sdpa": r["fwdbwd_ms"] / sdpa["fwdbwd_ms"] if sdpa else None,
                     "ref_speedup": ref["fwdbwd_ms"] / r["fwdbwd_ms"] if ref else None,
+                    "graph_ms": r.get("graph_ms"),
+                    "graph_vs_sdpa": _ratio(r.get("graph_ms"), sdpa.get("graph_ms") if sdpa else None),
                 }
             )
     return rows
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
 
 
 def _fmt(v: float | None, width: int, digits: int) -> str:
@@ -299,12 +337,13 @@ def run_bench(cfg: BenchConfig) -> dict:
     ratios = ratio_table(record)
     print(
         f"\n{'case':22s} {'B':>3s} {'T':>7s} {'fwd+bwd ms':>11s} {'peak MiB':>9s} "
-        f"{'x SDPA':>7s} {'ref/x':>7s}"
+        f"{'x SDPA':>7s} {'ref/x':>7s} {'graph ms':>9s} {'x SDPA':>7s}"
     )
     for r in ratios:
         print(
             f"{r['name']:22s} {r['B']:3d} {r['T']:7d} {r['fwdbwd_ms']:11.3f} {_fmt(r['peak_mib'], 9, 0)} "
-            f"{_fmt(r['vs_sdpa'], 7, 2)} {_fmt(r['ref_speedup'], 7, 2)}"
+            f"{_fmt(r['vs_sdpa'], 7, 2)} {_fmt(r['ref_speedup'], 7, 2)} {_fmt(r['graph_ms'], 9, 3)} "
+            f"{_fmt(r['graph_vs_sdpa'], 7, 2)}"
         )
     result = {
         "device": name,
