@@ -112,6 +112,13 @@ def _atomics_bound(dtype_name: str) -> float:
     return torch.finfo(getattr(torch, dtype_name)).eps / 2
 
 
+def _same_bits(diffs: list[float], dtype_name: str) -> list[bool]:
+    """Per output (NAMES order), whether two runs that should agree bit for bit did: difference 0, or for
+    dgamma at most :func:`_atomics_bound`."""
+    bound = _atomics_bound(dtype_name)
+    return [d == 0 or (n == "dgamma" and d <= bound) for n, d in zip(NAMES, diffs, strict=True)]
+
+
 def check_launch_paths(dtype_name: str, case: tuple, device: str) -> dict:
     """Direct launches (sessa's fast path) against Triton's JIT entry: bit-identical s, dq_b, dk_b, df (dgamma
     sums with atomics, so its last bits may differ)."""
@@ -129,9 +136,7 @@ def check_launch_paths(dtype_name: str, case: tuple, device: str) -> dict:
         direct[path] = LAUNCHES["direct"] - before
     os.environ.pop("SESSA_TRITON_FAST_LAUNCH")
     diffs = [max_rel(a, b.double()) for a, b in zip(out["fast"], out["jit"], strict=True)]
-    bound = _atomics_bound(dtype_name)
-    ok = [d == 0 or (n == "dgamma" and d <= bound) for n, d in zip(NAMES, diffs, strict=True)]
-    ok = [x and direct["fast"] > 0 and direct["jit"] == 0 for x in ok]
+    ok = [x and direct["fast"] > 0 and direct["jit"] == 0 for x in _same_bits(diffs, dtype_name)]
     note = f"fast vs JIT launch ({direct['fast']} direct launches, {direct['jit']} in the JIT run)"
     return {"dtype": dtype_name, "case": case, "tri": diffs, "chk": None, "ok": ok,
             "sec": time.time() - start, "note": note}
@@ -147,8 +152,7 @@ def check_compiled(dtype_name: str, case: tuple, device: str) -> dict:
     eager = run(ft.feedback_solve_triton, inputs, ds, key_mask)
     compiled = run(torch.compile(ft.feedback_solve_triton, fullgraph=True), inputs, ds, key_mask)
     diffs = [max_rel(a, b.double()) for a, b in zip(compiled, eager, strict=True)]
-    bound = _atomics_bound(dtype_name)
-    ok = [d == 0 or (n == "dgamma" and d <= bound) for n, d in zip(NAMES, diffs, strict=True)]
+    ok = _same_bits(diffs, dtype_name)
     return {"dtype": dtype_name, "case": case, "tri": diffs, "chk": None, "ok": ok,
             "sec": time.time() - start, "note": "torch.compile(fullgraph=True) vs eager"}
 

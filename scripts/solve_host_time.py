@@ -26,6 +26,7 @@ import time
 import torch
 import triton.testing
 
+from sessa.bench.kernels import capture_graph
 from sessa.ops.feedback import feedback_solve
 
 
@@ -79,16 +80,9 @@ def main() -> None:
             pstats.Stats(prof).sort_stats("tottime").print_stats(30)
             pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
         torch.cuda.synchronize()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                step()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
+        graph = None
         try:
-            with torch.cuda.graph(graph):
-                step()
+            graph = capture_graph(step, warmup=3)
             graphed = triton.testing.do_bench(graph.replay, warmup=20, rep=300, return_mode="median")
         except RuntimeError as exc:  # reported, the other measurements stand
             print(f"L={chunk}: graph capture failed: {str(exc)[:300]}", flush=True)

@@ -118,23 +118,34 @@ def measure(timer: Timer, forward: Callable[[], torch.Tensor], leaves: list[torc
 
 
 def graph_ms(timer: Timer, fwd_bwd: Callable[[], object], clear: Callable[[], object]) -> float:
-    """Median ms of fwd_bwd() captured once in a CUDA graph and replayed (warmed up on a side stream first,
-    as capture requires); the leaves' gradients live in the graph's memory while it exists."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            clear()
-            fwd_bwd()
-    torch.cuda.current_stream().wait_stream(side)
-    clear()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fwd_bwd()
+    """Median ms of fwd_bwd() captured once in a CUDA graph and replayed (:func:`capture_graph`); the
+    leaves' gradients live in the graph's memory while it exists."""
+    graph = capture_graph(fwd_bwd, warmup=2, before=clear)
     ms = timer(graph.replay)
     del graph
     clear()
     return ms
+
+
+def capture_graph(fn: Callable[[], object], warmup: int = 2,
+                  before: Callable[[], object] | None = None) -> torch.cuda.CUDAGraph:
+    """fn() captured in a CUDA graph, after ``warmup`` eager runs on a side stream (as capture requires:
+    lazy initialisation and compilation happen outside it); before() runs ahead of every run and of the
+    capture."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            if before:
+                before()
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    if before:
+        before()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
 
 
 def _feedback_case(backend: str, B: int, T: int, D: int, dtype, device, chunk_size):

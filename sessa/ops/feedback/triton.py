@@ -21,7 +21,7 @@ import os
 import torch
 
 from sessa.ops.feedback.triton_bwd import backward_fixed
-from sessa.ops.feedback.triton_common import Blocks, choose_blocks, dense, segment_table
+from sessa.ops.feedback.triton_common import Blocks, choose_blocks, dense, in_dtype, segment_table
 from sessa.ops.feedback.triton_fwd import forward_fixed
 from sessa.ops.feedback.triton_launch import on_device
 from sessa.ops.feedback.varlen import check_packed
@@ -73,7 +73,7 @@ class FeedbackSolveTriton(torch.autograd.Function):
             st = forward_fixed(q_b, k_b, gamma, f, mask, blocks, poison=POISON)
         ctx.save_for_backward(q_b, k_b, gamma, f, mask, st.s, st.s_op, st.lse, st.w)
         ctx.blocks = blocks
-        return st.s_op if st.s_op.dtype == f.dtype else st.s.to(f.dtype)  # bf16: s_op is s rounded
+        return in_dtype(st.s, st.s_op, f.dtype)
 
     @staticmethod
     def backward(ctx, ds):  # type: ignore[override]

@@ -42,6 +42,7 @@ from sessa.ops.feedback.triton_common import (
     _mask_arg,
     _row_lse,
     cdiv,
+    in_dtype,
     mma,
 )
 from sessa.ops.feedback.triton_fwd import ForwardState
@@ -278,4 +279,4 @@ def backward_fixed(q_b, k_b, gamma, f, key_mask, st: ForwardState, ds: torch.Ten
         chunk(dls[i % 2], A, min(bl.L, T - A), dq_events[i - 2] if i >= 2 else None)
         dq_events.append(streams.side_event())
     streams.join()
-    return dq, dk_out, dgamma, df_op if df_op.dtype == f.dtype else df.to(f.dtype)
+    return dq, dk_out, dgamma, in_dtype(df, df_op, f.dtype)

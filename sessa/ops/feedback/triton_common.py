@@ -82,6 +82,13 @@ def op_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype == torch.float32 else torch.bfloat16
 
 
+def in_dtype(x: torch.Tensor, x_op: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An fp32 result x of the solve (s, df) in the caller's dtype: its operand copy x_op when that has the
+    dtype (bf16 inputs: the kernels round x to bf16 as ``Tensor.to`` does; fp32: x_op is x), else x
+    converted (fp16)."""
+    return x_op if x_op.dtype == dtype else x.to(dtype)
+
+
 def _pow2_divisor(n: int, cap: int) -> int:
     b = cap
     while n % b:
