@@ -77,7 +77,7 @@ def main() -> None:
         pn, rhs = torch.empty_like(p), torch.empty(B, bl0.rows, D, **new)
         for v in [dict(BM=128, BN=128, BK=64, BD=128, w=8, s=3), dict(BM=64, BN=128, BK=64, BD=128, w=8, s=4),
                   dict(BM=128, BN=64, BK=64, BD=128, w=8, s=4), dict(BM=64, BN=128, BK=64, BD=64, w=8, s=4)]:
-            kern = BoundKernel(_step_kernel, streams, MASK=0, BM=v["BM"], BN=v["BN"], BK=v["BK"],
+            kern = BoundKernel(_step_kernel, streams, MASK=0, EVEN_D=True, BM=v["BM"], BN=v["BN"], BK=v["BK"],
                                BD=v["BD"], PREC="tf32", num_warps=v["w"], num_stages=v["s"])
             n_inter, n_pm = cdiv(L, v["BM"]) * cdiv(D, v["BD"]), cdiv(L, v["BM"])
             args = (q, k, q, st.lse, pn, p, st.s_op, f, g, rhs, A, A + L, T, D, n_inter, n_pm, q.stride(0),
@@ -92,8 +92,8 @@ def main() -> None:
         for v in [dict(BM=128, BN=128, BK=64, w=8, s=3), dict(BM=64, BN=128, BK=64, w=8, s=4),
                   dict(BM=128, BN=64, BK=64, w=8, s=4), dict(BM=64, BN=128, BK=64, w=4, s=4)]:
             span = max(v["BM"], bl0.bt_dk)
-            kern = BoundKernel(_dlogit_kernel, streams, MASK=0, BM=v["BM"], BN=v["BN"], BK=v["BK"],
-                               SPAN=span, PREC="tf32", num_warps=v["w"], num_stages=v["s"])
+            kern = BoundKernel(_dlogit_kernel, streams, MASK=0, EVEN_D=True, BM=v["BM"], BN=v["BN"],
+                               BK=v["BK"], SPAN=span, PREC="tf32", num_warps=v["w"], num_stages=v["s"])
             args = (q, k, q, st.lse, g, df_op, st.s_op, dpart, dgamma, dl, p, A, T, D, dpart.shape[-1],
                     q.stride(0), q.stride(1), 0, st.lse.stride(0), g.stride(0), g.stride(1), df_op.stride(0),
                     df_op.stride(1), dpart.stride(0), p.stride(0), p.stride(1), LOG2E * scale)
@@ -105,8 +105,9 @@ def main() -> None:
                   dict(BKEY=128, BT=64, BN=256, w=8, s=3), dict(BKEY=64, BT=64, BN=128, w=4, s=4),
                   dict(BKEY=128, BT=32, BN=256, w=8, s=5), dict(BKEY=128, BT=128, BN=256, w=8, s=2),
                   dict(BKEY=256, BT=64, BN=128, w=8, s=3), dict(BKEY=128, BT=64, BN=128, w=4, s=4)]:
-            kern = BoundKernel(_tgemm_acc_kernel, streams, MASK=0, BKEY=v["BKEY"], BT=v["BT"], BN=v["BN"],
-                               SPAN=max(bl0.bm, v["BT"]), PREC="tf32", num_warps=v["w"], num_stages=v["s"])
+            kern = BoundKernel(_tgemm_acc_kernel, streams, MASK=0, EVEN_D=True, BKEY=v["BKEY"], BT=v["BT"],
+                               BN=v["BN"], SPAN=max(bl0.bm, v["BT"]), PREC="tf32", num_warps=v["w"],
+                               num_stages=v["s"])
             args = (q, p, df_op, push, A, T, D, L, 0, p.stride(0), p.stride(1), df_op.stride(0),
                     df_op.stride(1), push.stride(0), push.stride(1), 1.0)
             grid = (cdiv(A, v["BKEY"]), cdiv(D, v["BN"]), B)
@@ -115,7 +116,7 @@ def main() -> None:
         dq, dk, dk_out = torch.empty_like(q), torch.zeros(B, T, D, **new), torch.empty_like(q)
         for v in [dict(BM=128, BD=128, BD_DK=256, s=3), dict(BM=64, BD=128, BD_DK=256, s=4),
                   dict(BM=64, BD=128, BD_DK=128, s=4), dict(BM=128, BD=128, BD_DK=128, s=3)]:
-            kern = BoundKernel(_dq_dk_kernel, streams, MASK=0, BM=v["BM"], BN=bl0.bn, BD=v["BD"],
+            kern = BoundKernel(_dq_dk_kernel, streams, MASK=0, EVEN_D=True, BM=v["BM"], BN=bl0.bn, BD=v["BD"],
                                BT=bl0.bt_dk, BD_DK=v["BD_DK"], SPAN=max(v["BM"], bl0.bt_dk), PREC="tf32",
                                num_warps=8, num_stages=v["s"])
             nq = cdiv(L, v["BM"]) * cdiv(D, v["BD"])

@@ -56,7 +56,7 @@ def _dlogit_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, g_ptr, dfop_ptr, sop_ptr, dpar
                    stride_qb, stride_qt, stride_mb, stride_lb, stride_gb, stride_gt, stride_ob, stride_ot,
                    stride_eb, stride_pb, stride_pr, scale2,
                    MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                   SPAN: tl.constexpr, PREC: tl.constexpr):
+                   SPAN: tl.constexpr, PREC: tl.constexpr, EVEN_D: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
@@ -72,23 +72,28 @@ def _dlogit_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, g_ptr, dfop_ptr, sop_ptr, dpar
         rows = r_start + tl.arange(0, BM)
         cols = c_start + tl.arange(0, BN)
         rmask = rows < T
-        cmask = cols < T
-        q_ptr += pid_b * stride_qb
-        k_ptr += pid_b * stride_qb
-        dfop_ptr += pid_b * stride_ob
-        sop_ptr += pid_b * stride_ob
+        # rows / keys at or past T read row T - 1 (finite values that p = 0 masks out): unpredicated loads
+        rq = tl.minimum(rows, T - 1)[:, None]
+        ck = tl.minimum(cols, T - 1)[None, :]
+        q_rows = q_ptr + pid_b * stride_qb + rq * stride_qt
+        k_rows = k_ptr + pid_b * stride_qb + ck * stride_qt
+        df_rows = dfop_ptr + pid_b * stride_ob + rq * stride_ot
+        s_rows = sop_ptr + pid_b * stride_ob + ck * stride_ot
         logit = tl.zeros([BM, BN], dtype=tl.float32)
         dps = tl.zeros([BM, BN], dtype=tl.float32)  # <df_t, s_j>
         for d0 in range(0, D, BK):
             dd = d0 + tl.arange(0, BK)
-            dmask = dd < D
-            mr = rmask[:, None] & dmask[None, :]
-            mc = cmask[None, :] & dmask[:, None]
-            qt = tl.load(q_ptr + rows[:, None] * stride_qt + dd[None, :], mask=mr, other=0.0)
-            kt = tl.load(k_ptr + cols[None, :] * stride_qt + dd[:, None], mask=mc, other=0.0)
+            if EVEN_D:
+                qt = tl.load(q_rows + dd[None, :])
+                kt = tl.load(k_rows + dd[:, None])
+                dft = tl.load(df_rows + dd[None, :])
+                st = tl.load(s_rows + dd[:, None])
+            else:
+                qt = tl.load(q_rows + dd[None, :], mask=(dd < D)[None, :], other=0.0)
+                kt = tl.load(k_rows + dd[:, None], mask=(dd < D)[:, None], other=0.0)
+                dft = tl.load(df_rows + dd[None, :], mask=(dd < D)[None, :], other=0.0)
+                st = tl.load(s_rows + dd[:, None], mask=(dd < D)[:, None], other=0.0)
             logit = mma(qt, kt, logit, PREC)
-            dft = tl.load(dfop_ptr + rows[:, None] * stride_ot + dd[None, :], mask=mr, other=0.0)
-            st = tl.load(sop_ptr + cols[None, :] * stride_ot + dd[:, None], mask=mc, other=0.0)
             dps = mma(dft, st, dps, PREC)
         lse = _row_lse(lse_ptr + pid_b * stride_lb, rows, T)
         ok = _allowed(rows, cols, T, km_ptr, MASK)
@@ -109,7 +114,7 @@ def _dlogit_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, g_ptr, dfop_ptr, sop_ptr, dpar
 def _tgemm_tile(pid_j, pid_d, pid_b, km_ptr, a_ptr, b_ptr, out_ptr, out2_ptr, A, T, D, L_eff, fresh_end,
                 final_from, stride_ab, stride_ar, stride_bb, stride_bt, stride_ob, stride_ot, scale,
                 MASK: tl.constexpr, BKEY: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr,
-                SPAN: tl.constexpr, PREC: tl.constexpr):
+                SPAN: tl.constexpr, PREC: tl.constexpr, EVEN_D: tl.constexpr):
     """out[j] += scale * sum_{t in the super-chunk} a[t - A, j] b[t] for a key tile j and a D tile.
 
     dk: a = dlogit, b = q_b; push: a = gamma P, b = df. Reads only scratch tiles the dlogit kernel wrote
@@ -131,7 +136,11 @@ def _tgemm_tile(pid_j, pid_d, pid_b, km_ptr, a_ptr, b_ptr, out_ptr, out2_ptr, A,
         rel = i * BT + tl.arange(0, BT)
         trows = A + rel
         a = tl.load(a_ptr + rel[:, None] * stride_ar)
-        b = tl.load(b_ptr + trows[:, None] * stride_bt, mask=(trows < T)[:, None] & dmask[None, :], other=0.0)
+        b_rows = b_ptr + tl.minimum(trows, T - 1)[:, None] * stride_bt  # rows past T: zero rows of a
+        if EVEN_D:
+            b = tl.load(b_rows)
+        else:
+            b = tl.load(b_rows, mask=dmask[None, :], other=0.0)
         acc = mma(tl.trans(a), b.to(a.dtype), acc, PREC)  # fp16 q_b times the bf16 dlogit scratch: bf16
     m2 = (keys < T)[:, None] & dmask[None, :]
     offs = pid_b * stride_ob + keys[:, None] * stride_ot + dcols[None, :]
@@ -148,18 +157,18 @@ def _tgemm_tile(pid_j, pid_d, pid_b, km_ptr, a_ptr, b_ptr, out_ptr, out2_ptr, A,
 def _tgemm_acc_kernel(km_ptr, a_ptr, b_ptr, out_ptr, A, T, D, L_eff, stride_mb,
                       stride_ab, stride_ar, stride_bb, stride_bt, stride_ob, stride_ot, scale,
                       MASK: tl.constexpr, BKEY: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr,
-                      SPAN: tl.constexpr, PREC: tl.constexpr):
+                      SPAN: tl.constexpr, PREC: tl.constexpr, EVEN_D: tl.constexpr):
     pid_b = tl.program_id(2).to(tl.int64)
     _tgemm_tile(tl.program_id(0), tl.program_id(1), pid_b, km_ptr + pid_b * stride_mb, a_ptr, b_ptr, out_ptr,
                 out_ptr, A, T, D, L_eff, 0, T, stride_ab, stride_ar, stride_bb, stride_bt, stride_ob,
-                stride_ot, scale, MASK, BKEY, BT, BN, SPAN, PREC)
+                stride_ot, scale, MASK, BKEY, BT, BN, SPAN, PREC, EVEN_D)
 
 
 @triton.jit
 def _dq_tile(pid_m, pid_d, pid_b, km_ptr, dl_ptr, k_ptr, dq_ptr, A, T, D,
              stride_pb, stride_pr, stride_kb, stride_kt, scale,
              MASK: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, SPAN: tl.constexpr,
-             PREC: tl.constexpr):
+             PREC: tl.constexpr, EVEN_D: tl.constexpr):
     """dq[rows] = scale * dlogit[rows, :] @ k for one (BM rows, BN of D) tile (packed sequences: from the
     first key tile the dlogit kernel wrote for the SPAN-row block of these rows)."""
     r_start = A + pid_m * BM
@@ -173,7 +182,11 @@ def _dq_tile(pid_m, pid_d, pid_b, km_ptr, dl_ptr, k_ptr, dq_ptr, A, T, D,
     for c0 in range(lo, tl.minimum(r_start + BM, T), BK):
         cols = c0 + tl.arange(0, BK)
         dl = tl.load(dl_ptr + cols[None, :])
-        kt = tl.load(k_ptr + cols[:, None] * stride_kt, mask=(cols < T)[:, None] & dmask[None, :], other=0.0)
+        k_rows = k_ptr + tl.minimum(cols, T - 1)[:, None] * stride_kt  # keys past T: zero columns of dl
+        if EVEN_D:
+            kt = tl.load(k_rows)
+        else:
+            kt = tl.load(k_rows, mask=dmask[None, :], other=0.0)
         acc = mma(dl, kt.to(dl.dtype), acc, PREC)  # fp16 k_b times the bf16 dlogit scratch: bf16
     m2 = (rows < T)[:, None] & dmask[None, :]
     out = dq_ptr + pid_b * stride_kb + rows[:, None] * stride_kt + dcols[None, :]
@@ -184,7 +197,7 @@ def _dq_tile(pid_m, pid_d, pid_b, km_ptr, dl_ptr, k_ptr, dq_ptr, A, T, D,
 def _dq_dk_kernel(km_ptr, dl_ptr, q_ptr, k_ptr, dq_ptr, dk_ptr, dk2_ptr, A, T, D, L_eff, N_DQ, dk_fresh,
                   stride_mb, stride_pb, stride_pr, stride_qb, stride_qt, stride_ob, stride_ot, scale,
                   MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr,
-                  BD_DK: tl.constexpr, SPAN: tl.constexpr, PREC: tl.constexpr):
+                  BD_DK: tl.constexpr, SPAN: tl.constexpr, PREC: tl.constexpr, EVEN_D: tl.constexpr):
     """Both products of dlogit in one launch: the first N_DQ programs are dq tiles, the rest dk tiles
     (dk[j] += scale * dlogit[:, j]^T q; dk_fresh: T on the first super-chunk visited, where dk holds no sum
     yet, else 0; keys from A on are complete after this super-chunk: written to dk2, the gradient)."""
@@ -194,13 +207,13 @@ def _dq_dk_kernel(km_ptr, dl_ptr, q_ptr, k_ptr, dq_ptr, dk_ptr, dk2_ptr, A, T, D
     if pid < N_DQ:
         n_d = tl.cdiv(D, BD)
         _dq_tile(pid // n_d, pid % n_d, pid_b, km_ptr, dl_ptr, k_ptr, dq_ptr, A, T, D, stride_pb, stride_pr,
-                 stride_qb, stride_qt, scale, MASK, BM, BN, BD, SPAN, PREC)
+                 stride_qb, stride_qt, scale, MASK, BM, BN, BD, SPAN, PREC, EVEN_D)
     else:
         pid -= N_DQ
         n_d = tl.cdiv(D, BD_DK)
         _tgemm_tile(pid // n_d, pid % n_d, pid_b, km_ptr, dl_ptr, q_ptr, dk_ptr, dk2_ptr, A, T, D, L_eff,
                     dk_fresh, A, stride_pb, stride_pr, stride_qb, stride_qt, stride_ob, stride_ot, scale,
-                    MASK, BN, BT, BD_DK, SPAN, PREC)
+                    MASK, BN, BT, BD_DK, SPAN, PREC, EVEN_D)
 
 
 def _chunk_launcher(q_b, k_b, gamma, f, key_mask, st: ForwardState, ds, bufs, streams: Streams):
@@ -214,13 +227,14 @@ def _chunk_launcher(q_b, k_b, gamma, f, key_mask, st: ForwardState, ds, bufs, st
     km, smb, mode = _mask_arg(key_mask, q_b)
     scale = 1.0 / math.sqrt(D)
     solve = w_applier(st.w, ds, df, df_op, bl, streams, x2=push, trans=True, delta=dpart, s=st.s, f=f)
-    opts = dict(PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages)
+    opts = dict(PREC=bl.prec, EVEN_D=bl.even_d, num_warps=bl.warps, num_stages=bl.stages)
     dlogit = BoundKernel.get(_dlogit_kernel, streams, MASK=mode, BM=bl.bm, BN=bl.bn, BK=bl.bk, SPAN=bl.span,
                              **opts)
     dq_dk = BoundKernel.get(_dq_dk_kernel, streams, MASK=mode, BM=bl.bm, BN=bl.bn, BD=bl.bd, BT=bl.bt_dk,
                             BD_DK=bl.bd_dk, SPAN=bl.span, **opts)
     push_acc = BoundKernel.get(_tgemm_acc_kernel, streams, MASK=mode, BKEY=bl.bn, BT=bl.bt_dk, BN=bl.bd_dk,
-                               SPAN=bl.span, PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages_push)
+                               SPAN=bl.span, PREC=bl.prec, EVEN_D=bl.even_d, num_warps=bl.warps,
+                               num_stages=bl.stages_push)
     assert q_b.stride() == k_b.stride() == dq.stride() and p.stride() == dl0.stride()  # dk is fp32
     assert dk.stride() == dk_out.stride()
     qs, gs, ds_, ps, ks = q_b.stride(), gamma.stride(), df_op.stride(), p.stride(), dk.stride()

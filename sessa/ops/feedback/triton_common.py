@@ -45,12 +45,13 @@ class Blocks:
     stages_lse: int  # ... of the log-sum-exp pass
     stages_push: int  # ... of the push GEMM
     stages_w: int  # ... of the products with W
+    even_d: bool  # D is a multiple of every D tile (bk, bd, bd_dk, bd_w): the kernels' loads need no D mask
 
 
 # Tile choices for the GPU (H100, D = 1024), per operand dtype; chosen with scripts/sweep_kernel_tiles.py
 # (each kernel alone) and scripts/tune_feedback.py (the whole op).
 TUNING = {"bm": 128, "bn": 128, "bk": 64, "bd": 128, "bd_dk": 256, "bt_dk": 64, "bm_w": 128, "bd_w": 64,
-          "bk_w": 64, "bm_lse": 64, "bn_lse": 256, "warps": 8, "warps_w": 8, "stages": 3, "stages_lse": 3,
+          "bk_w": 64, "bm_lse": 128, "bn_lse": 256, "warps": 8, "warps_w": 8, "stages": 3, "stages_lse": 3,
           "stages_push": 4, "stages_w": 3}
 TUNING_FP32 = {"bm": 64, "bn": 64, "bk": 32, "bd": 64, "bd_dk": 64, "bt_dk": 64, "bm_w": 64, "bd_w": 64,
                "bk_w": 64, "bm_lse": 64, "bn_lse": 64, "warps": 4, "warps_w": 4, "stages": 2, "stages_lse": 2,
@@ -139,7 +140,7 @@ def choose_blocks(
         level_prec="ieee" if interpret else ("tf32x3" if dtype == torch.float32 else "tf32"),
         rows=min(L, cdiv(T, span) * span), warps=tn["warps"], warps_w=tn["warps_w"],
         stages=tn["stages"], stages_lse=tn["stages_lse"], stages_push=tn["stages_push"],
-        stages_w=tn["stages_w"],
+        stages_w=tn["stages_w"], even_d=D % max(tn["bk"], tn["bd"], tn["bd_dk"], tn["bd_w"]) == 0,
     )
 
 
@@ -156,18 +157,22 @@ def mma(a, b, acc, PREC: tl.constexpr):
 
 @triton.jit
 def _logits(q_ptr, k_ptr, rows, cols, T, D, stride_q, stride_k,
-            BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
-    """(BM, BN) fp32 q[rows] . k[cols] over the full width D, in BK slices."""
+            BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, EVEN_D: tl.constexpr):
+    """(BM, BN) fp32 q[rows] . k[cols] over the full width D, in BK slices. Rows / columns at or past T read
+    row T - 1 instead (finite values every caller masks out, ``_allowed``): unpredicated loads, which the
+    pipelined K loop issues faster than masked ones; only a D that is not a multiple of BK (not EVEN_D)
+    masks the last slice."""
     acc = tl.zeros([BM, BN], dtype=tl.float32)
-    rmask = rows < T
-    cmask = cols < T
+    q_rows = q_ptr + tl.minimum(rows, T - 1)[:, None] * stride_q
+    k_rows = k_ptr + tl.minimum(cols, T - 1)[None, :] * stride_k
     for d0 in range(0, D, BK):
         dd = d0 + tl.arange(0, BK)
-        dmask = dd < D
-        qt = tl.load(q_ptr + rows[:, None] * stride_q + dd[None, :],
-                     mask=rmask[:, None] & dmask[None, :], other=0.0)
-        kt = tl.load(k_ptr + cols[None, :] * stride_k + dd[:, None],
-                     mask=cmask[None, :] & dmask[:, None], other=0.0)
+        if EVEN_D:
+            qt = tl.load(q_rows + dd[None, :])
+            kt = tl.load(k_rows + dd[:, None])
+        else:
+            qt = tl.load(q_rows + dd[None, :], mask=(dd < D)[None, :], other=0.0)
+            kt = tl.load(k_rows + dd[:, None], mask=(dd < D)[:, None], other=0.0)
         acc = mma(qt, kt, acc, PREC)
     return acc
 

@@ -53,7 +53,7 @@ from sessa.ops.feedback.triton_tril import build_w, w_applier
 def _lse_kernel(q_ptr, k_ptr, km_ptr, out_ptr, T, D, KS,
                 stride_qb, stride_qt, stride_kb, stride_kt, stride_mb, stride_ob, stride_os, scale2,
                 MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                PREC: tl.constexpr):
+                PREC: tl.constexpr, EVEN_D: tl.constexpr):
     """Log-sum-exp (log2 units) of one row tile's strict-past logits over the keys [s KS, (s + 1) KS) of
     split s = program_id(1), to out[b, s, rows] (-inf where a row reads no key there). One split: out is
     the row log-sum-exp itself; more: partial sums that ``_lse_combine_kernel`` merges."""
@@ -70,7 +70,7 @@ def _lse_kernel(q_ptr, k_ptr, km_ptr, out_ptr, T, D, KS,
     hi = tl.minimum(tl.minimum(pid_m * BM + BM, T), pid_s * KS + KS)
     for c0 in range(lo, hi, BN):
         cols = c0 + tl.arange(0, BN)
-        x = _logits(q_ptr, k_ptr, rows, cols, T, D, stride_qt, stride_kt, BM, BN, BK, PREC) * scale2
+        x = _logits(q_ptr, k_ptr, rows, cols, T, D, stride_qt, stride_kt, BM, BN, BK, PREC, EVEN_D) * scale2
         x = tl.where(_allowed(rows, cols, T, km_ptr, MASK), x, float("-inf"))
         m_new = tl.maximum(m, tl.max(x, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no exp2(-inf - -inf)
@@ -102,7 +102,7 @@ def _lse_combine_kernel(part_ptr, lse_ptr, T, S, stride_pb, stride_ps, stride_lb
 def _probs_tile(pid_m, pid_n, pid_b, q_ptr, k_ptr, km_ptr, lse_ptr, p_ptr, A, T, D,
                 stride_qb, stride_qt, stride_kb, stride_kt, stride_mb, stride_lb, stride_pb, stride_pr,
                 scale2, MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                PREC: tl.constexpr):
+                PREC: tl.constexpr, EVEN_D: tl.constexpr):
     """One (BM rows, BN keys) tile of P[rows A.., keys < A] into the scratch p (rows relative to A)."""
     r_start = A + pid_m * BM
     c_start = pid_n * BN
@@ -113,7 +113,7 @@ def _probs_tile(pid_m, pid_n, pid_b, q_ptr, k_ptr, km_ptr, lse_ptr, p_ptr, A, T,
         k_ptr += pid_b * stride_kb
         rows = r_start + tl.arange(0, BM)
         cols = c_start + tl.arange(0, BN)
-        x = _logits(q_ptr, k_ptr, rows, cols, T, D, stride_qt, stride_kt, BM, BN, BK, PREC) * scale2
+        x = _logits(q_ptr, k_ptr, rows, cols, T, D, stride_qt, stride_kt, BM, BN, BK, PREC, EVEN_D) * scale2
         lse = _row_lse(lse_ptr + pid_b * stride_lb, rows, T)
         p = tl.where(_allowed(rows, cols, T, km_ptr, MASK), tl.exp2(x - lse[:, None]), 0.0)
         ptrs = p_ptr + pid_b * stride_pb + (rows - A)[:, None] * stride_pr + cols[None, :]
@@ -124,7 +124,8 @@ def _probs_tile(pid_m, pid_n, pid_b, q_ptr, k_ptr, km_ptr, lse_ptr, p_ptr, A, T,
 def _inter_tile(pid_m, pid_n, pid_b, km_ptr, p_ptr, sop_ptr, f_ptr, g_ptr, rhs_ptr, A, T, D,
                 stride_pb, stride_pr, stride_ob, stride_ot, stride_fb, stride_ft, stride_gb, stride_gt,
                 stride_rb, stride_rt,
-                MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+                MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+                EVEN_D: tl.constexpr):
     """rhs[r] = f[A + r] + gamma (P[r, :A] @ s[:A]) for the local rows r of the super-chunk at A (one BM x BN
     tile; BN over D). The K loop starts at the first key tile ``_probs_tile`` wrote for these rows."""
     rl = pid_m * BM + tl.arange(0, BM)
@@ -137,7 +138,10 @@ def _inter_tile(pid_m, pid_n, pid_b, km_ptr, p_ptr, sop_ptr, f_ptr, g_ptr, rhs_p
     for k0 in range(_first_key(km_ptr, A + pid_m * BM, T, BK, MASK), A, BK):
         kk = k0 + tl.arange(0, BK)
         p = tl.load(p_ptr + kk[None, :])
-        sv = tl.load(sop_ptr + kk[:, None] * stride_ot, mask=dmask[None, :], other=0.0)
+        if EVEN_D:
+            sv = tl.load(sop_ptr + kk[:, None] * stride_ot)
+        else:
+            sv = tl.load(sop_ptr + kk[:, None] * stride_ot, mask=dmask[None, :], other=0.0)
         acc = mma(p, sv, acc, PREC)
     m2 = (rows < T)[:, None] & dmask[None, :]
     f = tl.load(f_ptr + pid_b * stride_fb + rows[:, None] * stride_ft + dcols[None, :], mask=m2, other=0.0)
@@ -152,7 +156,7 @@ def _step_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, pn_ptr, p_ptr, sop_ptr, f_ptr, g
                  stride_qb, stride_qt, stride_kb, stride_kt, stride_mb, stride_lb, stride_pb, stride_pr,
                  stride_ob, stride_ot, stride_fb, stride_ft, stride_gb, stride_gt, stride_rb, stride_rt,
                  scale2, MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                 BD: tl.constexpr, PREC: tl.constexpr):
+                 BD: tl.constexpr, PREC: tl.constexpr, EVEN_D: tl.constexpr):
     """One launch per super-chunk: the first N_INTER programs build this super-chunk's right-hand side
     (``_inter_tile``, reading P from p), the rest fill the next super-chunk's P into pn (``_probs_tile``,
     independent of s). One launch instead of two on two streams: less launch overhead, no stream sync."""
@@ -162,12 +166,12 @@ def _step_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, pn_ptr, p_ptr, sop_ptr, f_ptr, g
         n_d = tl.cdiv(D, BD)
         _inter_tile(pid // n_d, pid % n_d, pid_b, km_ptr + pid_b * stride_mb, p_ptr, sop_ptr, f_ptr, g_ptr,
                     rhs_ptr, A, T, D, stride_pb, stride_pr, stride_ob, stride_ot, stride_fb, stride_ft,
-                    stride_gb, stride_gt, stride_rb, stride_rt, MASK, BM, BD, BN, PREC)
+                    stride_gb, stride_gt, stride_rb, stride_rt, MASK, BM, BD, BN, PREC, EVEN_D)
     else:
         pid -= N_INTER
         _probs_tile(pid % N_PROBS_M, pid // N_PROBS_M, pid_b, q_ptr, k_ptr, km_ptr, lse_ptr, pn_ptr, A_next,
                     T, D, stride_qb, stride_qt, stride_kb, stride_kt, stride_mb, stride_lb, stride_pb,
-                    stride_pr, scale2, MASK, BM, BN, BK, PREC)
+                    stride_pr, scale2, MASK, BM, BN, BK, PREC, EVEN_D)
 
 
 # ----------------------------------------------------------------------------------------------- launcher
@@ -224,7 +228,7 @@ def _lse(q_b, k_b, key_mask, bl: Blocks, streams: Streams, keys_per_split: int |
     lse = torch.empty(B, T, device=q_b.device, dtype=torch.float32)
     out = lse[:, None] if splits == 1 else torch.empty(B, splits, T, device=q_b.device, dtype=torch.float32)
     BoundKernel.get(_lse_kernel, streams, MASK=mode, BM=bl.bm_lse, BN=bl.bn_lse, BK=bl.bk,
-                    PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages_lse)(
+                    PREC=bl.prec, EVEN_D=bl.even_d, num_warps=bl.warps, num_stages=bl.stages_lse)(
         (cdiv(T, bl.bm_lse), splits, B), q_b, k_b, km, out, T, D, ks, q_b.stride(0), q_b.stride(1),
         k_b.stride(0), k_b.stride(1), smb, out.stride(0), out.stride(1), LOG2E / math.sqrt(D),
     )
@@ -241,7 +245,7 @@ def step_launcher(q_b, k_b, gamma, f, key_mask, lse, s_op, rhs, pbuf, bl: Blocks
     B, T, D = f.shape
     km, smb, mode = _mask_arg(key_mask, q_b)
     kern = BoundKernel.get(_step_kernel, streams, MASK=mode, BM=bl.bm, BN=bl.bn, BK=bl.bk,
-                           BD=bl.bd, PREC=bl.prec, num_warps=bl.warps, num_stages=bl.stages)
+                           BD=bl.bd, PREC=bl.prec, EVEN_D=bl.even_d, num_warps=bl.warps, num_stages=bl.stages)
     inputs = (q_b, k_b, km, lse)
     outputs = (s_op, f, gamma, rhs)
     qs, ks, os_, fs, gs, rs = (x.stride() for x in (q_b, k_b, s_op, f, gamma, rhs))

@@ -38,14 +38,14 @@ def _diag_inverse_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, g_ptr, w_ptr, T, D, L,
                          stride_qb, stride_qt, stride_kb, stride_kt, stride_mb, stride_lb,
                          stride_gb, stride_gt, stride_wb, stride_wi, scale2,
                          MASK: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, LOG2C: tl.constexpr,
-                         PREC: tl.constexpr, INV_PREC: tl.constexpr):
+                         PREC: tl.constexpr, INV_PREC: tl.constexpr, EVEN_D: tl.constexpr):
     pid = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     q_ptr += pid_b * stride_qb
     k_ptr += pid_b * stride_kb
     km_ptr += pid_b * stride_mb
     rows = pid * C + tl.arange(0, C)
-    x = _logits(q_ptr, k_ptr, rows, rows, T, D, stride_qt, stride_kt, C, C, BK, PREC) * scale2
+    x = _logits(q_ptr, k_ptr, rows, rows, T, D, stride_qt, stride_kt, C, C, BK, PREC, EVEN_D) * scale2
     lse = _row_lse(lse_ptr + pid_b * stride_lb, rows, T)
     p = tl.where(_allowed(rows, rows, T, km_ptr, MASK), tl.exp2(x - lse[:, None]), 0.0)
     g = tl.load(g_ptr + pid_b * stride_gb + rows * stride_gt, mask=rows < T, other=0.0).to(tl.float32)
@@ -66,7 +66,7 @@ def _diag_inverse_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, g_ptr, w_ptr, T, D, L,
 def _diag_probs_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, pd_ptr, T, D, L, nI,
                        stride_qb, stride_qt, stride_kb, stride_kt, stride_mb, stride_lb, stride_db, stride_di,
                        scale2, MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                       PREC: tl.constexpr):
+                       PREC: tl.constexpr, EVEN_D: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_z = tl.program_id(2)
@@ -80,7 +80,7 @@ def _diag_probs_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, pd_ptr, T, D, L, nI,
         cols = c_start + tl.arange(0, BN)
         q_ptr += pid_b * stride_qb
         k_ptr += pid_b * stride_kb
-        x = _logits(q_ptr, k_ptr, rows, cols, T, D, stride_qt, stride_kt, BM, BN, BK, PREC) * scale2
+        x = _logits(q_ptr, k_ptr, rows, cols, T, D, stride_qt, stride_kt, BM, BN, BK, PREC, EVEN_D) * scale2
         lse = _row_lse(lse_ptr + pid_b * stride_lb, rows, T)
         ok = _allowed(rows, cols, T, km_ptr + pid_b * stride_mb, MASK)
         p = tl.where(ok, tl.exp2(x - lse[:, None]), 0.0)
@@ -137,7 +137,7 @@ def _wapply_kernel(w_ptr, x_ptr, x2_ptr, out_ptr, outop_ptr, s_ptr, f_ptr, dpart
                    stride_pt, stride_eb,
                    TRANS: tl.constexpr, HAS_X2: tl.constexpr, STORE_OP: tl.constexpr, DELTA: tl.constexpr,
                    SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                   INV_PREC: tl.constexpr):
+                   INV_PREC: tl.constexpr, EVEN_D: tl.constexpr):
     """out[A + r] = sum_k W[r, k] x[k] (TRANS: sum_k W[k, r] (x + x2)[k]) with W = w[:, chunk] lower
     triangular, K step BK (dividing BM).
     x rows are x_row0 + k; out, outop, s, f rows are A + r. DELTA: per-D-tile <out_rounded, s - f> row sums.
@@ -164,7 +164,10 @@ def _wapply_kernel(w_ptr, x_ptr, x2_ptr, out_ptr, outop_ptr, s_ptr, f_ptr, dpart
         else:
             w_offs = rl[:, None] * stride_wr + kk[None, :]
         w = tl.load(w_ptr + w_offs)
-        xm = (kk < L_eff)[:, None] & dmask[None, :]
+        if EVEN_D:  # a row mask only
+            xm = (kk < L_eff)[:, None]
+        else:
+            xm = (kk < L_eff)[:, None] & dmask[None, :]
         x = tl.load(x_ptr + x_off + (x_row0 + kk)[:, None] * stride_xt, mask=xm, other=0.0).to(tl.float32)
         if HAS_X2:
             x += tl.load(x2_ptr + x_off + (x_row0 + kk)[:, None] * stride_xt, mask=xm, other=0.0)
@@ -202,13 +205,14 @@ def build_w(q_b, k_b, gamma, key_mask, lse, bl: Blocks, split: bool, streams: St
     w = torch.zeros(B, n_chunks, L, L, device=q_b.device, dtype=torch.float32)
     qs, ks, gs, ws = q_b.stride(), k_b.stride(), gamma.stride(), w.stride()
     BoundKernel.get(_diag_inverse_kernel, streams, MASK=mode, C=bl.C, BK=bl.bk,
-                    LOG2C=int(math.log2(bl.C)), PREC=bl.prec, INV_PREC=bl.inv_prec, num_warps=4)(
+                    LOG2C=int(math.log2(bl.C)), PREC=bl.prec, INV_PREC=bl.inv_prec, EVEN_D=bl.even_d,
+                    num_warps=4)(
         (cdiv(T, bl.C), B), q_b, k_b, km, lse, gamma, w, T, D, L, qs[0], qs[1], ks[0], ks[1], smb,
         lse.stride(0), gs[0], gs[1], ws[0], ws[1], scale2,
     )
     pd = torch.empty_like(w)
     BoundKernel.get(_diag_probs_kernel, streams, MASK=mode, BM=bl.bm, BN=bl.bn, BK=bl.bk, PREC=bl.prec,
-                    num_warps=bl.warps, num_stages=bl.stages)(
+                    EVEN_D=bl.even_d, num_warps=bl.warps, num_stages=bl.stages)(
         (L // bl.bm, L // bl.bn, B * n_chunks), q_b, k_b, km, lse, pd, T, D, L, n_chunks, qs[0], qs[1], ks[0],
         ks[1], smb, lse.stride(0), ws[0], ws[1], scale2,
     )
@@ -242,7 +246,7 @@ def w_applier(w, x, out, out_op, bl: Blocks, streams: Streams, *, x2=None, trans
     kern = BoundKernel.get(
         _wapply_kernel, streams, TRANS=trans, HAS_X2=x2 is not None, STORE_OP=out_op is not out,
         DELTA=delta is not None, SPLIT=w.dtype == torch.bfloat16, BM=bl.bm_w, BN=bl.bd_w, BK=bl.bk_w,
-        INV_PREC=bl.inv_prec, num_warps=bl.warps_w, num_stages=bl.stages_w,
+        INV_PREC=bl.inv_prec, EVEN_D=bl.even_d, num_warps=bl.warps_w, num_stages=bl.stages_w,
     )
     tensors = (w, x, x if x2 is None else x2, out, out_op, out if s is None else s,
                out if f is None else f, out if delta is None else delta)
