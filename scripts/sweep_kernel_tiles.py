@@ -108,7 +108,7 @@ def main() -> None:
             kern = BoundKernel(_tgemm_acc_kernel, streams, MASK=0, EVEN_D=True, BKEY=v["BKEY"], BT=v["BT"],
                                BN=v["BN"], SPAN=max(bl0.bm, v["BT"]), PREC="tf32", num_warps=v["w"],
                                num_stages=v["s"])
-            args = (q, p, df_op, push, A, T, D, L, 0, p.stride(0), p.stride(1), df_op.stride(0),
+            args = (q, p, df_op, push, A, T, D, L, 0, 0, p.stride(0), p.stride(1), df_op.stride(0),
                     df_op.stride(1), push.stride(0), push.stride(1), 1.0)
             grid = (cdiv(A, v["BKEY"]), cdiv(D, v["BN"]), B)
             bench("push", v, lambda kern=kern, grid=grid, args=args: kern(grid, *args))

@@ -154,14 +154,15 @@ def _tgemm_tile(pid_j, pid_d, pid_b, km_ptr, a_ptr, b_ptr, out_ptr, out2_ptr, A,
 
 
 @triton.jit
-def _tgemm_acc_kernel(km_ptr, a_ptr, b_ptr, out_ptr, A, T, D, L_eff, stride_mb,
+def _tgemm_acc_kernel(km_ptr, a_ptr, b_ptr, out_ptr, A, T, D, L_eff, J_LO, stride_mb,
                       stride_ab, stride_ar, stride_bb, stride_bt, stride_ob, stride_ot, scale,
                       MASK: tl.constexpr, BKEY: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr,
                       SPAN: tl.constexpr, PREC: tl.constexpr, EVEN_D: tl.constexpr):
+    """The push GEMM over the key tiles from J_LO (a multiple of BKEY) on: ``_tgemm_tile`` per program."""
     pid_b = tl.program_id(2).to(tl.int64)
-    _tgemm_tile(tl.program_id(0), tl.program_id(1), pid_b, km_ptr + pid_b * stride_mb, a_ptr, b_ptr, out_ptr,
-                out_ptr, A, T, D, L_eff, 0, T, stride_ab, stride_ar, stride_bb, stride_bt, stride_ob,
-                stride_ot, scale, MASK, BKEY, BT, BN, SPAN, PREC, EVEN_D)
+    _tgemm_tile(tl.program_id(0) + J_LO // BKEY, tl.program_id(1), pid_b, km_ptr + pid_b * stride_mb, a_ptr,
+                b_ptr, out_ptr, out_ptr, A, T, D, L_eff, 0, T, stride_ab, stride_ar, stride_bb, stride_bt,
+                stride_ob, stride_ot, scale, MASK, BKEY, BT, BN, SPAN, PREC, EVEN_D)
 
 
 @triton.jit
@@ -217,13 +218,22 @@ def _dq_dk_kernel(km_ptr, dl_ptr, q_ptr, k_ptr, dq_ptr, dk_ptr, dk2_ptr, A, T, D
 
 
 def _chunk_launcher(q_b, k_b, gamma, f, key_mask, st: ForwardState, ds, bufs, streams: Streams):
-    """A launcher ``(dl, A, L_eff, dl_free) -> None`` of all backward launches of the super-chunk
-    [A, A + L_eff), with dlogit in the scratch dl (one of two buffers of one shape) once the side-stream
-    event dl_free (None: at once) has passed; dq and dk go to the side stream. Everything but the
-    super-chunk is fixed here, once per solve."""
+    """A launcher ``(dl, A, L_eff, dl_free, step, L_later) -> None`` of all backward launches of the
+    super-chunk [A, A + L_eff), the step-th visited (L_later: the length of the one visited before), with
+    dlogit in the scratch dl (one of two buffers of one shape) once the side-stream event dl_free (None: at
+    once) has passed; dq and dk go to the side stream. Everything but the super-chunk is fixed here, once
+    per solve.
+
+    Push in pairs, when the gamma P scratch p holds 2L rows (three super-chunks or more): an even step
+    adds its super-chunk's terms to the L keys just before it only (the next super-chunk's right-hand side
+    needs those) and keeps its gamma P in p's rows [L, 2L); the odd step after it writes its own gamma P to
+    rows [0, L) and adds both super-chunks' terms to every key before it in one GEMM of 2L rows. Each key's
+    fp32 push row is then read and written once per two super-chunks instead of every super-chunk."""
     B, T, D = f.shape
     bl: Blocks = st.blocks
     p, dl0, push, df, df_op, dpart, dgamma, dk, dk_out, dq = bufs
+    L = bl.L
+    paired = p.shape[1] == 2 * L
     km, smb, mode = _mask_arg(key_mask, q_b)
     scale = 1.0 / math.sqrt(D)
     solve = w_applier(st.w, ds, df, df_op, bl, streams, x2=push, trans=True, delta=dpart, s=st.s, f=f)
@@ -242,22 +252,31 @@ def _chunk_launcher(q_b, k_b, gamma, f, key_mask, st: ForwardState, ds, bufs, st
                    dpart.stride(0), ps[0], ps[1], LOG2E * scale)
     n_dq, n_dk = cdiv(D, bl.bd), cdiv(D, bl.bd_dk)  # D tiles of dq, of dk and push
     pu = push.stride()
+    p_later = p[:, L:] if paired else p  # gamma P of the super-chunk visited first of a pair
 
-    def launch(dl, A: int, L_eff: int, dl_free) -> None:
+    def launch(dl, A: int, L_eff: int, dl_free, step: int, L_later: int) -> None:
         solve(A, L_eff)
         if dl_free is not None:
             streams.join(dl_free)
+        defer = paired and step % 2 == 0  # this super-chunk's far keys go with the next one's push
         n_rows = cdiv(L_eff, bl.span) * (bl.span // bl.bm)  # whole SPAN-row blocks
         dlogit((n_rows, cdiv(A + L_eff, bl.bn), B), q_b, k_b, km, st.lse, gamma, df_op, st.s_op, dpart,
-               dgamma, dl, p, A, *dlogit_args)
+               dgamma, dl, p_later if defer else p, A, *dlogit_args)
         streams.fork()  # dq and dk only read dl: on the side stream they overlap the next launches
         nq = cdiv(L_eff, bl.bm) * n_dq
         fresh = T if A + L_eff == T else 0  # the first super-chunk visited: no earlier dk terms
         dq_dk((nq + cdiv(A + L_eff, bl.bn) * n_dk, B), km, dl, q_b, k_b, dq, dk, dk_out, A, T, D, L_eff, nq,
               fresh, smb, ps[0], ps[1], qs[0], qs[1], ks[0], ks[1], scale, side=True)
-        if A > 0:  # push is on the sequential path: the next super-chunk's right-hand side needs it
-            # push[j] += sum_t (gamma P)[t, j] df_t over the super-chunk's rows t, for the keys j < A
-            push_acc((cdiv(A, bl.bn), n_dk, B), km, p, df_op, push, A, T, D, L_eff, smb, ps[0], ps[1],
+        if A == 0:
+            return
+        # push[j] += sum_t (gamma P)[t, j] df_t over rows t of this (and, paired, the later) super-chunk.
+        # On the sequential path: the next super-chunk's right-hand side needs its own rows of push.
+        if defer:  # the L keys before A only
+            push_acc((L // bl.bn, n_dk, B), km, p_later, df_op, push, A, T, D, L_eff, A - L, smb, ps[0],
+                     ps[1], ds_[0], ds_[1], pu[0], pu[1], 1.0)
+        else:  # every key before A; paired: rows [A, A + L) of this super-chunk, then the later one's
+            rows = L + L_later if paired else L_eff
+            push_acc((cdiv(A, bl.bn), n_dk, B), km, p, df_op, push, A, T, D, rows, 0, smb, ps[0], ps[1],
                      ds_[0], ds_[1], pu[0], pu[1], 1.0)
 
     return launch
@@ -269,9 +288,13 @@ def backward_fixed(q_b, k_b, gamma, f, key_mask, st: ForwardState, ds: torch.Ten
     B, T, D = f.shape
     bl = st.blocks
     dev, odt = f.device, st.s_op.dtype
-    p = torch.empty(B, bl.rows, bl.T_pad, device=dev, dtype=odt)  # gamma P left of the super-chunk
     starts = list(range(0, T, bl.L))
-    dls = [torch.empty_like(p) for _ in range(min(2, len(starts)))]  # double buffer: dq runs behind
+    # one scratch allocation, so that all views share their strides: dlogit double-buffered (dq runs behind)
+    # and gamma P left of the super-chunk (2L rows: pushes in pairs, _chunk_launcher)
+    n_dl, p_rows = min(2, len(starts)), 2 * bl.L if len(starts) >= 3 else bl.rows
+    scratch = torch.empty(B, n_dl * bl.rows + p_rows, bl.T_pad, device=dev, dtype=odt)
+    dls = [scratch[:, i * bl.rows:(i + 1) * bl.rows] for i in range(n_dl)]
+    p = scratch[:, n_dl * bl.rows:]
     push = torch.zeros(B, T, D, device=dev, dtype=torch.float32)
     df = torch.empty(B, T, D, device=dev, dtype=torch.float32)
     df_op = df if odt == torch.float32 else torch.empty(B, T, D, device=dev, dtype=odt)
@@ -288,9 +311,12 @@ def backward_fixed(q_b, k_b, gamma, f, key_mask, st: ForwardState, ds: torch.Ten
     chunk = _chunk_launcher(q_b, k_b, gamma, f, key_mask, st, ds, bufs, streams)
     # The last super-chunk starts at the last multiple of L below T (not at T - L).
     dq_events: list = []
+    L_later = 0
     for i, A in enumerate(reversed(starts)):
         # the dq of two super-chunks ago read this dl buffer (its event: two side_event calls back, valid)
-        chunk(dls[i % 2], A, min(bl.L, T - A), dq_events[i - 2] if i >= 2 else None)
+        L_eff = min(bl.L, T - A)
+        chunk(dls[i % 2], A, L_eff, dq_events[i - 2] if i >= 2 else None, i, L_later)
+        L_later = L_eff
         dq_events.append(streams.side_event())
     streams.join()
     return dq, dk_out, dgamma, in_dtype(df, df_op, f.dtype)
