@@ -78,7 +78,7 @@ def main() -> None:
         for v in [dict(BM=128, BN=128, BK=64, BD=128, w=8, s=3), dict(BM=64, BN=128, BK=64, BD=128, w=8, s=4),
                   dict(BM=128, BN=64, BK=64, BD=128, w=8, s=4), dict(BM=64, BN=128, BK=64, BD=64, w=8, s=4)]:
             kern = BoundKernel(_step_kernel, streams, MASK=0, EVEN_D=True, BM=v["BM"], BN=v["BN"], BK=v["BK"],
-                               BD=v["BD"], PREC="tf32", num_warps=v["w"], num_stages=v["s"])
+                               BN_P=v["BN"], BD=v["BD"], PREC="tf32", num_warps=v["w"], num_stages=v["s"])
             n_inter, n_pm = cdiv(L, v["BM"]) * cdiv(D, v["BD"]), cdiv(L, v["BM"])
             args = (q, k, q, st.lse, pn, p, st.s_op, f, g, rhs, A, A + L, T, D, n_inter, n_pm, q.stride(0),
                     q.stride(1), k.stride(0), k.stride(1), 0, st.lse.stride(0), p.stride(0), p.stride(1),

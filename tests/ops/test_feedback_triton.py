@@ -38,6 +38,8 @@ FAST_CASES = [
     (2, 70, 32, 32, 16, "float16", True),  # fp16 inputs: bf16 operands, fp16 q_b/k_b cast in dq/dk
     # scratch row tile above the dk / push row step (the GPU's bf16 tiles: 128 vs 64), wide W row tile
     (2, 100, 32, 64, 16, "float32", True, {"bm": 64, "bt_dk": 16, "bm_w": 64, "bk_w": 32}),
+    # probability tiles wider than the scratch readers' key tile; pushes in pairs (3 super-chunks)
+    (2, 150, 32, 64, 16, "bfloat16", True, {"bn_p": 64}),
 ]
 SLOW_CASES = [
     (1, 130, 64, 64, 32, "float32", True),
@@ -107,7 +109,7 @@ VARLEN_CASES = [
     ("float32", 50, [0, 7, 23, 50], 16, None),
     ("float32", 200, [0, 1, 1, 40, 41, 150, 200], 64, None),
     ("float32", 130, None, 32, None),
-    ("bfloat16", 200, [0, 70, 71, 200, 200], 64, {"bm": 64, "bt_dk": 16, "bm_w": 64, "bk_w": 32}),
+    ("bfloat16", 200, [0, 70, 71, 200, 200], 64, {"bm": 64, "bt_dk": 16, "bm_w": 64, "bk_w": 32, "bn_p": 64}),
 ]
 PACKED_SEQ_IDX = [[0] * 40 + [1] * 1 + [2] * 89, [5] * 100 + [6] * 30]  # rows of the seq_idx case, T = 130
 

@@ -26,6 +26,8 @@ class Blocks:
     bn: int  # key tile of the scratches (also the K step of the GEMMs that read them)
     bk: int  # D slice of the logit dot products
     bd: int  # D tile of the GEMMs that read the scratches (inter, dq)
+    bn_p: int  # key tile of the step kernel's probability tiles (a power of two dividing L; the scratch is
+    # dense, so its readers' tile bn may differ)
     bd_dk: int  # D tile of the dk / push GEMM
     bt_dk: int  # row (K) step of the dk / push GEMM: a power of two dividing L
     span: int  # max(bm, bt_dk): the dlogit scratch is written in whole blocks of this many rows
@@ -50,15 +52,15 @@ class Blocks:
 
 # Tile choices for the GPU (H100, D = 1024), per operand dtype; chosen with scripts/sweep_kernel_tiles.py
 # (each kernel alone) and scripts/tune_feedback.py (the whole op).
-TUNING = {"bm": 128, "bn": 128, "bk": 64, "bd": 128, "bd_dk": 256, "bt_dk": 64, "bm_w": 128, "bd_w": 64,
-          "bk_w": 64, "bm_lse": 128, "bn_lse": 256, "warps": 8, "warps_w": 8, "stages": 3, "stages_lse": 3,
-          "stages_push": 4, "stages_w": 3}
-TUNING_FP32 = {"bm": 64, "bn": 64, "bk": 32, "bd": 64, "bd_dk": 64, "bt_dk": 64, "bm_w": 64, "bd_w": 64,
-               "bk_w": 64, "bm_lse": 64, "bn_lse": 64, "warps": 4, "warps_w": 4, "stages": 2, "stages_lse": 2,
-               "stages_push": 2, "stages_w": 2}
-_INTERPRET_TILES = {"bm": 32, "bn": 32, "bk": 32, "bd": 32, "bd_dk": 32, "bt_dk": 64, "bm_w": 32, "bd_w": 32,
-                    "bk_w": 16, "bm_lse": 32, "bn_lse": 32, "warps": 4, "warps_w": 4, "stages": 1,
-                    "stages_lse": 1, "stages_push": 1, "stages_w": 1}
+TUNING = {"bm": 128, "bn": 128, "bn_p": 256, "bk": 64, "bd": 128, "bd_dk": 256, "bt_dk": 64,
+          "bm_w": 128, "bd_w": 64, "bk_w": 64, "bm_lse": 128, "bn_lse": 256, "warps": 8, "warps_w": 8,
+          "stages": 3, "stages_lse": 3, "stages_push": 4, "stages_w": 3}
+TUNING_FP32 = {"bm": 64, "bn": 64, "bn_p": 64, "bk": 32, "bd": 64, "bd_dk": 64, "bt_dk": 64,
+               "bm_w": 64, "bd_w": 64, "bk_w": 64, "bm_lse": 64, "bn_lse": 64, "warps": 4, "warps_w": 4,
+               "stages": 2, "stages_lse": 2, "stages_push": 2, "stages_w": 2}
+_INTERPRET_TILES = {"bm": 32, "bn": 32, "bn_p": 32, "bk": 32, "bd": 32, "bd_dk": 32, "bt_dk": 64,
+                    "bm_w": 32, "bd_w": 32, "bk_w": 16, "bm_lse": 32, "bn_lse": 32, "warps": 4, "warps_w": 4,
+                    "stages": 1, "stages_lse": 1, "stages_push": 1, "stages_w": 1}
 
 
 def cdiv(a: int, b: int) -> int:
@@ -133,14 +135,16 @@ def choose_blocks(
     bm_w = _pow2_divisor(L, tn["bm_w"])
     ieee = interpret or dtype == torch.float32
     return Blocks(
-        L=L, C=C, bm=bm, bn=bn, bk=tn["bk"], bd=tn["bd"], bd_dk=tn["bd_dk"], bt_dk=bt, span=span,
+        L=L, C=C, bm=bm, bn=bn, bk=tn["bk"], bd=tn["bd"],
+        bn_p=_pow2_divisor(L, tn["bn_p"]), bd_dk=tn["bd_dk"], bt_dk=bt, span=span,
         bm_w=bm_w, bd_w=tn["bd_w"], bk_w=min(bm_w, tn["bk_w"]), bm_lse=tn["bm_lse"], bn_lse=tn["bn_lse"],
         prec="ieee" if ieee else "tf32",
         inv_prec="ieee" if interpret else "tf32x3", T_pad=cdiv(T, 128) * 128,
         level_prec="ieee" if interpret else ("tf32x3" if dtype == torch.float32 else "tf32"),
         rows=min(L, cdiv(T, span) * span), warps=tn["warps"], warps_w=tn["warps_w"],
         stages=tn["stages"], stages_lse=tn["stages_lse"], stages_push=tn["stages_push"],
-        stages_w=tn["stages_w"], even_d=D % max(tn["bk"], tn["bd"], tn["bd_dk"], tn["bd_w"]) == 0,
+        stages_w=tn["stages_w"],
+        even_d=D % max(tn["bk"], tn["bd"], tn["bd_dk"], tn["bd_w"]) == 0,
     )
 
 

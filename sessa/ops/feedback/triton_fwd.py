@@ -156,7 +156,7 @@ def _step_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, pn_ptr, p_ptr, sop_ptr, f_ptr, g
                  stride_qb, stride_qt, stride_kb, stride_kt, stride_mb, stride_lb, stride_pb, stride_pr,
                  stride_ob, stride_ot, stride_fb, stride_ft, stride_gb, stride_gt, stride_rb, stride_rt,
                  scale2, MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                 BD: tl.constexpr, PREC: tl.constexpr, EVEN_D: tl.constexpr):
+                 BD: tl.constexpr, BN_P: tl.constexpr, PREC: tl.constexpr, EVEN_D: tl.constexpr):
     """One launch per super-chunk: the first N_INTER programs build this super-chunk's right-hand side
     (``_inter_tile``, reading P from p), the rest fill the next super-chunk's P into pn (``_probs_tile``,
     independent of s). One launch instead of two on two streams: less launch overhead, no stream sync."""
@@ -171,7 +171,7 @@ def _step_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, pn_ptr, p_ptr, sop_ptr, f_ptr, g
         pid -= N_INTER
         _probs_tile(pid % N_PROBS_M, pid // N_PROBS_M, pid_b, q_ptr, k_ptr, km_ptr, lse_ptr, pn_ptr, A_next,
                     T, D, stride_qb, stride_qt, stride_kb, stride_kt, stride_mb, stride_lb, stride_pb,
-                    stride_pr, scale2, MASK, BM, BN, BK, PREC, EVEN_D)
+                    stride_pr, scale2, MASK, BM, BN_P, BK, PREC, EVEN_D)
 
 
 # ----------------------------------------------------------------------------------------------- launcher
@@ -244,8 +244,9 @@ def step_launcher(q_b, k_b, gamma, f, key_mask, lse, s_op, rhs, pbuf, bl: Blocks
     < A_next) into pn, in one launch; p and pn are buffers of pbuf. The rest is fixed here, once per solve."""
     B, T, D = f.shape
     km, smb, mode = _mask_arg(key_mask, q_b)
-    kern = BoundKernel.get(_step_kernel, streams, MASK=mode, BM=bl.bm, BN=bl.bn, BK=bl.bk,
-                           BD=bl.bd, PREC=bl.prec, EVEN_D=bl.even_d, num_warps=bl.warps, num_stages=bl.stages)
+    kern = BoundKernel.get(_step_kernel, streams, MASK=mode, BM=bl.bm, BN=bl.bn, BK=bl.bk, BD=bl.bd,
+                           BN_P=bl.bn_p, PREC=bl.prec, EVEN_D=bl.even_d, num_warps=bl.warps,
+                           num_stages=bl.stages)
     inputs = (q_b, k_b, km, lse)
     outputs = (s_op, f, gamma, rhs)
     qs, ks, os_, fs, gs, rs = (x.stride() for x in (q_b, k_b, s_op, f, gamma, rhs))
@@ -258,7 +259,7 @@ def step_launcher(q_b, k_b, gamma, f, key_mask, lse, s_op, rhs, pbuf, bl: Blocks
     def launch(p, pn, A: int, L_eff: int, A_next: int, L_next: int) -> None:
         n_inter = cdiv(L_eff, bl.bm) * n_d
         n_probs_m = cdiv(L_next, bl.bm)
-        n_probs = n_probs_m * (A_next // bl.bn)
+        n_probs = n_probs_m * (A_next // bl.bn_p)
         kern((n_inter + n_probs, B), *inputs, pn, p, *outputs, A, A_next, T, D, n_inter, max(n_probs_m, 1),
              *strides_in, ps[0], ps[1], *strides_out)
 
