@@ -438,5 +438,25 @@ def test_default_super_chunk_follows_the_rows_in_the_batch():
     assert choose_blocks(4097, 1024, torch.bfloat16, None, interpret=False, batch=4).L == 1024
 
 
+def test_unpredicated_loads_and_probability_tiles_follow_the_shapes():
+    """even_d (loads without a D mask) only when D is a multiple of every D tile; the probability tile bn_p
+    is a power of two dividing L, at most the tuned 256 keys (a user's chunk_size of 48 gets 16)."""
+    import torch
+
+    from sessa.ops.feedback.triton_common import TUNING, choose_blocks
+
+    def blocks(D, L=None, dtype=torch.bfloat16, T=4096):
+        return choose_blocks(T, D, dtype, L, interpret=False)
+
+    widest = max(TUNING[k] for k in ("bk", "bd", "bd_dk", "bd_w"))
+    assert [blocks(D).even_d for D in (1024, 768, 2048, widest)] == [True] * 4
+    assert [blocks(D).even_d for D in (96, 1000, widest // 2)] == [False] * 3
+    assert blocks(1024).bn_p == TUNING["bn_p"] == 256
+    assert [blocks(1024, L).bn_p for L in (1024, 2048, 384, 48)] == [256, 256, 128, 16]
+    for L in (48, 384, 1024):
+        bl = blocks(1024, L)
+        assert bl.L % bl.bn_p == 0 and bl.L % bl.bn == 0
+
+
 if __name__ == "__main__":
     _child([tuple(c) for c in json.loads(sys.argv[1])])

@@ -206,11 +206,13 @@ def sm_count(device: torch.device) -> int:
 
 def lse_split(B: int, T: int, bl: Blocks, sms: int) -> int:
     """Keys per split of the log-sum-exp pass (a multiple of its key tile; >= T: no split). Its programs
-    are row tiles, B * T / bm_lse of them: 64 at (B, T) = (1, 4096), half of an H200's 132 SMs, and the
-    longest of them reads every key. When the row tiles do not fill the SMs once, the keys of each row tile
-    are split over several programs (partial sums merged by a second, small launch), up to about
-    LSE_PROGRAMS_PER_SM programs per SM: row tiles whose rows all precede a split's keys exit at once. With
-    more row tiles the one pass is kept (at (1, 16384) a split measured no faster)."""
+    are row tiles, B * T / bm_lse of them: 32 at (B, T) = (1, 4096) with 128-row tiles, a quarter of an
+    H200's 132 SMs, and the longest of them reads every key. When the row tiles do not fill the SMs once, the
+    keys of each row tile are split over several programs (partial sums merged by a second, small launch),
+    up to about LSE_PROGRAMS_PER_SM programs per SM: row tiles whose rows all precede a split's keys exit at
+    once. With more row tiles the one pass is kept. (H200, bf16, D = 1024: 128-row tiles split this way take
+    48 us at T = 4096 and 548 us at 16384, against 60-70 and 641-708 us for the former 64-row tiles;
+    benchmarks/lse_variants_h200.txt.)"""
     tiles = cdiv(T, bl.bm_lse) * B
     if tiles >= sms:
         return cdiv(T, bl.bn_lse) * bl.bn_lse
