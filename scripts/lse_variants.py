@@ -46,9 +46,14 @@ def _online_lse(x, rows, cols, T, m, acc):
     return m_new, acc
 
 
+MASKED, EVEN, TMA = 0, 1, 2  # how the kernel loads its tiles
+
+
 @triton.jit
-def _lse_pointers(q_ptr, k_ptr, out_ptr, T, D, KS, stride_q, stride_k, stride_os, scale2,
-                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, EVEN: tl.constexpr):
+def _lse_variant(q, k, out_ptr, T, D, KS, stride_q, stride_k, stride_os, scale2,
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, LOADS: tl.constexpr):
+    """Causal row log-sum-exp over the keys of split program_id(1); q, k: pointers (LOADS = MASKED: masked
+    on rows and D; EVEN: unpredicated) or tensor descriptors of (BM, BK) / (BN, BK) blocks (TMA)."""
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_s = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
@@ -59,33 +64,17 @@ def _lse_pointers(q_ptr, k_ptr, out_ptr, T, D, KS, stride_q, stride_k, stride_os
         x = tl.zeros([BM, BN], dtype=tl.float32)
         for d0 in range(0, D, BK):
             dd = d0 + tl.arange(0, BK)
-            if EVEN:
-                qt = tl.load(q_ptr + rows[:, None] * stride_q + dd[None, :])
-                kt = tl.load(k_ptr + cols[None, :] * stride_k + dd[:, None])
+            if LOADS == 2:
+                x = tl.dot(q.load([pid_m * BM, d0]), k.load([c0, d0]).T, x)
+            elif LOADS == 1:
+                x = tl.dot(tl.load(q + rows[:, None] * stride_q + dd[None, :]),
+                           tl.load(k + cols[None, :] * stride_k + dd[:, None]), x)
             else:
-                qt = tl.load(q_ptr + rows[:, None] * stride_q + dd[None, :],
+                qt = tl.load(q + rows[:, None] * stride_q + dd[None, :],
                              mask=(rows < T)[:, None] & (dd < D)[None, :], other=0.0)
-                kt = tl.load(k_ptr + cols[None, :] * stride_k + dd[:, None],
+                kt = tl.load(k + cols[None, :] * stride_k + dd[:, None],
                              mask=(cols < T)[None, :] & (dd < D)[:, None], other=0.0)
-            x = tl.dot(qt, kt, x)
-        m, acc = _online_lse(x * scale2, rows, cols, T, m, acc)
-    tl.store(out_ptr + pid_s * stride_os + rows, tl.where(acc > 0, m + tl.log2(acc), float("-inf")),
-             mask=rows < T)
-
-
-@triton.jit
-def _lse_tma(q_desc, k_desc, out_ptr, T, D, KS, stride_os, scale2,
-             BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    pid_s = tl.program_id(1)
-    rows = pid_m * BM + tl.arange(0, BM)
-    m = tl.full([BM], float("-inf"), tl.float32)
-    acc = tl.zeros([BM], tl.float32)
-    for c0 in range(pid_s * KS, tl.minimum(tl.minimum(pid_m * BM + BM, T), pid_s * KS + KS), BN):
-        cols = c0 + tl.arange(0, BN)
-        x = tl.zeros([BM, BN], dtype=tl.float32)
-        for d0 in range(0, D, BK):
-            x = tl.dot(q_desc.load([pid_m * BM, d0]), k_desc.load([c0, d0]).T, x)
+                x = tl.dot(qt, kt, x)
         m, acc = _online_lse(x * scale2, rows, cols, T, m, acc)
     tl.store(out_ptr + pid_s * stride_os + rows, tl.where(acc > 0, m + tl.log2(acc), float("-inf")),
              mask=rows < T)
@@ -137,12 +126,11 @@ def one_tiling(q: torch.Tensor, k: torch.Tensor, ref: torch.Tensor, flops: float
     grid = (T // BM, splits)
     opts = dict(BM=BM, BN=BN, BK=BK, num_warps=warps, num_stages=stages)
     q_desc, k_desc = TensorDescriptor.from_tensor(q, [BM, BK]), TensorDescriptor.from_tensor(k, [BN, BK])
-    runs = {
-        "masked": lambda: _lse_pointers[grid](q, k, out, T, D, ks, D, D, T, scale2, EVEN=False, **opts),
-        "even": lambda: _lse_pointers[grid](q, k, out, T, D, ks, D, D, T, scale2, EVEN=True, **opts),
-        "tma": lambda: _lse_tma[grid](q_desc, k_desc, out, T, D, ks, T, scale2, **opts),
-    }
-    for name, fn in runs.items():
+    operands = {"masked": (q, k, MASKED), "even": (q, k, EVEN), "tma": (q_desc, k_desc, TMA)}
+    for name, (qo, ko, loads) in operands.items():
+        def fn(qo=qo, ko=ko, loads=loads):
+            return _lse_variant[grid](qo, ko, out, T, D, ks, D, D, T, scale2, LOADS=loads, **opts)
+
         try:
             us = bench_us(fn)
         except Exception as exc:  # a tiling that does not fit is reported, not fatal
