@@ -9,7 +9,9 @@ sum_{t in later super-chunks} gamma_t P[t, j] df_t. Per super-chunk (4 launches)
 2. ``_dlogit_kernel`` tiles (rows, keys < a + L): logits and <df_t, s_j> in one pass over D, then
    dlogit = P (gamma_t <df_t, s_j> - Delta_t) and gamma_t P (bf16 scratches), and
    dgamma_t += sum_j P <df_t, s_j> (row sums, atomically over key tiles);
-3. ``_tgemm_acc_kernel`` per (key tile, D-tile): push[j] += (gamma P)[:, j]^T df (on the sequential path);
+3. ``_tgemm_acc_kernel`` per (key tile, D-tile): push[j] += (gamma P)[:, j]^T df (on the sequential path;
+   in pairs of super-chunks, so that each fp32 push row is read and written once per pair:
+   ``_chunk_launcher``);
 4. on a side stream (dlogit double-buffered), overlapping the next super-chunk, one ``_dq_dk_kernel``
    launch: dq = dlogit @ k / sqrt(D) per (row tile, D-tile) and dk[j] += dlogit[:, j]^T q / sqrt(D) per
    (key tile, D-tile); the super-chunk's own keys are then complete and go to dk_b in its dtype.
