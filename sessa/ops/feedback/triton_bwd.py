@@ -41,6 +41,7 @@ from sessa.ops.feedback.triton_common import (
     _allowed,
     _end_row,
     _first_key,
+    _load_d,
     _mask_arg,
     _row_lse,
     cdiv,
@@ -85,16 +86,11 @@ def _dlogit_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, g_ptr, dfop_ptr, sop_ptr, dpar
         dps = tl.zeros([BM, BN], dtype=tl.float32)  # <df_t, s_j>
         for d0 in range(0, D, BK):
             dd = d0 + tl.arange(0, BK)
-            if EVEN_D:
-                qt = tl.load(q_rows + dd[None, :])
-                kt = tl.load(k_rows + dd[:, None])
-                dft = tl.load(df_rows + dd[None, :])
-                st = tl.load(s_rows + dd[:, None])
-            else:
-                qt = tl.load(q_rows + dd[None, :], mask=(dd < D)[None, :], other=0.0)
-                kt = tl.load(k_rows + dd[:, None], mask=(dd < D)[:, None], other=0.0)
-                dft = tl.load(df_rows + dd[None, :], mask=(dd < D)[None, :], other=0.0)
-                st = tl.load(s_rows + dd[:, None], mask=(dd < D)[:, None], other=0.0)
+            in_row, in_col = (dd < D)[None, :], (dd < D)[:, None]
+            qt = _load_d(q_rows + dd[None, :], in_row, EVEN_D)
+            kt = _load_d(k_rows + dd[:, None], in_col, EVEN_D)
+            dft = _load_d(df_rows + dd[None, :], in_row, EVEN_D)
+            st = _load_d(s_rows + dd[:, None], in_col, EVEN_D)
             logit = mma(qt, kt, logit, PREC)
             dps = mma(dft, st, dps, PREC)
         lse = _row_lse(lse_ptr + pid_b * stride_lb, rows, T)
@@ -138,11 +134,8 @@ def _tgemm_tile(pid_j, pid_d, pid_b, km_ptr, a_ptr, b_ptr, out_ptr, out2_ptr, A,
         rel = i * BT + tl.arange(0, BT)
         trows = A + rel
         a = tl.load(a_ptr + rel[:, None] * stride_ar)
-        b_rows = b_ptr + tl.minimum(trows, T - 1)[:, None] * stride_bt  # rows past T: zero rows of a
-        if EVEN_D:
-            b = tl.load(b_rows)
-        else:
-            b = tl.load(b_rows, mask=dmask[None, :], other=0.0)
+        # rows past T read row T - 1: they meet zero rows of a
+        b = _load_d(b_ptr + tl.minimum(trows, T - 1)[:, None] * stride_bt, dmask[None, :], EVEN_D)
         acc = mma(tl.trans(a), b.to(a.dtype), acc, PREC)  # fp16 q_b times the bf16 dlogit scratch: bf16
     m2 = (keys < T)[:, None] & dmask[None, :]
     offs = pid_b * stride_ob + keys[:, None] * stride_ot + dcols[None, :]
@@ -185,11 +178,8 @@ def _dq_tile(pid_m, pid_d, pid_b, km_ptr, dl_ptr, k_ptr, dq_ptr, A, T, D,
     for c0 in range(lo, tl.minimum(r_start + BM, T), BK):
         cols = c0 + tl.arange(0, BK)
         dl = tl.load(dl_ptr + cols[None, :])
-        k_rows = k_ptr + tl.minimum(cols, T - 1)[:, None] * stride_kt  # keys past T: zero columns of dl
-        if EVEN_D:
-            kt = tl.load(k_rows)
-        else:
-            kt = tl.load(k_rows, mask=dmask[None, :], other=0.0)
+        # keys past T read key T - 1: they meet zero columns of dl
+        kt = _load_d(k_ptr + tl.minimum(cols, T - 1)[:, None] * stride_kt, dmask[None, :], EVEN_D)
         acc = mma(dl, kt.to(dl.dtype), acc, PREC)  # fp16 k_b times the bf16 dlogit scratch: bf16
     m2 = (rows < T)[:, None] & dmask[None, :]
     out = dq_ptr + pid_b * stride_kb + rows[:, None] * stride_kt + dcols[None, :]
@@ -254,7 +244,7 @@ def _chunk_launcher(q_b, k_b, gamma, f, key_mask, st: ForwardState, ds, bufs, st
                    dpart.stride(0), ps[0], ps[1], LOG2E * scale)
     n_dq, n_dk = cdiv(D, bl.bd), cdiv(D, bl.bd_dk)  # D tiles of dq, of dk and push
     pu = push.stride()
-    p_later = p[:, L:] if paired else p  # gamma P of the super-chunk visited first of a pair
+    p_later = p[:, L:]  # paired: gamma P of the super-chunk visited first of a pair
 
     def launch(dl, A: int, L_eff: int, dl_free, step: int, L_later: int) -> None:
         solve(A, L_eff)

@@ -160,6 +160,16 @@ def mma(a, b, acc, PREC: tl.constexpr):
 
 
 @triton.jit
+def _load_d(ptrs, dmask, EVEN_D: tl.constexpr):
+    """tl.load(ptrs) with zeros where dmask (the D columns < D, broadcast to ptrs' shape) is False; EVEN_D
+    (D a multiple of the tile) loads without a predicate."""
+    if EVEN_D:
+        return tl.load(ptrs)
+    else:
+        return tl.load(ptrs, mask=dmask, other=0.0)
+
+
+@triton.jit
 def _logits(q_ptr, k_ptr, rows, cols, T, D, stride_q, stride_k,
             BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, EVEN_D: tl.constexpr):
     """(BM, BN) fp32 q[rows] . k[cols] over the full width D, in BK slices. Rows / columns at or past T read
@@ -171,12 +181,8 @@ def _logits(q_ptr, k_ptr, rows, cols, T, D, stride_q, stride_k,
     k_rows = k_ptr + tl.minimum(cols, T - 1)[None, :] * stride_k
     for d0 in range(0, D, BK):
         dd = d0 + tl.arange(0, BK)
-        if EVEN_D:
-            qt = tl.load(q_rows + dd[None, :])
-            kt = tl.load(k_rows + dd[:, None])
-        else:
-            qt = tl.load(q_rows + dd[None, :], mask=(dd < D)[None, :], other=0.0)
-            kt = tl.load(k_rows + dd[:, None], mask=(dd < D)[:, None], other=0.0)
+        qt = _load_d(q_rows + dd[None, :], (dd < D)[None, :], EVEN_D)
+        kt = _load_d(k_rows + dd[:, None], (dd < D)[:, None], EVEN_D)
         acc = mma(qt, kt, acc, PREC)
     return acc
 

@@ -37,6 +37,7 @@ from sessa.ops.feedback.triton_common import (
     Blocks,
     _allowed,
     _first_key,
+    _load_d,
     _logits,
     _mask_arg,
     _row_lse,
@@ -138,10 +139,7 @@ def _inter_tile(pid_m, pid_n, pid_b, km_ptr, p_ptr, sop_ptr, f_ptr, g_ptr, rhs_p
     for k0 in range(_first_key(km_ptr, A + pid_m * BM, T, BK, MASK), A, BK):
         kk = k0 + tl.arange(0, BK)
         p = tl.load(p_ptr + kk[None, :])
-        if EVEN_D:
-            sv = tl.load(sop_ptr + kk[:, None] * stride_ot)
-        else:
-            sv = tl.load(sop_ptr + kk[:, None] * stride_ot, mask=dmask[None, :], other=0.0)
+        sv = _load_d(sop_ptr + kk[:, None] * stride_ot, dmask[None, :], EVEN_D)
         acc = mma(p, sv, acc, PREC)
     m2 = (rows < T)[:, None] & dmask[None, :]
     f = tl.load(f_ptr + pid_b * stride_fb + rows[:, None] * stride_ft + dcols[None, :], mask=m2, other=0.0)
