@@ -13,6 +13,8 @@ D / 64 heads of 64 at the same (B, T) as the yardstick):
 
 eager ~ max(host, graph) tells which of the two bounds the op at that shape. ``--cprofile N`` also prints
 where the host time goes: a cProfile of N forward + backward calls enqueued while the GPU is held busy.
+``--tuning '[{}, {"head_frac": 0.75}]'`` repeats every L under each set of overrides of
+``triton_common.TUNING`` (as ``tune_feedback.py --configs``), in the same process.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 import triton.testing
 
 from sessa.bench.kernels import capture_graph
-from sessa.ops.feedback import feedback_solve
+from sessa.ops.feedback import feedback_solve, triton_common
 
 
 def main() -> None:
@@ -39,6 +41,7 @@ def main() -> None:
     ap.add_argument("--L", type=int, nargs="+", default=[0], help="super-chunk lengths (0 = default)")
     ap.add_argument("--out", default=None, help="append one JSON line per L here")
     ap.add_argument("--cprofile", type=int, default=0, help="profile the host side of this many calls per L")
+    ap.add_argument("--tuning", default="[{}]", help="JSON list of TUNING overrides, each timed at every L")
     args = ap.parse_args()
     B, T, D, dt = args.B, args.T, args.D, getattr(torch, args.dtype)
     q, k, f = (torch.randn(B, T, D, device="cuda", dtype=dt, requires_grad=True) for _ in range(3))
@@ -53,7 +56,10 @@ def main() -> None:
     sdpa_ms = triton.testing.do_bench(sdpa, warmup=50, rep=300, return_mode="median")
     device = torch.cuda.get_device_name()
     print(f"{device} {args.dtype} B={B} T={T} D={D}; SDPA fwd+bwd {sdpa_ms:.3f} ms", flush=True)
-    for L in args.L:
+    base = dict(triton_common.TUNING)
+    for tuning, L in [(t, L) for t in json.loads(args.tuning) for L in args.L]:
+        triton_common.TUNING.clear()
+        triton_common.TUNING.update(base, **tuning)
         chunk = L or None
 
         def step(chunk=chunk) -> None:
@@ -88,10 +94,11 @@ def main() -> None:
             print(f"L={chunk}: graph capture failed: {str(exc)[:300]}", flush=True)
             graphed = float("nan")
         row = {"device": device, "date": time.strftime("%Y-%m-%d"), "dtype": args.dtype, "B": B, "T": T,
-               "D": D, "L": chunk, "sdpa_ms": sdpa_ms, "eager_ms": eager, "host_ms": min(host),
-               "graph_ms": graphed}
-        print(f"L={chunk}: eager {eager:.3f} ms ({eager / sdpa_ms:.2f}x SDPA), host {min(host):.3f} ms, "
-              f"graph replay {graphed:.3f} ms ({graphed / sdpa_ms:.2f}x SDPA)", flush=True)
+               "D": D, "L": chunk, "tuning": tuning, "sdpa_ms": sdpa_ms, "eager_ms": eager,
+               "host_ms": min(host), "graph_ms": graphed}
+        print(f"L={chunk} {tuning}: eager {eager:.3f} ms ({eager / sdpa_ms:.2f}x SDPA), "
+              f"host {min(host):.3f} ms, graph replay {graphed:.3f} ms ({graphed / sdpa_ms:.2f}x SDPA)",
+              flush=True)
         if args.out:
             with open(args.out, "a") as fh:
                 fh.write(json.dumps(row) + "\n")

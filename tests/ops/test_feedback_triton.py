@@ -33,7 +33,9 @@ FAST_CASES = [
     (2, 17, 16, 16, 16, "float32", False),
     (2, 70, 32, 32, 16, "float32", False),
     (2, 70, 32, 64, 16, "float32", True),
-    (2, 70, 32, 16, 16, "bfloat16", False),
+    # five super-chunks: the forward builds the first one's log-sum-exp and W before its loop, the other
+    # four on the side stream (one stream under the interpreter: the row and super-chunk offsets are tested)
+    (2, 70, 32, 16, 16, "bfloat16", False, {"head_frac": 0.2}),
     (2, 70, 32, 32, 16, "bfloat16", True),
     (2, 70, 32, 32, 16, "float16", True),  # fp16 inputs: bf16 operands, fp16 q_b/k_b cast in dq/dk
     # scratch row tile above the dk / push row step (the GPU's bf16 tiles: 128 vs 64), wide W row tile
@@ -436,6 +438,25 @@ def test_default_super_chunk_follows_the_rows_in_the_batch():
     assert [default_chunk(100), default_chunk(1000, 64), default_chunk(1500)] == [128, 1024, 1536]
     assert choose_blocks(4097, 1024, torch.bfloat16, None, interpret=False, batch=1).L == 2048
     assert choose_blocks(4097, 1024, torch.bfloat16, None, interpret=False, batch=4).L == 1024
+
+
+def test_side_build_starts_at_the_head_super_chunks():
+    """The forward builds the log-sum-exp and W of ``head`` super-chunks before its loop and the rest on the
+    side stream: with at least side_min super-chunks, head is head_frac of them (rounded, at least one); with
+    fewer, all of them (nothing aside)."""
+    import torch
+
+    from sessa.ops.feedback.triton_common import TUNING, choose_blocks
+
+    def head(T, L=None, B=1):
+        bl = choose_blocks(T, 1024, torch.bfloat16, L, interpret=False, batch=B)
+        return bl.head, -(-T // bl.L)
+
+    assert TUNING["side_min"] == 16 and TUNING["head_frac"] == 0.625
+    assert head(16384) == (10, 16) and head(32768) == (20, 32)  # L = 1024
+    assert head(8192) == (4, 4) and head(8192, 1024) == (8, 8)  # fewer than side_min: all first
+    assert head(2048, B=8) == (2, 2) and head(15000, 1024) == (15, 15)
+    assert head(16384, 512) == (20, 32)
 
 
 def test_unpredicated_loads_and_probability_tiles_follow_the_shapes():

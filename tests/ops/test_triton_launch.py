@@ -59,10 +59,22 @@ def test_dense_gives_row_major_strides_without_copying_values():
 
 
 def test_cpu_streams_are_no_ops():
-    st = Streams(torch.device("cpu"), side=True)
-    assert st.side is None and st.side_event() is None
+    st = Streams(torch.device("cpu"), side=True, lead=True)
+    assert st.main is None and st.side is None and st.side_event() is None
+    st.enter()
     st.fork()
     st.join()
+    st.leave()
+
+
+def test_lead_stream_is_kept_apart_and_can_be_switched_off(monkeypatch):
+    """Solves with a lead stream keep their own Streams; SESSA_TRITON_LEAD_STREAM=0 gives them the caller's
+    stream's Streams (the same object as a solve without a lead stream)."""
+    cpu = torch.device("cpu")
+    lead = Streams.shared(cpu, side=True, lead=True)
+    assert Streams.shared(cpu, side=True, lead=True) is lead and Streams.shared(cpu, side=True) is not lead
+    monkeypatch.setenv("SESSA_TRITON_LEAD_STREAM", "0")
+    assert Streams.shared(cpu, side=True, lead=True) is Streams.shared(cpu, side=True)
 
 
 def test_launch_hooks_send_launches_through_the_jit_entry():

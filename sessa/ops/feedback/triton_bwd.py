@@ -12,7 +12,8 @@ sum_{t in later super-chunks} gamma_t P[t, j] df_t. Per super-chunk (4 launches)
 3. ``_tgemm_acc_kernel`` per (key tile, D-tile): push[j] += (gamma P)[:, j]^T df (on the sequential path;
    in pairs of super-chunks, so that each fp32 push row is read and written once per pair:
    ``_chunk_launcher``);
-4. on a side stream (dlogit double-buffered), overlapping the next super-chunk, one ``_dq_dk_kernel``
+4. on a side stream of default priority (the launches above go to the higher-priority lead stream,
+   ``Streams(lead=True)``; dlogit double-buffered), overlapping the next super-chunk, one ``_dq_dk_kernel``
    launch: dq = dlogit @ k / sqrt(D) per (row tile, D-tile) and dk[j] += dlogit[:, j]^T q / sqrt(D) per
    (key tile, D-tile); the super-chunk's own keys are then complete and go to dk_b in its dtype.
 
@@ -298,17 +299,21 @@ def backward_fixed(q_b, k_b, gamma, f, key_mask, st: ForwardState, ds: torch.Ten
     if poison:
         for x in (p, *dls, df, df_op, dpart, dk, dk_out, dq):
             x.fill_(float("nan"))
-    streams = Streams.shared(dev, side=True)
+    streams = Streams.shared(dev, side=True, lead=True)
     bufs = (p, dls[0], push, df, df_op, dpart, dgamma, dk, dk_out, dq)
-    chunk = _chunk_launcher(q_b, k_b, gamma, f, key_mask, st, ds, bufs, streams)
-    # The last super-chunk starts at the last multiple of L below T (not at T - L).
-    dq_events: list = []
-    L_later = 0
-    for i, A in enumerate(reversed(starts)):
-        # the dq of two super-chunks ago read this dl buffer (its event: two side_event calls back, valid)
-        L_eff = min(bl.L, T - A)
-        chunk(dls[i % 2], A, L_eff, dq_events[i - 2] if i >= 2 else None, i, L_later)
-        L_later = L_eff
-        dq_events.append(streams.side_event())
-    streams.join()
+    streams.enter()
+    try:
+        chunk = _chunk_launcher(q_b, k_b, gamma, f, key_mask, st, ds, bufs, streams)
+        # The last super-chunk starts at the last multiple of L below T (not at T - L).
+        dq_events: list = []
+        L_later = 0
+        for i, A in enumerate(reversed(starts)):
+            # the dq of two super-chunks ago read this dl buffer (its event: two side_event calls back, valid)
+            L_eff = min(bl.L, T - A)
+            chunk(dls[i % 2], A, L_eff, dq_events[i - 2] if i >= 2 else None, i, L_later)
+            L_later = L_eff
+            dq_events.append(streams.side_event())
+        streams.join()
+    finally:
+        streams.leave()  # before the scratches are freed on return
     return dq, dk_out, dgamma, in_dtype(df, df_op, f.dtype)

@@ -48,19 +48,24 @@ class Blocks:
     stages_push: int  # ... of the push GEMM
     stages_w: int  # ... of the products with W
     even_d: bool  # D is a multiple of every D tile (bk, bd, bd_dk, bd_w): the kernels' loads need no D mask
+    head: int  # super-chunks whose log-sum-exp and W the forward builds before its sequential loop; it
+    # builds the rest on a side stream during the loop (triton_fwd.forward_fixed; >= n_chunks: none aside)
 
 
 # Tile choices for the GPU (H100, D = 1024), per operand dtype; chosen with scripts/sweep_kernel_tiles.py
-# (each kernel alone) and scripts/tune_feedback.py (the whole op).
+# (each kernel alone) and scripts/tune_feedback.py (the whole op). side_min: the fewest super-chunks for which
+# the forward builds part of its log-sum-exp and W on a side stream; head_frac: the share it builds first.
 TUNING = {"bm": 128, "bn": 128, "bn_p": 256, "bk": 64, "bd": 128, "bd_dk": 256, "bt_dk": 64,
           "bm_w": 128, "bd_w": 64, "bk_w": 64, "bm_lse": 128, "bn_lse": 256, "warps": 8, "warps_w": 8,
-          "stages": 3, "stages_lse": 3, "stages_push": 4, "stages_w": 3}
+          "stages": 3, "stages_lse": 3, "stages_push": 4, "stages_w": 3, "side_min": 16, "head_frac": 0.625}
 TUNING_FP32 = {"bm": 64, "bn": 64, "bn_p": 64, "bk": 32, "bd": 64, "bd_dk": 64, "bt_dk": 64,
                "bm_w": 64, "bd_w": 64, "bk_w": 64, "bm_lse": 64, "bn_lse": 64, "warps": 4, "warps_w": 4,
-               "stages": 2, "stages_lse": 2, "stages_push": 2, "stages_w": 2}
+               "stages": 2, "stages_lse": 2, "stages_push": 2, "stages_w": 2, "side_min": 16,
+               "head_frac": 0.625}
 _INTERPRET_TILES = {"bm": 32, "bn": 32, "bn_p": 32, "bk": 32, "bd": 32, "bd_dk": 32, "bt_dk": 64,
                     "bm_w": 32, "bd_w": 32, "bk_w": 16, "bm_lse": 32, "bn_lse": 32, "warps": 4, "warps_w": 4,
-                    "stages": 1, "stages_lse": 1, "stages_push": 1, "stages_w": 1}
+                    "stages": 1, "stages_lse": 1, "stages_push": 1, "stages_w": 1,
+                    "side_min": 3, "head_frac": 0.5}
 
 
 def cdiv(a: int, b: int) -> int:
@@ -134,6 +139,8 @@ def choose_blocks(
     span = max(bm, bt)  # powers of two dividing L: each divides span
     bm_w = _pow2_divisor(L, tn["bm_w"])
     ieee = interpret or dtype == torch.float32
+    n_chunks = cdiv(T, L)
+    head = n_chunks if n_chunks < tn["side_min"] else min(n_chunks, max(1, round(n_chunks * tn["head_frac"])))
     return Blocks(
         L=L, C=C, bm=bm, bn=bn, bk=tn["bk"], bd=tn["bd"],
         bn_p=_pow2_divisor(L, tn["bn_p"]), bd_dk=tn["bd_dk"], bt_dk=bt, span=span,
@@ -144,7 +151,7 @@ def choose_blocks(
         rows=min(L, cdiv(T, span) * span), warps=tn["warps"], warps_w=tn["warps_w"],
         stages=tn["stages"], stages_lse=tn["stages_lse"], stages_push=tn["stages_push"],
         stages_w=tn["stages_w"],
-        even_d=D % max(tn["bk"], tn["bd"], tn["bd_dk"], tn["bd_w"]) == 0,
+        even_d=D % max(tn["bk"], tn["bd"], tn["bd_dk"], tn["bd_w"]) == 0, head=head,
     )
 
 

@@ -3,9 +3,11 @@
 Two-level blocking: the sequence is cut into *super-chunks* of L rows (``chunk_size``), each into
 *sub-blocks* of C rows (16..64). Per batch element:
 
-1. ``_lse_kernel`` (once, all rows in parallel): per-row log-sum-exp of the strict-past logits (log2 units);
+1. ``_lse_kernel`` (all rows in parallel): per-row log-sum-exp of the strict-past logits (log2 units);
    few rows (B * T): keys split over several programs per row tile, merged by ``_lse_combine_kernel``;
-2. ``triton_tril.build_w`` (once, all super-chunks in parallel): W = (I - G P)^{-1} inside each super-chunk;
+2. ``triton_tril.build_w_range`` (all super-chunks in parallel): W = (I - G P)^{-1} inside each super-chunk.
+   1 and 2 run before the loop for the first ``Blocks.head`` super-chunks and, when there are more (long
+   sequences), for the rest on the side stream during the loop (``forward_fixed``);
 3. for each super-chunk [a, a + L) in order (the only sequential loop, 2 launches per super-chunk):
    ``_step_kernel``   rhs = f + gamma * (P[:, :a] @ s[:a]) (``_inter_tile``: a tiled GEMM parallel over rows
                       and D) and, in the same launch, the next super-chunk's P[rows, 0:a'] =
@@ -46,29 +48,30 @@ from sessa.ops.feedback.triton_common import (
     op_dtype,
 )
 from sessa.ops.feedback.triton_launch import BoundKernel, Streams
-from sessa.ops.feedback.triton_tril import build_w, w_applier
+from sessa.ops.feedback.triton_tril import WBuffers, build_w_range, w_applier
 
 
 # ----------------------------------------------------------------------------------------------- kernels
 @triton.jit
-def _lse_kernel(q_ptr, k_ptr, km_ptr, out_ptr, T, D, KS,
+def _lse_kernel(q_ptr, k_ptr, km_ptr, out_ptr, T, D, KS, R0, R1,
                 stride_qb, stride_qt, stride_kb, stride_kt, stride_mb, stride_ob, stride_os, scale2,
                 MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                 PREC: tl.constexpr, EVEN_D: tl.constexpr):
-    """Log-sum-exp (log2 units) of one row tile's strict-past logits over the keys [s KS, (s + 1) KS) of
-    split s = program_id(1), to out[b, s, rows] (-inf where a row reads no key there). One split: out is
-    the row log-sum-exp itself; more: partial sums that ``_lse_combine_kernel`` merges."""
+    """Log-sum-exp (log2 units) of the strict-past logits of one tile of the rows [R0, R1), over the keys
+    [s KS, (s + 1) KS) of split s = program_id(1), to out[b, s, rows] (-inf where a row reads no key there).
+    One split: out is the row log-sum-exp itself; more: partial sums that ``_lse_combine_kernel`` merges."""
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest rows first: less tail imbalance
     pid_s = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
     q_ptr += pid_b * stride_qb
     k_ptr += pid_b * stride_kb
     km_ptr += pid_b * stride_mb
-    rows = pid_m * BM + tl.arange(0, BM)
+    r_start = R0 + pid_m * BM
+    rows = r_start + tl.arange(0, BM)
     m = tl.full([BM], float("-inf"), tl.float32)
     acc = tl.zeros([BM], tl.float32)
-    lo = tl.maximum(_first_key(km_ptr, pid_m * BM, T, BN, MASK), pid_s * KS)
-    hi = tl.minimum(tl.minimum(pid_m * BM + BM, T), pid_s * KS + KS)
+    lo = tl.maximum(_first_key(km_ptr, r_start, T, BN, MASK), pid_s * KS)
+    hi = tl.minimum(tl.minimum(r_start + BM, T), pid_s * KS + KS)
     for c0 in range(lo, hi, BN):
         cols = c0 + tl.arange(0, BN)
         x = _logits(q_ptr, k_ptr, rows, cols, T, D, stride_qt, stride_kt, BM, BN, BK, PREC, EVEN_D) * scale2
@@ -78,15 +81,16 @@ def _lse_kernel(q_ptr, k_ptr, km_ptr, out_ptr, T, D, KS,
         acc = acc * tl.exp2(m - m_safe) + tl.sum(tl.exp2(x - m_safe[:, None]), 1)
         m = m_new
     lse = tl.where(acc > 0, m + tl.log2(acc), float("-inf"))
-    tl.store(out_ptr + pid_b * stride_ob + pid_s * stride_os + rows, lse, mask=rows < T)
+    tl.store(out_ptr + pid_b * stride_ob + pid_s * stride_os + rows, lse, mask=rows < R1)
 
 
 @triton.jit
-def _lse_combine_kernel(part_ptr, lse_ptr, T, S, stride_pb, stride_ps, stride_lb, BLOCK: tl.constexpr):
-    """lse[b, t] = log2 sum_s 2^part[b, s, t] over the S key splits of ``_lse_kernel`` (-inf: no key)."""
+def _lse_combine_kernel(part_ptr, lse_ptr, R0, R1, S, stride_pb, stride_ps, stride_lb, BLOCK: tl.constexpr):
+    """lse[b, t] = log2 sum_s 2^part[b, s, t] over the S key splits of ``_lse_kernel``, rows t in [R0, R1)
+    (-inf: no key)."""
     pid_b = tl.program_id(1).to(tl.int64)
-    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    ok = rows < T
+    rows = R0 + tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = rows < R1
     part_ptr += pid_b * stride_pb + rows
     m = tl.full([BLOCK], float("-inf"), tl.float32)
     for i in range(0, S):
@@ -202,39 +206,50 @@ def sm_count(device: torch.device) -> int:
     return n
 
 
-def lse_split(B: int, T: int, bl: Blocks, sms: int) -> int:
-    """Keys per split of the log-sum-exp pass (a multiple of its key tile; >= T: no split). Its programs
-    are row tiles, B * T / bm_lse of them: 32 at (B, T) = (1, 4096) with 128-row tiles, a quarter of an
-    H200's 132 SMs, and the longest of them reads every key. When the row tiles do not fill the SMs once, the
-    keys of each row tile are split over several programs (partial sums merged by a second, small launch),
-    up to about LSE_PROGRAMS_PER_SM programs per SM: row tiles whose rows all precede a split's keys exit at
-    once. With more row tiles the one pass is kept. (H200, bf16, D = 1024: 128-row tiles split this way take
-    48 us at T = 4096 and 548 us at 16384, against 60-70 and 641-708 us for the former 64-row tiles;
-    benchmarks/lse_variants_h200.txt.)"""
-    tiles = cdiv(T, bl.bm_lse) * B
+def lse_split(B: int, T: int, bl: Blocks, sms: int, rows: int | None = None) -> int:
+    """Keys per split of the log-sum-exp pass over ``rows`` rows (default T) that read keys below T (a
+    multiple of its key tile; >= T: no split). Its programs are row tiles, B * rows / bm_lse of them: 32 at
+    (B, T) = (1, 4096) with 128-row tiles, a quarter of an H200's 132 SMs, and the longest of them reads every
+    key. When the row tiles do not fill the SMs once, the keys of each row tile are split over several
+    programs (partial sums merged by a second, small launch), up to about LSE_PROGRAMS_PER_SM programs per
+    SM: row tiles whose rows all precede a split's keys exit at once. With more row tiles the one pass is
+    kept. (H200, bf16, D = 1024: 128-row tiles split this way take 48 us at T = 4096 and 548 us at 16384,
+    against 60-70 and 641-708 us for the former 64-row tiles; benchmarks/lse_variants_h200.txt.)"""
+    tiles = cdiv(T if rows is None else rows, bl.bm_lse) * B
     if tiles >= sms:
         return cdiv(T, bl.bn_lse) * bl.bn_lse
     splits = min(cdiv(LSE_PROGRAMS_PER_SM * sms, tiles), cdiv(T, bl.bn_lse))
     return cdiv(cdiv(T, splits), bl.bn_lse) * bl.bn_lse
 
 
-def _lse(q_b, k_b, key_mask, bl: Blocks, streams: Streams, keys_per_split: int | None = None) -> torch.Tensor:
-    """The (B, T) fp32 row log-sum-exp (log2 units) of the strict-past logits; keys_per_split: as
-    :func:`lse_split` picks for the device (None) or given (a multiple of bl.bn_lse)."""
+def _lse(q_b, k_b, key_mask, bl: Blocks, streams: Streams, keys_per_split: int | None = None, *,
+         lse: torch.Tensor | None = None, r0: int = 0, r1: int | None = None, side: bool = False,
+         keep: list | None = None) -> torch.Tensor:
+    """The (B, T) fp32 row log-sum-exp (log2 units) of the strict-past logits, of the rows [r0, r1) (default
+    all) into ``lse`` (default a new tensor); keys_per_split: as :func:`lse_split` picks for the device
+    (None) or given (a multiple of bl.bn_lse); ``side``: on the side stream of ``streams``. The partial sums'
+    buffer is appended to ``keep`` (when given): a caller launching on another stream than its own holds it
+    until its own stream has waited for those launches."""
     B, T, D = q_b.shape
+    r1 = T if r1 is None else r1
     km, smb, mode = _mask_arg(key_mask, q_b)
-    ks = lse_split(B, T, bl, sm_count(q_b.device)) if keys_per_split is None else keys_per_split
-    splits = cdiv(T, ks)
-    lse = torch.empty(B, T, device=q_b.device, dtype=torch.float32)
+    ks = lse_split(B, r1, bl, sm_count(q_b.device), r1 - r0) if keys_per_split is None else keys_per_split
+    splits = cdiv(r1, ks)
+    if lse is None:
+        lse = torch.empty(B, T, device=q_b.device, dtype=torch.float32)
     out = lse[:, None] if splits == 1 else torch.empty(B, splits, T, device=q_b.device, dtype=torch.float32)
+    if keep is not None:
+        keep.append(out)
     BoundKernel.get(_lse_kernel, streams, MASK=mode, BM=bl.bm_lse, BN=bl.bn_lse, BK=bl.bk,
                     PREC=bl.prec, EVEN_D=bl.even_d, num_warps=bl.warps, num_stages=bl.stages_lse)(
-        (cdiv(T, bl.bm_lse), splits, B), q_b, k_b, km, out, T, D, ks, q_b.stride(0), q_b.stride(1),
-        k_b.stride(0), k_b.stride(1), smb, out.stride(0), out.stride(1), LOG2E / math.sqrt(D),
+        (cdiv(r1 - r0, bl.bm_lse), splits, B), q_b, k_b, km, out, T, D, ks, r0, r1, q_b.stride(0),
+        q_b.stride(1), k_b.stride(0), k_b.stride(1), smb, out.stride(0), out.stride(1), LOG2E / math.sqrt(D),
+        side=side,
     )
     if splits > 1:
         BoundKernel.get(_lse_combine_kernel, streams, BLOCK=LSE_COMBINE_ROWS, num_warps=4)(
-            (cdiv(T, LSE_COMBINE_ROWS), B), out, lse, T, splits, out.stride(0), out.stride(1), lse.stride(0))
+            (cdiv(r1 - r0, LSE_COMBINE_ROWS), B), out, lse, r0, r1, splits, out.stride(0), out.stride(1),
+            lse.stride(0), side=side)
     return lse
 
 
@@ -267,27 +282,49 @@ def step_launcher(q_b, k_b, gamma, f, key_mask, lse, s_op, rhs, pbuf, bl: Blocks
 
 
 def forward_fixed(q_b, k_b, gamma, f, key_mask, blocks: Blocks, poison: bool = False) -> ForwardState:
-    """Fixed-length forward on dense (B, T, D) tensors (triton_common.dense); gamma (B, T, 1)."""
+    """Fixed-length forward on dense (B, T, D) tensors (triton_common.dense); gamma (B, T, 1).
+
+    Launches go to the lead stream (``Streams(lead=True)``). The log-sum-exp and W of the first
+    ``blocks.head`` super-chunks are built before the sequential loop; those of the rest (when there are
+    more) on the side stream while the loop runs, until the step that forms the first of their probabilities
+    waits for them: the loop's launches leave SMs idle that the build can use."""
     B, T, D = f.shape
     bl = blocks
-    streams = Streams.shared(f.device)
-    lse = _lse(q_b, k_b, key_mask, bl, streams)
-    w = build_w(q_b, k_b, gamma, key_mask, lse, bl, op_dtype(f.dtype) != torch.float32, streams)
-    s = torch.empty(B, T, D, device=f.device, dtype=torch.float32)
+    L = bl.L
+    starts = list(range(0, T, L))
+    head = min(bl.head, len(starts))
     odt = op_dtype(f.dtype)
+    lse = torch.empty(B, T, device=f.device, dtype=torch.float32)
+    wb = WBuffers.alloc(B, T, bl, odt != torch.float32, f.device)
+    s = torch.empty(B, T, D, device=f.device, dtype=torch.float32)
     s_op = s if odt == torch.float32 else torch.empty(B, T, D, device=f.device, dtype=odt)
-    starts = list(range(0, T, bl.L))
     pbuf = [torch.empty(B, bl.rows, bl.T_pad, device=f.device, dtype=odt) for _ in range(min(2, len(starts)))]
     rhs = torch.empty(B, bl.rows, D, device=f.device, dtype=torch.float32)
     if poison:
         for x in (s, s_op, rhs, *pbuf):
             x.fill_(float("nan"))
-    step = step_launcher(q_b, k_b, gamma, f, key_mask, lse, s_op, rhs, pbuf, bl, streams)
-    solve = w_applier(w, rhs, s, s_op, bl, streams)
-    for i, A in enumerate(starts):
-        # The next P goes to the other buffer: the one super-chunk i - 1 read, in an earlier launch.
-        A_next = starts[i + 1] if i + 1 < len(starts) else T
-        L_eff = min(bl.L, T - A)
-        step(pbuf[i % 2], pbuf[(i + 1) % len(pbuf)], A, L_eff, A_next, min(bl.L, T - A_next))
-        solve(A, L_eff)
-    return ForwardState(s, s_op, lse, w, bl)
+    streams = Streams.shared(f.device, side=True, lead=True)
+    keep: list = []  # buffers allocated below: freed on return, after the caller's stream waits for them
+    streams.enter()
+    try:
+        _lse(q_b, k_b, key_mask, bl, streams, lse=lse, r1=min(T, head * L), keep=keep)
+        build_w_range(q_b, k_b, gamma, key_mask, lse, wb, 0, head, bl, streams)
+        built = None
+        if head < len(starts):
+            streams.fork()
+            _lse(q_b, k_b, key_mask, bl, streams, lse=lse, r0=head * L, side=True, keep=keep)
+            build_w_range(q_b, k_b, gamma, key_mask, lse, wb, head, len(starts), bl, streams, side=True)
+            built = streams.side_event()
+        step = step_launcher(q_b, k_b, gamma, f, key_mask, lse, s_op, rhs, pbuf, bl, streams)
+        solve = w_applier(wb.out, rhs, s, s_op, bl, streams)
+        for i, A in enumerate(starts):
+            if i + 1 == head and built is not None:  # this step forms P of the first super-chunk built aside
+                streams.join(built)
+            # The next P goes to the other buffer: the one super-chunk i - 1 read, in an earlier launch.
+            A_next = starts[i + 1] if i + 1 < len(starts) else T
+            L_eff = min(L, T - A)
+            step(pbuf[i % 2], pbuf[(i + 1) % len(pbuf)], A, L_eff, A_next, min(L, T - A_next))
+            solve(A, L_eff)
+    finally:
+        streams.leave()  # before the scratches (pbuf, rhs, wb's fp32 buffers, keep) are freed on return
+    return ForwardState(s, s_op, lse, wb.out, bl)

@@ -77,30 +77,45 @@ def _arg_key(args: tuple) -> tuple | None:
         return None
 
 
+# Priority of the solve's own main stream (``Streams(lead=True)``): one step above the default streams'
+# (CUDA: lower numbers run first when both have blocks waiting for an SM).
+LEAD_PRIORITY = -1
+
+
 class Streams:
-    """The current stream of the solve's device and (``side=True``) a second stream for independent
-    launches, with their raw handles for the fast path; on CPU (interpreter) both are None. A solve takes
-    the one kept for its device's current stream (:meth:`shared`)."""
+    """The streams of one solve and their raw handles for the fast path; on CPU (interpreter) all None.
+
+    ``main``: where the launches go; the caller's current stream, or (``lead=True``, CUDA) a stream of
+    higher priority than the default ones that the solve enters from the caller's stream and leaves back to
+    (:meth:`enter`, :meth:`leave`). ``side`` (``side=True``): a default-priority stream for launches off the
+    sequential path (the backward's dq and dk, the forward's side build). With a lead stream the sequential
+    path's blocks are scheduled before the side stream's whenever both wait for an SM, so the side work fills
+    the SMs the sequential launches leave idle instead of delaying them (RESULTS, "A lead stream").
+    ``SESSA_TRITON_LEAD_STREAM=0`` keeps the launches on the caller's stream (e.g. to leave a higher priority
+    to nothing but the caller's own streams). A solve takes the one kept for its device's current stream
+    (:meth:`shared`)."""
 
     _shared: dict[tuple, Streams] = {}
 
     @classmethod
-    def shared(cls, device: torch.device, side: bool = False) -> Streams:
+    def shared(cls, device: torch.device, side: bool = False, lead: bool = False) -> Streams:
         """The Streams of ``device``'s current stream, made once and kept: a side stream and its events
         cost host time to create, once per solve before. Every event a solve waits on it records first in
         the same solve (also inside a CUDA-graph capture); one thread per device, as the autograd engine
         runs backward passes."""
-        key = (device, current_raw_stream(device) if device.type == "cuda" else 0, side)
+        lead = lead and os.environ.get("SESSA_TRITON_LEAD_STREAM", "1") != "0"
+        key = (device, current_raw_stream(device) if device.type == "cuda" else 0, side, lead)
         streams = cls._shared.get(key)
         if streams is None:
             if len(cls._shared) >= 64:  # CUDA-graph captures may each bring their own stream
                 cls._shared.clear()
-            streams = cls._shared[key] = cls(device, side)
+            streams = cls._shared[key] = cls(device, side, lead)
         return streams
 
-    def __init__(self, device: torch.device, side: bool = False):
+    def __init__(self, device: torch.device, side: bool = False, lead: bool = False):
         self.cuda = device.type == "cuda"
-        self.main = torch.cuda.current_stream(device) if self.cuda else None
+        self.caller = torch.cuda.current_stream(device) if self.cuda else None
+        self.main = torch.cuda.Stream(device, priority=LEAD_PRIORITY) if self.cuda and lead else self.caller
         self.side = torch.cuda.Stream(device) if self.cuda and side else None
         self.device_index = self.main.device_index if self.cuda else -1
         # raw handles, indexed by `side`
@@ -109,6 +124,28 @@ class Streams:
         self._fork_event = torch.cuda.Event() if self.side is not None else None
         self._ring = [torch.cuda.Event() for _ in range(4)] if self.side is not None else []
         self._n_recorded = 0
+        self._lead_events = [torch.cuda.Event(), torch.cuda.Event()] if self.main is not self.caller else []
+
+    def enter(self) -> None:
+        """The lead stream waits for everything queued on the caller's stream so far (no-op without one).
+        Buffers the solve allocates come from the caller's stream; allocate them, and queue every op on the
+        caller's stream they need, before entering."""
+        if self._lead_events:
+            self._lead_events[0].record(self.caller)
+            self.main.wait_event(self._lead_events[0])
+
+    def leave(self) -> None:
+        """The caller's stream waits for everything queued on the lead stream (no-op without one). Call it
+        before any buffer the solve's launches use is freed: the caller's stream may reuse it at once."""
+        if self._lead_events:
+            self._lead_events[1].record(self.main)
+            self.caller.wait_event(self._lead_events[1])
+
+    def on(self, side: bool):
+        """A context making the side stream (``side``) or the main stream current for PyTorch ops; a no-op
+        context on CPU."""
+        stream = self.side if side else self.main
+        return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
     def fork(self) -> None:
         """The side stream waits for everything queued on the main stream so far."""

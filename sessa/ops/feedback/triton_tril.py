@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -34,7 +35,7 @@ from sessa.ops.feedback.triton_launch import BoundKernel, Streams
 
 
 @triton.jit
-def _diag_inverse_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, g_ptr, w_ptr, T, D, L,
+def _diag_inverse_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, g_ptr, w_ptr, T, D, L, R0,
                          stride_qb, stride_qt, stride_kb, stride_kt, stride_mb, stride_lb,
                          stride_gb, stride_gt, stride_wb, stride_wi, scale2,
                          MASK: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, LOG2C: tl.constexpr,
@@ -44,7 +45,7 @@ def _diag_inverse_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, g_ptr, w_ptr, T, D, L,
     q_ptr += pid_b * stride_qb
     k_ptr += pid_b * stride_kb
     km_ptr += pid_b * stride_mb
-    rows = pid * C + tl.arange(0, C)
+    rows = R0 + pid * C + tl.arange(0, C)  # R0: the first row of the super-chunks built by this launch
     x = _logits(q_ptr, k_ptr, rows, rows, T, D, stride_qt, stride_kt, C, C, BK, PREC, EVEN_D) * scale2
     lse = _row_lse(lse_ptr + pid_b * stride_lb, rows, T)
     p = tl.where(_allowed(rows, rows, T, km_ptr, MASK), tl.exp2(x - lse[:, None]), 0.0)
@@ -57,13 +58,13 @@ def _diag_inverse_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, g_ptr, w_ptr, T, D, L,
     for _ in tl.static_range(LOG2C - 1):
         power = tl.dot(power, power, input_precision=INV_PREC)
         inv = inv + tl.dot(inv, power, input_precision=INV_PREC)
-    r0 = (pid * C) % L  # the block's first row inside its super-chunk
-    w_ptr += pid_b * stride_wb + (pid * C // L) * stride_wi
+    r0 = (R0 + pid * C) % L  # the block's first row inside its super-chunk
+    w_ptr += pid_b * stride_wb + ((R0 + pid * C) // L) * stride_wi
     tl.store(w_ptr + (r0 + ar)[:, None] * L + (r0 + ar)[None, :], inv)
 
 
 @triton.jit
-def _diag_probs_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, pd_ptr, T, D, L, nI,
+def _diag_probs_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, pd_ptr, T, D, L, nI, CH0,
                        stride_qb, stride_qt, stride_kb, stride_kt, stride_mb, stride_lb, stride_db, stride_di,
                        scale2, MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                        PREC: tl.constexpr, EVEN_D: tl.constexpr):
@@ -71,7 +72,7 @@ def _diag_probs_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, pd_ptr, T, D, L, nI,
     pid_n = tl.program_id(1)
     pid_z = tl.program_id(2)
     pid_b = (pid_z // nI).to(tl.int64)
-    chunk = pid_z % nI
+    chunk = CH0 + pid_z % nI  # nI super-chunks from CH0
     A = chunk * L
     r_start = A + pid_m * BM
     c_start = A + pid_n * BN
@@ -89,10 +90,11 @@ def _diag_probs_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, pd_ptr, T, D, L, nI,
 
 
 @triton.jit
-def _wlevel_kernel(a_ptr, b_ptr, g_ptr, out_ptr, T, L, S, n_tiles, stride_xb, stride_xi, stride_gb, stride_gt,
-                   SECOND: tl.constexpr, BM: tl.constexpr, INV_PREC: tl.constexpr):
+def _wlevel_kernel(a_ptr, b_ptr, g_ptr, out_ptr, T, L, S, n_tiles, nI, CH0, stride_xb, stride_xi, stride_gb,
+                   stride_gt, SECOND: tl.constexpr, BM: tl.constexpr, INV_PREC: tl.constexpr):
     """One half of a doubling level for the pair (B1 = [2pS, 2pS + S), B2 = [(2p + 1)S, (2p + 2)S)) of one
-    super-chunk; all of a_ptr, b_ptr, out_ptr are (B, n_chunks, L, L) fp32 with one layout.
+    of the nI super-chunks from CH0; all of a_ptr, b_ptr, out_ptr are (B, n_chunks, L, L) fp32 with one
+    layout.
 
     first half (SECOND=False): Y = G_B2 P[B2, B1] @ W[B1, B1] (a = P, b = W, out = Y scratch);
     second half (SECOND=True): W[B2, B1] = W[B2, B2] @ Y (a = W, b = Y, out = W).
@@ -100,8 +102,8 @@ def _wlevel_kernel(a_ptr, b_ptr, g_ptr, out_ptr, T, L, S, n_tiles, stride_xb, st
     """
     pid_t = tl.program_id(0)
     pair = tl.program_id(1)
-    pid_b = (tl.program_id(2) // tl.cdiv(T, L)).to(tl.int64)
-    chunk = tl.program_id(2) % tl.cdiv(T, L)
+    pid_b = (tl.program_id(2) // nI).to(tl.int64)
+    chunk = CH0 + tl.program_id(2) % nI
     c1 = 2 * pair * S  # B1's first row / column (local to the super-chunk)
     r2 = c1 + S  # B2's first row
     A = chunk * L
@@ -195,41 +197,70 @@ def _wapply_kernel(w_ptr, x_ptr, x2_ptr, out_ptr, outop_ptr, s_ptr, f_ptr, dpart
         tl.store(dpart_ptr + pid_b * stride_eb + (A + rl) * tl.num_programs(1) + pid_n, part, mask=rl < L_eff)
 
 
-def build_w(q_b, k_b, gamma, key_mask, lse, bl: Blocks, split: bool, streams: Streams) -> torch.Tensor:
-    """W: (B, n_chunks, L, L), the inverse of (I - G P) inside each super-chunk (zero above the diagonal):
-    fp32, or (split) rounded to bf16 for the two-product application of ``w_applier``."""
+@dataclass
+class WBuffers:
+    """Where :func:`build_w_range` builds W: ``w`` (B, n_chunks, L, L) fp32, zero above the diagonal; ``pd``
+    and ``y`` fp32 scratches of its shape (y None when L == C: no doubling level); ``out`` the W the
+    products read: w itself, or its bf16 copy (``split``)."""
+
+    w: torch.Tensor
+    pd: torch.Tensor
+    y: torch.Tensor | None
+    out: torch.Tensor
+
+    @classmethod
+    def alloc(cls, B: int, T: int, bl: Blocks, split: bool, device: torch.device) -> WBuffers:
+        L = bl.L
+        w = torch.zeros(B, cdiv(T, L), L, L, device=device, dtype=torch.float32)
+        out = torch.empty(w.shape, device=device, dtype=torch.bfloat16) if split else w
+        return cls(w, torch.empty_like(w), torch.empty_like(w) if L > bl.C else None, out)
+
+
+def build_w_range(q_b, k_b, gamma, key_mask, lse, buf: WBuffers, c0: int, c1: int, bl: Blocks,
+                  streams: Streams, side: bool = False) -> None:
+    """W of the super-chunks [c0, c1) into ``buf`` (and its bf16 copy), on the side stream of ``streams``
+    with ``side``; reads the log-sum-exp of their rows only."""
     B, T, D = q_b.shape
     scale2 = LOG2E / math.sqrt(D)
     km, smb, mode = _mask_arg(key_mask, q_b)
-    n_chunks, L = cdiv(T, bl.L), bl.L
-    w = torch.zeros(B, n_chunks, L, L, device=q_b.device, dtype=torch.float32)
+    L, nI = bl.L, c1 - c0
+    r0, r1 = c0 * L, min(T, c1 * L)
+    w, pd, y = buf.w, buf.pd, buf.y
     qs, ks, gs, ws = q_b.stride(), k_b.stride(), gamma.stride(), w.stride()
     BoundKernel.get(_diag_inverse_kernel, streams, MASK=mode, C=bl.C, BK=bl.bk,
                     LOG2C=int(math.log2(bl.C)), PREC=bl.prec, INV_PREC=bl.inv_prec, EVEN_D=bl.even_d,
                     num_warps=4)(
-        (cdiv(T, bl.C), B), q_b, k_b, km, lse, gamma, w, T, D, L, qs[0], qs[1], ks[0], ks[1], smb,
-        lse.stride(0), gs[0], gs[1], ws[0], ws[1], scale2,
+        (cdiv(r1 - r0, bl.C), B), q_b, k_b, km, lse, gamma, w, T, D, L, r0, qs[0], qs[1], ks[0], ks[1], smb,
+        lse.stride(0), gs[0], gs[1], ws[0], ws[1], scale2, side=side,
     )
-    pd = torch.empty_like(w)
     BoundKernel.get(_diag_probs_kernel, streams, MASK=mode, BM=bl.bm, BN=bl.bn, BK=bl.bk, PREC=bl.prec,
                     EVEN_D=bl.even_d, num_warps=bl.warps, num_stages=bl.stages)(
-        (L // bl.bm, L // bl.bn, B * n_chunks), q_b, k_b, km, lse, pd, T, D, L, n_chunks, qs[0], qs[1], ks[0],
-        ks[1], smb, lse.stride(0), ws[0], ws[1], scale2,
+        (L // bl.bm, L // bl.bn, B * nI), q_b, k_b, km, lse, pd, T, D, L, nI, c0, qs[0], qs[1], ks[0], ks[1],
+        smb, lse.stride(0), ws[0], ws[1], scale2, side=side,
     )
-    y = torch.empty_like(w) if L > bl.C else None
     size = bl.C
     while size < L:  # blocks of `size` rows are complete: join neighbouring pairs
         bm = min(size, 64)
         n_tiles = size // bm
-        grid = (n_tiles * n_tiles, cdiv(cdiv(L, size), 2), B * n_chunks)
+        grid = (n_tiles * n_tiles, cdiv(cdiv(L, size), 2), B * nI)
         for second, a, b, out in ((False, pd, w, y), (True, w, y, w)):
             BoundKernel.get(_wlevel_kernel, streams, SECOND=second, BM=bm, INV_PREC=bl.level_prec,
                             num_warps=4)(
-                grid, a, b, gamma, out, T, L, size, n_tiles, ws[0], ws[1], gs[0], gs[1],
+                grid, a, b, gamma, out, T, L, size, n_tiles, nI, c0, ws[0], ws[1], gs[0], gs[1], side=side,
             )
         size *= 2
-    del pd, y
-    return w.to(torch.bfloat16) if split else w
+    if buf.out is not w:
+        with streams.on(side):
+            buf.out[:, c0:c1].copy_(w[:, c0:c1])
+
+
+def build_w(q_b, k_b, gamma, key_mask, lse, bl: Blocks, split: bool, streams: Streams) -> torch.Tensor:
+    """W: (B, n_chunks, L, L), the inverse of (I - G P) inside each super-chunk (zero above the diagonal):
+    fp32, or (split) rounded to bf16 for the two-product application of ``w_applier``."""
+    B, T, _ = q_b.shape
+    buf = WBuffers.alloc(B, T, bl, split, q_b.device)
+    build_w_range(q_b, k_b, gamma, key_mask, lse, buf, 0, cdiv(T, bl.L), bl, streams)
+    return buf.out
 
 
 def w_applier(w, x, out, out_op, bl: Blocks, streams: Streams, *, x2=None, trans=False, delta=None, s=None,
