@@ -6,8 +6,10 @@ reference (the dense reference up to T = 4097, the chunked op in float64 above).
 mamba's): pass iff every Triton error is finite and <= k x the chunked op's error + atol, per dtype (TOL).
 Triton's outputs and scratch buffers are filled with NaN before its kernels run (``triton.POISON``), so an
 unwritten element fails.
-One more case compares the direct launch path with Triton's JIT entry (SESSA_TRITON_FAST_LAUNCH=0), and
-one the op under ``torch.compile`` (the custom ops of ``triton_ops``) with the eager op: bit-identical.
+One more case compares the direct launch path with Triton's JIT entry (SESSA_TRITON_FAST_LAUNCH=0), one
+the op under ``torch.compile`` (the custom ops of ``triton_ops``) with the eager op, and one the op's streams
+(the caller's stream instead of the lead stream, a non-default calling stream, CUDA-graph replay) with the
+eager op: bit-identical.
 
 Cases run in worker processes sharing the GPU, so Triton's compilation (most of the time on a fresh machine)
 runs in parallel. Prints one table and writes it to OUT:
@@ -42,6 +44,7 @@ CASES = [(1, 1, 1024, False), (2, 63, 64, False), (2, 65, 128, True), (1, 1000, 
 QUICK = [(2, 65, 128, True), (1, 1000, 1024, False)]
 LAUNCH_CASE = ("bfloat16", (1, 4097, 1024, True))
 COMPILE_CASE = ("bfloat16", (2, 3000, 768, True))
+STREAMS_CASE = ("bfloat16", (1, 16384, 1024, True))  # 16 super-chunks: the forward's side build runs
 # dtype: (k for s and df, k for dq_b / dk_b / dgamma, atol). fp32: the W products run in tf32x3 (measured up
 # to ~4x the chunked op's error). bf16: the gradient products take bf16 operands where the chunked op computes
 # in fp32. fp16 inputs use bf16 operands too (fp16 cannot hold s), so their floor is bf16's (unit roundoff
@@ -157,8 +160,49 @@ def check_compiled(dtype_name: str, case: tuple, device: str) -> dict:
             "sec": time.time() - start, "note": "torch.compile(fullgraph=True) vs eager"}
 
 
+def check_streams(dtype_name: str, case: tuple, device: str) -> dict:
+    """The op's streams: launched on the caller's stream (``SESSA_TRITON_LEAD_STREAM=0``), called from a
+    stream other than the default one, and captured in a CUDA graph and replayed, each against the eager op
+    on its lead stream: bit-identical s, dq_b, dk_b, df; dgamma up to its atomics' last bits (the worst of
+    the three per output)."""
+    import sessa.ops.feedback.triton as ft
+    from sessa.bench.kernels import capture_graph
+
+    start = time.time()
+    inputs, ds, key_mask = make_inputs(*case, getattr(torch, dtype_name), 13, device)
+    eager = run(ft.feedback_solve_triton, inputs, ds, key_mask)
+    os.environ["SESSA_TRITON_LEAD_STREAM"] = "0"
+    try:
+        caller = run(ft.feedback_solve_triton, inputs, ds, key_mask)
+    finally:
+        os.environ.pop("SESSA_TRITON_LEAD_STREAM")
+    other, current = torch.cuda.Stream(), torch.cuda.current_stream()
+    other.wait_stream(current)
+    with torch.cuda.stream(other):
+        on_other = run(ft.feedback_solve_triton, inputs, ds, key_mask)
+    current.wait_stream(other)
+    leaves = [x.detach().clone().requires_grad_() for x in inputs]
+    replayed = [torch.empty_like(x) for x in (inputs[3], *inputs)]  # s (f's dtype), then the gradients
+
+    def step() -> None:
+        s = ft.feedback_solve_triton(*leaves, key_mask=key_mask)
+        for out, x in zip(replayed, (s, *torch.autograd.grad(s, leaves, ds)), strict=True):
+            out.copy_(x)
+
+    graph = capture_graph(step)
+    for x in replayed:
+        x.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    diffs = [max(max_rel(v[i], eager[i].double()) for v in (caller, on_other, replayed)) for i in range(5)]
+    return {"dtype": dtype_name, "case": case, "tri": diffs, "chk": None, "ok": _same_bits(diffs, dtype_name),
+            "sec": time.time() - start,
+            "note": "caller's stream, another stream, CUDA-graph replay vs eager on the lead stream"}
+
+
 def _job(kind: str, dtype_name: str, case: tuple, device: str) -> dict:
-    checks = {"launch": check_launch_paths, "compiled": check_compiled, "case": check_case}
+    checks = {"launch": check_launch_paths, "compiled": check_compiled, "streams": check_streams,
+              "case": check_case}
     try:
         return checks[kind](dtype_name, case, device)
     except Exception as e:  # a crash is a failed row, not a lost table
@@ -211,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [("case", dt, c, args.device) for c in cases for dt in DTYPES]
     jobs.sort(key=lambda j: -j[2][1] * j[2][2])  # longest first: they bound the wall time
     if cuda and not (args.quick or args.cases):
-        jobs[:0] = [("launch", *LAUNCH_CASE, args.device), ("compiled", *COMPILE_CASE, args.device)]
+        jobs[:0] = [("launch", *LAUNCH_CASE, args.device), ("compiled", *COMPILE_CASE, args.device),
+                    ("streams", *STREAMS_CASE, args.device)]
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         results = list(pool.map(_job, *zip(*jobs, strict=True)))
     order = {(dt, c): i for i, (c, dt) in enumerate((c, dt) for c in cases for dt in DTYPES)}
