@@ -56,54 +56,55 @@ def main() -> None:
     sdpa_ms = triton.testing.do_bench(sdpa, warmup=50, rep=300, return_mode="median")
     device = torch.cuda.get_device_name()
     print(f"{device} {args.dtype} B={B} T={T} D={D}; SDPA fwd+bwd {sdpa_ms:.3f} ms", flush=True)
-    base = dict(triton_common.TUNING)
     for tuning, L in [(t, L) for t in json.loads(args.tuning) for L in args.L]:
-        triton_common.TUNING.clear()
-        triton_common.TUNING.update(base, **tuning)
         chunk = L or None
 
         def step(chunk=chunk) -> None:
             feedback_solve(q, k, g, f, backend="triton", chunk_size=chunk).backward(ds)
 
-        eager = triton.testing.do_bench(step, warmup=50, rep=300, return_mode="median")
-        host = []
-        for _ in range(20):
-            torch.cuda.synchronize()
-            torch.cuda._sleep(50_000_000)  # ~25+ ms of GPU spin: every launch below is queued, none waits
-            t0 = time.perf_counter()
-            step()
-            host.append((time.perf_counter() - t0) * 1e3)
-        if args.cprofile:
-            torch.cuda.synchronize()
-            torch.cuda._sleep(50_000_000 * max(1, args.cprofile // 4))
-            prof = cProfile.Profile()
-            prof.enable()
-            for _ in range(args.cprofile):
-                step()
-            prof.disable()
-            print(f"L={chunk}: host profile of {args.cprofile} calls (by tottime, then cumulative)",
-                  flush=True)
-            pstats.Stats(prof).sort_stats("tottime").print_stats(30)
-            pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
-        torch.cuda.synchronize()
-        graph = None
-        try:
-            graph = capture_graph(step, warmup=3)
-            graphed = triton.testing.do_bench(graph.replay, warmup=20, rep=300, return_mode="median")
-        except RuntimeError as exc:  # reported, the other measurements stand
-            print(f"L={chunk}: graph capture failed: {str(exc)[:300]}", flush=True)
-            graphed = float("nan")
+        with triton_common.tiles_overridden(triton_common.TUNING, tuning):
+            eager, host, graphed = _time(step, chunk, args.cprofile)
         row = {"device": device, "date": time.strftime("%Y-%m-%d"), "dtype": args.dtype, "B": B, "T": T,
-               "D": D, "L": chunk, "tuning": tuning, "sdpa_ms": sdpa_ms, "eager_ms": eager,
-               "host_ms": min(host), "graph_ms": graphed}
+               "D": D, "L": chunk, "tuning": tuning, "sdpa_ms": sdpa_ms, "eager_ms": eager, "host_ms": host,
+               "graph_ms": graphed}
         print(f"L={chunk} {tuning}: eager {eager:.3f} ms ({eager / sdpa_ms:.2f}x SDPA), "
-              f"host {min(host):.3f} ms, graph replay {graphed:.3f} ms ({graphed / sdpa_ms:.2f}x SDPA)",
+              f"host {host:.3f} ms, graph replay {graphed:.3f} ms ({graphed / sdpa_ms:.2f}x SDPA)",
               flush=True)
         if args.out:
             with open(args.out, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
-        del graph
 
+
+def _time(step, chunk: int | None, cprofile: int) -> tuple[float, float, float]:
+    """(eager, host, graph replay) ms of step(): do_bench's median; the least of 20 host enqueue times with
+    the GPU held busy (and a cProfile of ``cprofile`` such calls, printed); a CUDA graph of it replayed."""
+    eager = triton.testing.do_bench(step, warmup=50, rep=300, return_mode="median")
+    host = []
+    for _ in range(20):
+        torch.cuda.synchronize()
+        torch.cuda._sleep(50_000_000)  # ~25+ ms of GPU spin: every launch below is queued, none waits
+        t0 = time.perf_counter()
+        step()
+        host.append((time.perf_counter() - t0) * 1e3)
+    if cprofile:
+        torch.cuda.synchronize()
+        torch.cuda._sleep(50_000_000 * max(1, cprofile // 4))
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(cprofile):
+            step()
+        prof.disable()
+        print(f"L={chunk}: host profile of {cprofile} calls (by tottime, then cumulative)", flush=True)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
+    torch.cuda.synchronize()
+    try:
+        graph = capture_graph(step, warmup=3)
+        graphed = triton.testing.do_bench(graph.replay, warmup=20, rep=300, return_mode="median")
+    except RuntimeError as exc:  # reported, the other measurements stand
+        print(f"L={chunk}: graph capture failed: {str(exc)[:300]}", flush=True)
+        graphed = float("nan")
+    return eager, min(host), graphed
 
 if __name__ == "__main__":
     main()

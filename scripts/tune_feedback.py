@@ -63,7 +63,6 @@ def main() -> None:
     device = torch.cuda.get_device_name()
     print(f"{device} {args.dtype} B={B} T={args.T} D={args.D}; "
           f"SDPA ({heads} heads of 64) fwd+bwd {sdpa_ms:.3f} ms", flush=True)
-    base = dict(triton_common.TUNING)
     if args.L is not None:
         configs = [{"L": L or None} for L in args.L]
     else:
@@ -71,8 +70,6 @@ def main() -> None:
     for cfg in configs:
         cfg = dict(cfg)
         L = cfg.pop("L", None)
-        triton_common.TUNING.clear()
-        triton_common.TUNING.update(base, **cfg)
 
         def step(L=L):
             s = feedback_solve(q, k, g, f, backend="triton", chunk_size=L)
@@ -81,7 +78,8 @@ def main() -> None:
                 x.grad = None
 
         try:
-            ms = triton.testing.do_bench(step, warmup=50, rep=300, return_mode="median")
+            with triton_common.tiles_overridden(triton_common.TUNING, cfg):
+                ms = triton.testing.do_bench(step, warmup=50, rep=300, return_mode="median")
             print(f"L={L} {cfg}: fwd+bwd {ms:.3f} ms = {ms / sdpa_ms:.2f}x SDPA", flush=True)
             row = {"ms": ms, "x_sdpa": ms / sdpa_ms}
         except Exception as exc:  # a configuration that does not compile or fit is reported, not fatal

@@ -90,12 +90,8 @@ def _check_case(B, T, D, chunk, sub, dtype, mask, tiles=None) -> dict:
     from sessa.ops.feedback.triton import feedback_solve_triton
 
     inputs, ds, key_mask = _inputs(B, T, D, dtype, mask, seed=T + D)
-    saved = dict(triton_common._INTERPRET_TILES)
-    triton_common._INTERPRET_TILES.update(tiles or {})
-    try:
+    with triton_common.tiles_overridden(triton_common._INTERPRET_TILES, tiles or {}):
         tri = _solve(feedback_solve_triton, inputs, ds, key_mask, chunk_size=chunk, sub_block=sub)
-    finally:
-        triton_common._INTERPRET_TILES.update(saved)
     chk = _solve(lambda *a, key_mask: feedback_solve_chunked(*a, key_mask, 16), inputs, ds, key_mask)
     ref = _solve(lambda *a, key_mask: feedback_solve_ref(*a, key_mask), [x.double() for x in inputs],
                  ds.double(), key_mask)
@@ -144,12 +140,8 @@ def _check_varlen() -> list[dict]:
             tri_fn = functools.partial(_varlen_solve, feedback_solve_packed, seq_idx, chunk_size=chunk)
             per_sequence = functools.partial(solve_per_sequence, feedback_solve_ref)
             ref_fn = functools.partial(_varlen_solve, per_sequence, seq_idx)
-        saved = dict(triton_common._INTERPRET_TILES)
-        triton_common._INTERPRET_TILES.update(tiles or {})
-        try:
+        with triton_common.tiles_overridden(triton_common._INTERPRET_TILES, tiles or {}):
             tri = _solve(tri_fn, [q, k, g, f], ds, None)
-        finally:
-            triton_common._INTERPRET_TILES.update(saved)
         ref = _solve(ref_fn, [x.double() for x in (q, k, g, f)], ds.double(), None)
         errs = [_rel(a, r) for a, r in zip(tri, ref, strict=True)]
         out.append({"err": max(errs), "finite": all(bool(x.isfinite().all()) for x in tri)})
@@ -481,3 +473,14 @@ def test_unpredicated_loads_and_probability_tiles_follow_the_shapes():
 
 if __name__ == "__main__":
     _child([tuple(c) for c in json.loads(sys.argv[1])])
+
+
+def test_tile_overrides_apply_inside_the_block_and_are_restored():
+    """The sweeps' and tests' overrides of a tile table last for their block only, also when it raises."""
+    from sessa.ops.feedback.triton_common import TUNING, tiles_overridden
+
+    before = dict(TUNING)
+    with pytest.raises(RuntimeError), tiles_overridden(TUNING, {"bm_w": 64, "head_frac": 0.5}):
+        assert TUNING["bm_w"] == 64 and TUNING["head_frac"] == 0.5
+        raise RuntimeError("a configuration that does not compile")
+    assert TUNING == before

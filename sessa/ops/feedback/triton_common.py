@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +68,19 @@ _INTERPRET_TILES = {"bm": 32, "bn": 32, "bn_p": 32, "bk": 32, "bd": 32, "bd_dk":
                     "bm_w": 32, "bd_w": 32, "bk_w": 16, "bm_lse": 32, "bn_lse": 32, "warps": 4, "warps_w": 4,
                     "stages": 1, "stages_lse": 1, "stages_push": 1, "stages_w": 1,
                     "side_min": 3, "head_frac": 0.5}
+
+
+@contextlib.contextmanager
+def tiles_overridden(table: dict, overrides: dict) -> Iterator[None]:
+    """``table`` (TUNING, TUNING_FP32 or the interpreter's tiles) with ``overrides`` applied inside the block
+    and restored after it: the tile sweeps of scripts/tune_feedback.py and solve_host_time.py, and tests."""
+    saved = dict(table)
+    table.update(overrides)
+    try:
+        yield
+    finally:
+        table.clear()
+        table.update(saved)
 
 
 def cdiv(a: int, b: int) -> int:

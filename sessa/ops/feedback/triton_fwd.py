@@ -292,7 +292,7 @@ def forward_fixed(q_b, k_b, gamma, f, key_mask, blocks: Blocks, poison: bool = F
     bl = blocks
     L = bl.L
     starts = list(range(0, T, L))
-    head = min(bl.head, len(starts))
+    head = bl.head  # at most len(starts) (choose_blocks)
     odt = op_dtype(f.dtype)
     lse = torch.empty(B, T, device=f.device, dtype=torch.float32)
     wb = WBuffers.alloc(B, T, bl, odt != torch.float32, f.device)
