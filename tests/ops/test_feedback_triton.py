@@ -38,8 +38,9 @@ FAST_CASES = [
     (2, 70, 32, 16, 16, "bfloat16", False, {"head_frac": 0.2}),
     (2, 70, 32, 32, 16, "bfloat16", True),
     (2, 70, 32, 32, 16, "float16", True),  # fp16 inputs: bf16 operands, fp16 q_b/k_b cast in dq/dk
-    # scratch row tile above the dk / push row step (the GPU's bf16 tiles: 128 vs 64), wide W row tile
-    (2, 100, 32, 64, 16, "float32", True, {"bm": 64, "bt_dk": 16, "bm_w": 64, "bk_w": 32}),
+    # scratch row tile above the dk / push row step (the GPU's bf16 tiles: 128 vs 64), wide W row tile, a
+    # doubling level whose K step is below its tile (32 vs 16)
+    (2, 100, 32, 64, 16, "float32", True, {"bm": 64, "bt_dk": 16, "bm_w": 64, "bk_w": 32, "bk_lv": 16}),
     # probability tiles wider than the scratch readers' key tile; pushes in pairs (3 super-chunks)
     (2, 150, 32, 64, 16, "bfloat16", True, {"bn_p": 64}),
 ]

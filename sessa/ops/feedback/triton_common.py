@@ -36,6 +36,10 @@ class Blocks:
     bm_w: int  # row tile of the products with the intra-chunk inverse W
     bd_w: int  # D tile of those products
     bk_w: int  # their K step (dividing bm_w)
+    bm_lv: int  # largest output tile (rows = columns) of the doubling levels that build W (triton_tril)
+    bk_lv: int  # their K step (at most the level's tile)
+    warps_lv: int  # their warps
+    stages_lv: int  # their software-pipelining depth
     bm_lse: int  # row / key tiles of the log-sum-exp pass
     bn_lse: int
     prec: str  # tl.dot input precision for fp32 operands
@@ -59,15 +63,16 @@ class Blocks:
 # the forward builds part of its log-sum-exp and W on a side stream; head_frac: the share it builds first.
 TUNING = {"bm": 128, "bn": 128, "bn_p": 256, "bk": 64, "bd": 128, "bd_dk": 256, "bt_dk": 64,
           "bm_w": 128, "bd_w": 64, "bk_w": 64, "bm_lse": 128, "bn_lse": 256, "warps": 8, "warps_w": 8,
-          "stages": 3, "stages_lse": 3, "stages_push": 4, "stages_w": 3, "side_min": 16, "head_frac": 0.625}
+          "stages": 3, "stages_lse": 3, "stages_push": 4, "stages_w": 3, "side_min": 16, "head_frac": 0.625,
+          "bm_lv": 64, "bk_lv": 64, "warps_lv": 4, "stages_lv": 3}
 TUNING_FP32 = {"bm": 64, "bn": 64, "bn_p": 64, "bk": 32, "bd": 64, "bd_dk": 64, "bt_dk": 64,
                "bm_w": 64, "bd_w": 64, "bk_w": 64, "bm_lse": 64, "bn_lse": 64, "warps": 4, "warps_w": 4,
                "stages": 2, "stages_lse": 2, "stages_push": 2, "stages_w": 2, "side_min": 16,
-               "head_frac": 0.625}
+               "head_frac": 0.625, "bm_lv": 64, "bk_lv": 64, "warps_lv": 4, "stages_lv": 3}
 _INTERPRET_TILES = {"bm": 32, "bn": 32, "bn_p": 32, "bk": 32, "bd": 32, "bd_dk": 32, "bt_dk": 64,
                     "bm_w": 32, "bd_w": 32, "bk_w": 16, "bm_lse": 32, "bn_lse": 32, "warps": 4, "warps_w": 4,
                     "stages": 1, "stages_lse": 1, "stages_push": 1, "stages_w": 1,
-                    "side_min": 3, "head_frac": 0.5}
+                    "side_min": 3, "head_frac": 0.5, "bm_lv": 64, "bk_lv": 64, "warps_lv": 4, "stages_lv": 1}
 
 
 @contextlib.contextmanager
@@ -159,7 +164,8 @@ def choose_blocks(
     return Blocks(
         L=L, C=C, bm=bm, bn=bn, bk=tn["bk"], bd=tn["bd"],
         bn_p=_pow2_divisor(L, tn["bn_p"]), bd_dk=tn["bd_dk"], bt_dk=bt, span=span,
-        bm_w=bm_w, bd_w=tn["bd_w"], bk_w=min(bm_w, tn["bk_w"]), bm_lse=tn["bm_lse"], bn_lse=tn["bn_lse"],
+        bm_w=bm_w, bd_w=tn["bd_w"], bk_w=min(bm_w, tn["bk_w"]), bm_lv=tn["bm_lv"], bk_lv=tn["bk_lv"],
+        warps_lv=tn["warps_lv"], stages_lv=tn["stages_lv"], bm_lse=tn["bm_lse"], bn_lse=tn["bn_lse"],
         prec="ieee" if ieee else "tf32",
         inv_prec="ieee" if interpret else "tf32x3", T_pad=cdiv(T, 128) * 128,
         level_prec="ieee" if interpret else ("tf32x3" if dtype == torch.float32 else "tf32"),

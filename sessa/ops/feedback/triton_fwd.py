@@ -301,7 +301,7 @@ def forward_fixed(q_b, k_b, gamma, f, key_mask, blocks: Blocks, poison: bool = F
     pbuf = [torch.empty(B, bl.rows, bl.T_pad, device=f.device, dtype=odt) for _ in range(min(2, len(starts)))]
     rhs = torch.empty(B, bl.rows, D, device=f.device, dtype=torch.float32)
     if poison:
-        for x in (s, s_op, rhs, *pbuf):
+        for x in (s, s_op, rhs, *pbuf, wb.pd, *([] if wb.y is None else [wb.y])):
             x.fill_(float("nan"))
     streams = Streams.shared(f.device, side=True, lead=True)
     keep: list = []  # buffers allocated below: freed on return, after the caller's stream waits for them

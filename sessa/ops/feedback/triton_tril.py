@@ -35,7 +35,7 @@ from sessa.ops.feedback.triton_launch import BoundKernel, Streams
 
 
 @triton.jit
-def _diag_inverse_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, g_ptr, w_ptr, T, D, L, R0,
+def _diag_inverse_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, g_ptr, w_ptr, pd_ptr, T, D, L, R0,
                          stride_qb, stride_qt, stride_kb, stride_kt, stride_mb, stride_lb,
                          stride_gb, stride_gt, stride_wb, stride_wi, scale2,
                          MASK: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, LOG2C: tl.constexpr,
@@ -61,6 +61,9 @@ def _diag_inverse_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, g_ptr, w_ptr, T, D, L, R
     r0 = (R0 + pid * C) % L  # the block's first row inside its super-chunk
     w_ptr += pid_b * stride_wb + ((R0 + pid * C) // L) * stride_wi
     tl.store(w_ptr + (r0 + ar)[:, None] * L + (r0 + ar)[None, :], inv)
+    # W^T of the block into the P scratch's upper triangle, where the doubling levels read it (_wlevel_kernel)
+    pd_ptr += pid_b * stride_wb + ((R0 + pid * C) // L) * stride_wi
+    tl.store(pd_ptr + (r0 + ar)[None, :] * L + (r0 + ar)[:, None], inv)
 
 
 @triton.jit
@@ -90,15 +93,20 @@ def _diag_probs_kernel(q_ptr, k_ptr, km_ptr, lse_ptr, pd_ptr, T, D, L, nI, CH0,
 
 
 @triton.jit
-def _wlevel_kernel(a_ptr, b_ptr, g_ptr, out_ptr, T, L, S, n_tiles, nI, CH0, stride_xb, stride_xi, stride_gb,
-                   stride_gt, SECOND: tl.constexpr, BM: tl.constexpr, INV_PREC: tl.constexpr):
+def _wlevel_kernel(p_ptr, w_ptr, y_ptr, g_ptr, T, L, S, n_tiles, nI, CH0, stride_xb, stride_xi, stride_gb,
+                   stride_gt, SECOND: tl.constexpr, STORE_T: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
+                   INV_PREC: tl.constexpr):
     """One half of a doubling level for the pair (B1 = [2pS, 2pS + S), B2 = [(2p + 1)S, (2p + 2)S)) of one
-    of the nI super-chunks from CH0; all of a_ptr, b_ptr, out_ptr are (B, n_chunks, L, L) fp32 with one
-    layout.
+    of the nI super-chunks from CH0; p_ptr, w_ptr, y_ptr are (B, n_chunks, L, L) fp32 with one layout.
 
-    first half (SECOND=False): Y = G_B2 P[B2, B1] @ W[B1, B1] (a = P, b = W, out = Y scratch);
-    second half (SECOND=True): W[B2, B1] = W[B2, B2] @ Y (a = W, b = Y, out = W).
-    W blocks are lower triangular, so the K range of tile (i, j) is [j, S) in the first, [0, i] in the second.
+    first half (SECOND=False): Y = G_B2 P[B2, B1] @ W[B1, B1];
+    second half (SECOND=True): W[B2, B1] = W[B2, B2] @ Y.
+    Both right operands are read with K contiguous (a tensor-core operand read across its rows is several
+    times slower in tf32): p holds P below the block diagonal and W^T in its upper triangle (p[c, r] =
+    W[r, c], r >= c: the diagonal blocks' inverses and, with STORE_T, each level's W[B2, B1]); the first
+    half stores Y transposed, y[B1, B2] = Y^T. W blocks are lower triangular, so the K range of tile (i, j)
+    is [j, S) in the first half, [0, i] in the second (in steps of BK, which divides BM). W entries of rows
+    at or past T are never needed (P of such a row is zero): they are read as zeros.
     """
     pid_t = tl.program_id(0)
     pair = tl.program_id(1)
@@ -116,20 +124,31 @@ def _wlevel_kernel(a_ptr, b_ptr, g_ptr, out_ptr, T, L, S, n_tiles, nI, CH0, stri
     base = pid_b * stride_xb + chunk * stride_xi
     acc = tl.zeros([BM, BM], dtype=tl.float32)
     if SECOND:
-        lo, hi, a_col0, b_row0 = 0, tl.minimum((ti + 1) * BM, S), r2, r2
+        lo, hi, k_row0 = 0, tl.minimum((ti + 1) * BM, S), r2
     else:
-        lo, hi, a_col0, b_row0 = tj * BM, S, c1, c1
-    for k0 in range(lo, hi, BM):
-        kk = k0 + tl.arange(0, BM)
-        kok = b_row0 + kk < L
-        a = tl.load(a_ptr + base + rows[:, None] * L + (a_col0 + kk)[None, :],
-                    mask=rok[:, None] & kok[None, :], other=0.0)
-        b = tl.load(b_ptr + base + (b_row0 + kk)[:, None] * L + cols[None, :], mask=kok[:, None], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=INV_PREC)
-    if not SECOND:
+        lo, hi, k_row0 = tj * BM, S, c1
+    for k0 in range(lo, hi, BK):
+        kk = k_row0 + k0 + tl.arange(0, BK)  # K indices: rows of the right operand
+        kok = (kk < L) & (A + kk < T)
+        if SECOND:  # W[B2, B2] (row-major) times Y (read from y[B1, B2] = Y^T)
+            a = tl.load(w_ptr + base + rows[:, None] * L + kk[None, :], mask=rok[:, None] & kok[None, :],
+                        other=0.0)
+            bt = tl.load(y_ptr + base + cols[:, None] * L + kk[None, :], mask=kok[None, :], other=0.0)
+        else:  # P[B2, B1] times W[B1, B1] (read from p[B1, B1]'s upper triangle, W^T; zero where k < col)
+            a = tl.load(p_ptr + base + rows[:, None] * L + kk[None, :], mask=rok[:, None] & kok[None, :],
+                        other=0.0)
+            bt = tl.load(p_ptr + base + cols[:, None] * L + kk[None, :],
+                         mask=kok[None, :] & (kk[None, :] >= cols[:, None]), other=0.0)
+        acc = tl.dot(a, tl.trans(bt), acc, input_precision=INV_PREC)
+    rmask = (rows < L)[:, None]
+    t_offs = base + cols[None, :] * L + rows[:, None]  # (row, col) -> (col, row): the transposed store
+    if SECOND:
+        tl.store(w_ptr + base + rows[:, None] * L + cols[None, :], acc, mask=rmask)
+        if STORE_T:
+            tl.store(p_ptr + t_offs, acc, mask=rmask)
+    else:
         g = tl.load(g_ptr + pid_b * stride_gb + (A + rows) * stride_gt, mask=rok, other=0.0)
-        acc = g.to(tl.float32)[:, None] * acc
-    tl.store(out_ptr + base + rows[:, None] * L + cols[None, :], acc, mask=(rows < L)[:, None])
+        tl.store(y_ptr + t_offs, g.to(tl.float32)[:, None] * acc, mask=rmask)
 
 
 @triton.jit
@@ -227,26 +246,28 @@ def build_w_range(q_b, k_b, gamma, key_mask, lse, buf: WBuffers, c0: int, c1: in
     r0, r1 = c0 * L, min(T, c1 * L)
     w, pd, y = buf.w, buf.pd, buf.y
     qs, ks, gs, ws = q_b.stride(), k_b.stride(), gamma.stride(), w.stride()
-    BoundKernel.get(_diag_inverse_kernel, streams, MASK=mode, C=bl.C, BK=bl.bk,
-                    LOG2C=int(math.log2(bl.C)), PREC=bl.prec, INV_PREC=bl.inv_prec, EVEN_D=bl.even_d,
-                    num_warps=4)(
-        (cdiv(r1 - r0, bl.C), B), q_b, k_b, km, lse, gamma, w, T, D, L, r0, qs[0], qs[1], ks[0], ks[1], smb,
-        lse.stride(0), gs[0], gs[1], ws[0], ws[1], scale2, side=side,
-    )
+    # P first: its diagonal tiles reach above the diagonal, where the inverses' W^T then goes
     BoundKernel.get(_diag_probs_kernel, streams, MASK=mode, BM=bl.bm, BN=bl.bn, BK=bl.bk, PREC=bl.prec,
                     EVEN_D=bl.even_d, num_warps=bl.warps, num_stages=bl.stages)(
         (L // bl.bm, L // bl.bn, B * nI), q_b, k_b, km, lse, pd, T, D, L, nI, c0, qs[0], qs[1], ks[0], ks[1],
         smb, lse.stride(0), ws[0], ws[1], scale2, side=side,
     )
+    BoundKernel.get(_diag_inverse_kernel, streams, MASK=mode, C=bl.C, BK=bl.bk,
+                    LOG2C=int(math.log2(bl.C)), PREC=bl.prec, INV_PREC=bl.inv_prec, EVEN_D=bl.even_d,
+                    num_warps=4)(
+        (cdiv(r1 - r0, bl.C), B), q_b, k_b, km, lse, gamma, w, pd, T, D, L, r0, qs[0], qs[1], ks[0], ks[1],
+        smb, lse.stride(0), gs[0], gs[1], ws[0], ws[1], scale2, side=side,
+    )
     size = bl.C
     while size < L:  # blocks of `size` rows are complete: join neighbouring pairs
-        bm = min(size, 64)
+        bm = min(size, bl.bm_lv)
         n_tiles = size // bm
         grid = (n_tiles * n_tiles, cdiv(cdiv(L, size), 2), B * nI)
-        for second, a, b, out in ((False, pd, w, y), (True, w, y, w)):
-            BoundKernel.get(_wlevel_kernel, streams, SECOND=second, BM=bm, INV_PREC=bl.level_prec,
-                            num_warps=4)(
-                grid, a, b, gamma, out, T, L, size, n_tiles, nI, c0, ws[0], ws[1], gs[0], gs[1], side=side,
+        for second in (False, True):  # W^T of the new blocks is needed while a later level reads them
+            BoundKernel.get(_wlevel_kernel, streams, SECOND=second, STORE_T=second and 2 * size < L, BM=bm,
+                            BK=min(bm, bl.bk_lv), INV_PREC=bl.level_prec, num_warps=bl.warps_lv,
+                            num_stages=bl.stages_lv)(
+                grid, pd, w, y, gamma, T, L, size, n_tiles, nI, c0, ws[0], ws[1], gs[0], gs[1], side=side,
             )
         size *= 2
     if buf.out is not w:
