@@ -129,16 +129,18 @@ def _wlevel_kernel(p_ptr, w_ptr, y_ptr, g_ptr, T, L, S, n_tiles, nI, CH0, stride
         lo, hi, k_row0 = tj * BM, S, c1
     for k0 in range(lo, hi, BK):
         kk = k_row0 + k0 + tl.arange(0, BK)  # K indices: rows of the right operand
-        kok = (kk < L) & (A + kk < T)
+        kok = kk < L  # (L is a multiple of 16: the loads stay vectorised)
         if SECOND:  # W[B2, B2] (row-major) times Y (read from y[B1, B2] = Y^T)
             a = tl.load(w_ptr + base + rows[:, None] * L + kk[None, :], mask=rok[:, None] & kok[None, :],
                         other=0.0)
             bt = tl.load(y_ptr + base + cols[:, None] * L + kk[None, :], mask=kok[None, :], other=0.0)
-        else:  # P[B2, B1] times W[B1, B1] (read from p[B1, B1]'s upper triangle, W^T; zero where k < col)
+        else:  # P[B2, B1] times W[B1, B1], read from p[B1, B1]'s upper triangle (W^T)
             a = tl.load(p_ptr + base + rows[:, None] * L + kk[None, :], mask=rok[:, None] & kok[None, :],
                         other=0.0)
-            bt = tl.load(p_ptr + base + cols[:, None] * L + kk[None, :],
-                         mask=kok[None, :] & (kk[None, :] >= cols[:, None]), other=0.0)
+            bt = tl.load(p_ptr + base + cols[:, None] * L + kk[None, :], mask=kok[None, :], other=0.0)
+            # below p's diagonal lies P, and rows at or past T may hold anything: select zeros there (a
+            # select, not a product, so no NaN gets through)
+            bt = tl.where((kk[None, :] >= cols[:, None]) & (A + kk < T)[None, :], bt, 0.0)
         acc = tl.dot(a, tl.trans(bt), acc, input_precision=INV_PREC)
     rmask = (rows < L)[:, None]
     t_offs = base + cols[None, :] * L + rows[:, None]  # (row, col) -> (col, row): the transposed store
