@@ -5,13 +5,17 @@ N does not depend on s, so W = (I - N)^{-1} (fp32, L x L per super-chunk, O(T * 
 every super-chunk at once, off the sequential path, and each sequential step becomes one parallel GEMM:
 s = W rhs in the forward, df = W^T rhs in the backward. Building W:
 
-1. ``_diag_inverse_kernel``: M_c = (I - N_cc)^{-1} of each C x C diagonal block by the product
-   (I + N)(I + N^2)(I + N^4)... (N_cc is nilpotent), one program per block, written onto W's diagonal;
-2. ``_diag_probs_kernel``: P inside the L x L diagonal blocks (fp32 scratch);
+1. ``_diag_probs_kernel``: P inside the L x L diagonal blocks (fp32 scratch);
+2. ``_diag_inverse_kernel``: M_c = (I - N_cc)^{-1} of each C x C diagonal block by the product
+   (I + N)(I + N^2)(I + N^4)... (N_cc is nilpotent), one program per block, written onto W's diagonal
+   (and, transposed, onto the P scratch's);
 3. ``_wlevel_kernel``, by recursive doubling: with the inverses W1, W2 of two neighbouring s x s diagonal
    blocks known, the inverse of the 2s x 2s block is [[W1, 0], [W2 N21 W1, W2]] (N21 = G P below the
    diagonal between them); each level s = C, 2C, .. < L is two batched GEMM launches (Y = N21 W1, then
    W2 Y) over all pairs of all super-chunks at once: log2(L / C) levels instead of L / C sequential steps.
+   Both launches read their right operand with K contiguous (tf32 tensor-core operands read the other way
+   ran ~3x slower, RESULTS "Doubling levels"): W^T is kept in the P scratch's upper triangle, and Y is
+   stored transposed.
 Precision. fp32 inputs: W stays fp32, built and applied in "tf32x3" (three tf32 products, close to fp32).
 bf16 / fp16 inputs (bf16 operands): the doubling levels run in one tf32 pass, W is stored rounded to bf16,
 and each product with W splits its fp32 right-hand side into a bf16 high and low part (two bf16 products):
@@ -221,8 +225,9 @@ def _wapply_kernel(w_ptr, x_ptr, x2_ptr, out_ptr, outop_ptr, s_ptr, f_ptr, dpart
 @dataclass
 class WBuffers:
     """Where :func:`build_w_range` builds W: ``w`` (B, n_chunks, L, L) fp32, zero above the diagonal; ``pd``
-    and ``y`` fp32 scratches of its shape (y None when L == C: no doubling level); ``out`` the W the
-    products read: w itself, or its bf16 copy (``split``)."""
+    and ``y`` fp32 scratches of its shape (pd: P below the block diagonal, W^T above; y: the levels' Y^T;
+    None when L == C, no doubling level); ``out`` the W the products read: w itself, or its bf16 copy
+    (``split``)."""
 
     w: torch.Tensor
     pd: torch.Tensor
