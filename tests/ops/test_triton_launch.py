@@ -67,6 +67,21 @@ def test_cpu_streams_are_no_ops():
     st.leave()
 
 
+def test_entered_leaves_also_when_the_block_raises(monkeypatch):
+    """``Streams.entered`` (the solve launches inside it) enters first and leaves last, on an error too."""
+    st = Streams(torch.device("cpu"), side=True, lead=True)
+    calls = []
+    monkeypatch.setattr(st, "enter", lambda: calls.append("enter"))
+    monkeypatch.setattr(st, "leave", lambda: calls.append("leave"))
+    with st.entered():
+        calls.append("launch")
+    assert calls == ["enter", "launch", "leave"]
+    calls.clear()
+    with pytest.raises(RuntimeError, match="kernel"), st.entered():
+        raise RuntimeError("kernel failed")
+    assert calls == ["enter", "leave"]
+
+
 def test_lead_stream_is_kept_apart_and_can_be_switched_off(monkeypatch):
     """Solves with a lead stream keep their own Streams; SESSA_TRITON_LEAD_STREAM=0 gives them the caller's
     stream's Streams (the same object as a solve without a lead stream)."""

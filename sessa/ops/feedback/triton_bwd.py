@@ -301,8 +301,7 @@ def backward_fixed(q_b, k_b, gamma, f, key_mask, st: ForwardState, ds: torch.Ten
             x.fill_(float("nan"))
     streams = Streams.shared(dev, side=True, lead=True)
     bufs = (p, dls[0], push, df, df_op, dpart, dgamma, dk, dk_out, dq)
-    streams.enter()
-    try:
+    with streams.entered():  # leaves before the scratches are freed on return
         chunk = _chunk_launcher(q_b, k_b, gamma, f, key_mask, st, ds, bufs, streams)
         # The last super-chunk starts at the last multiple of L below T (not at T - L).
         dq_events: list = []
@@ -314,6 +313,4 @@ def backward_fixed(q_b, k_b, gamma, f, key_mask, st: ForwardState, ds: torch.Ten
             L_later = L_eff
             dq_events.append(streams.side_event())
         streams.join()
-    finally:
-        streams.leave()  # before the scratches are freed on return
     return dq, dk_out, dgamma, in_dtype(df, df_op, f.dtype)

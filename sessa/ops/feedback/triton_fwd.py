@@ -305,8 +305,8 @@ def forward_fixed(q_b, k_b, gamma, f, key_mask, blocks: Blocks, poison: bool = F
             x.fill_(float("nan"))
     streams = Streams.shared(f.device, side=True, lead=True)
     keep: list = []  # buffers allocated below: freed on return, after the caller's stream waits for them
-    streams.enter()
-    try:
+    # leaves before the scratches (pbuf, rhs, wb's fp32 buffers, keep) are freed on return
+    with streams.entered():
         _lse(q_b, k_b, key_mask, bl, streams, lse=lse, r1=min(T, head * L), keep=keep)
         build_w_range(q_b, k_b, gamma, key_mask, lse, wb, 0, head, bl, streams)
         built = None
@@ -325,6 +325,4 @@ def forward_fixed(q_b, k_b, gamma, f, key_mask, blocks: Blocks, poison: bool = F
             L_eff = min(L, T - A)
             step(pbuf[i % 2], pbuf[(i + 1) % len(pbuf)], A, L_eff, A_next, min(L, T - A_next))
             solve(A, L_eff)
-    finally:
-        streams.leave()  # before the scratches (pbuf, rhs, wb's fp32 buffers, keep) are freed on return
     return ForwardState(s, s_op, lse, wb.out, bl)

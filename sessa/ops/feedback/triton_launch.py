@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -140,6 +141,16 @@ class Streams:
         if self._lead_events:
             self._lead_events[1].record(self.main)
             self.caller.wait_event(self._lead_events[1])
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        """:meth:`enter` now and :meth:`leave` when the block ends, also on an error: a solve launches inside
+        the block and frees its buffers after it."""
+        self.enter()
+        try:
+            yield
+        finally:
+            self.leave()
 
     def on(self, side: bool):
         """A context making the side stream (``side``) or the main stream current for PyTorch ops; a no-op
